@@ -1,0 +1,17 @@
+"""The one domain exception: every user-facing failure is an ``OnnxGradCamError``."""
+
+from __future__ import annotations
+
+
+class OnnxGradCamError(Exception):
+    """A failure the user can act on; its message is one line naming the file, tensor or op."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class UnsupportedOpError(OnnxGradCamError):
+    """The head holds an op with no VJP rule."""
