@@ -3,18 +3,18 @@
 Converters write these keys into ``ModelProto.metadata_props``; ``run`` reads them so a converted
 model needs no preprocessing flags. Every key is optional.
 
-| key                          | value (string)                               | example                |
-|------------------------------|----------------------------------------------|------------------------|
-| ``onnx_gradcam.layout``      | ``NCHW`` or ``NHWC``                         | ``NHWC``               |
-| ``onnx_gradcam.input_size``  | ``H,W`` in pixels                            | ``224,224``            |
-| ``onnx_gradcam.color``       | channel order the model expects: RGB or BGR  | ``RGB``                |
-| ``onnx_gradcam.scale``       | multiplier applied to 0..255 pixels first    | ``0.00392156862745098``|
-| ``onnx_gradcam.mean``        | per-channel mean, subtracted after scaling   | ``0.485,0.456,0.406``  |
-| ``onnx_gradcam.std``         | per-channel std, divided by last             | ``0.229,0.224,0.225``  |
-| ``onnx_gradcam.labels``      | JSON array of class names                    | ``["cat", "dog"]``     |
-| ``onnx_gradcam.label_offset``| index of the first label in the score vector | ``1`` (Slim, 1001)     |
-| ``onnx_gradcam.activation``  | tensor name of the target layer inside graph | ``conv5/Relu:0``       |
-| ``onnx_gradcam.score_output``| graph output holding the class scores        | ``logits``             |
+| key (after ``onnx_gradcam.``) | value (a string)                           | example             |
+|-------------------------------|---------------------------------------------|---------------------|
+| ``layout``                    | ``NCHW`` or ``NHWC``                        | ``NHWC``            |
+| ``input_size``                | ``H,W`` in pixels                           | ``224,224``         |
+| ``color``                     | channel order the model expects: RGB, BGR   | ``RGB``             |
+| ``scale``                     | multiplier applied to 0..255 pixels first   | ``0.00392156862``   |
+| ``mean``                      | per-channel mean, subtracted after scaling  | ``0.485,0.456,0.406``|
+| ``std``                       | per-channel std, divided by last            | ``0.229,0.224,0.225``|
+| ``labels``                    | JSON array of class names                   | ``["cat", "dog"]``  |
+| ``label_offset``              | score index of the first label              | ``1`` (Slim, 1001)  |
+| ``activation``                | target layer: a tensor inside the graph     | ``conv5/Relu:0``    |
+| ``score_output``              | graph output holding the class scores       | ``logits``          |
 
 So a model input is ``x = (pixels * scale - mean) / std`` in ``color`` order and ``layout``.
 """
@@ -74,7 +74,8 @@ def _floats(text: str, key: str, n: int | None = None) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.replace(" ", "").split(",") if v)
     except ValueError:
-        raise OnnxGradCamError(f"metadata {PREFIX}{key}={text!r} is not a list of numbers") from None
+        raise OnnxGradCamError(
+            f"metadata {PREFIX}{key}={text!r} is not a list of numbers") from None
     if n is not None and len(values) == 1:
         values = values * n
     if n is not None and len(values) != n:
@@ -110,7 +111,8 @@ def read_metadata(model: onnx.ModelProto) -> ModelMetadata:
         try:
             labels = tuple(str(v) for v in json.loads(props["labels"]))
         except (ValueError, TypeError):
-            raise OnnxGradCamError(f"metadata {PREFIX}labels is not a JSON array of names") from None
+            raise OnnxGradCamError(
+                f"metadata {PREFIX}labels is not a JSON array of names") from None
     return ModelMetadata(
         preprocessing=Preprocessing(**pre),  # type: ignore[arg-type]
         has_preprocessing=bool(pre.keys() - {"layout", "size"}),

@@ -1,0 +1,132 @@
+"""Reverse-mode gradient graph of a score w.r.t. a target layer, in standard ONNX.
+
+Only the *head* — the nodes on a path from the target layer ``A`` to the score — is
+differentiated; the backbone runs forward once. The walk goes backwards in topological order,
+asks each node's VJP rule for its input cotangents and sums the cotangents of a tensor that feeds
+several nodes (or one node twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnx_gradcam.autodiff import rules as _rules  # noqa: F401  (fills the registry)
+from onnx_gradcam.autodiff.emitter import Emitter, Node
+from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, VJP_RULES
+from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
+from onnx_gradcam.graph import GraphInfo
+
+
+@dataclass
+class GradientGraph:
+    """Nodes and initializers computing ``gradient`` = Σ_c seed_c · ∂score_c/∂activation."""
+
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    gradient: str
+    head: list[str]  # op types of the differentiated head, in forward order
+
+
+def head_nodes(info: GraphInfo, activation: str, score: str) -> list[int]:
+    """Indices (forward order) of the nodes on some path from ``activation`` to ``score``."""
+    downstream = info.descendants(activation)
+    upstream = info.ancestors(score)
+    return [i for i in range(len(info.nodes)) if i in downstream and i in upstream]
+
+
+def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
+                   prefix: str = "ogc_grad/") -> GradientGraph:
+    """Emit the VJP graph of ``score`` w.r.t. ``activation`` for the cotangent tensor ``seed``.
+
+    ``seed`` must be shaped like ``score``. Raises :class:`UnsupportedOpError` naming the op and
+    node when a head op has no rule.
+    """
+    dtype = info.dtype(activation)
+    op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, constants=info.constants,
+                 prefix=prefix)
+    head = head_nodes(info, activation, score)
+    if score != activation and not head:
+        raise OnnxGradCamError(f"tensor {activation!r} does not feed the score {score!r}")
+    differentiable = {activation} | {
+        o for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE
+        for o in info.nodes[i].output if _is_float(info, o)}
+    cotangents: dict[str, list[str]] = {score: [seed]}
+
+    for index in reversed(head):
+        proto = info.nodes[index]
+        dys = [_total(op, cotangents.get(o)) for o in proto.output]
+        if all(dy is None for dy in dys) or proto.op_type in NON_DIFFERENTIABLE:
+            continue
+        node = Node.from_proto(proto)
+        rule = VJP_RULES.get(node.op_type)
+        if rule is None or proto.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(
+                f"op {node.op_type} (node {node.name or proto.output[0]!r}) has no gradient rule; "
+                f"pick a target layer after it with --layer (see `onnx-gradcam inspect`)")
+        try:
+            dxs = rule(op, node, dys)
+        except ValueError as exc:
+            raise UnsupportedOpError(
+                f"op {node.op_type} (node {node.name or proto.output[0]!r}): {exc}; "
+                f"pick a target layer after it with --layer") from None
+        for i, x in enumerate(node.inputs):
+            if x not in differentiable:
+                continue
+            dx = dxs[i] if i < len(dxs) else None
+            if dx is None:
+                raise UnsupportedOpError(
+                    f"op {node.op_type} (node {node.name!r}): input {i} ({x!r}) lies on the path "
+                    f"from the target layer but its rule does not differentiate it")
+            cotangents.setdefault(x, []).append(dx)
+
+    total = _total(op, cotangents.get(activation))
+    if total is None:
+        raise OnnxGradCamError(f"the score {score!r} does not depend on tensor {activation!r}")
+    gradient = op.Identity(total)
+    nodes, inits = _prune(op.nodes, op.initializers, gradient)
+    return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head])
+
+
+def _is_float(info: GraphInfo, name: str) -> bool:
+    elem = info.elem_types.get(name)
+    return elem is None or elem in _FLOAT_TYPES
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                onnx.TensorProto.BFLOAT16}
+
+
+def _total(op: Emitter, parts: list[str] | None) -> str | None:
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else op.Sum(*parts)
+
+
+def _prune(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], output: str):
+    """Drop emitted nodes (and constants) the gradient does not need."""
+    needed = {output}
+    kept = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    kept.reverse()
+    return kept, [t for t in inits if t.name in needed]
+
+
+def seed_one_hot(op: Emitter, score2d: str, target: str) -> tuple[str, str]:
+    """One-hot cotangent (N, C) for int64 ``target`` (N,); −1 picks each row's argmax.
+
+    Returns (seed, resolved targets).
+    """
+    argmax = op.ArgMax(score2d, axis=1, keepdims=0)
+    resolved = op.Where(op.Less(target, op.const(0)), argmax, target)
+    classes = op.Range(op.const(0), op.Gather(op.Shape(score2d), op.const(1)), op.const(1))
+    hot = op.Equal(op.unsqueeze(resolved, [1]), classes)
+    seed = op.Cast(hot, to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
+    return seed, resolved
+

@@ -1,0 +1,150 @@
+"""Emit ONNX nodes that read like the math: ``dx = op.Where(op.Greater(x, 0.0), dy, 0.0)``.
+
+Values are tensor names (``str``). Python numbers and numpy arrays passed as inputs become
+initializers (floats take the head's float dtype, ints become int64). Every op type is checked
+against the ONNX schema at the model's opset, so a misspelled op fails at once, not at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+Value = str
+Operand = Union[str, float, int, np.ndarray, None]  # noqa: UP007 (a runtime alias)
+
+
+@dataclass
+class Node:
+    """A read-only view of a forward node for VJP rules."""
+
+    op_type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any]
+
+    @classmethod
+    def from_proto(cls, proto: onnx.NodeProto) -> Node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
+        return cls(proto.op_type, proto.name, list(proto.input), list(proto.output), attrs)
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    def input(self, i: int) -> str | None:
+        """The i-th input's name, or None where it is absent or empty (optional inputs)."""
+        return self.inputs[i] if i < len(self.inputs) and self.inputs[i] else None
+
+
+@dataclass
+class Emitter:
+    """Collects the nodes and constants of a gradient graph.
+
+    ``shapes`` holds the static shapes known from shape inference (``None`` for a symbolic dim),
+    ``constants`` the values of the forward graph's initializers and Constant nodes.
+    """
+
+    opset: int
+    dtype: np.dtype
+    shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    prefix: str = "ogc_grad/"
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    initializers: list[onnx.TensorProto] = field(default_factory=list)
+    _count: int = 0
+    _const_cache: dict[tuple, str] = field(default_factory=dict)
+
+    # ---- naming and constants -------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        self._count += 1
+        return f"{self.prefix}{hint}_{self._count}"
+
+    def const(self, value: float | int | Sequence | np.ndarray, dtype: Any = None) -> Value:
+        """An initializer holding ``value`` (python floats → the head's dtype, ints → int64)."""
+        if dtype is None:
+            if isinstance(value, np.ndarray):
+                dtype = value.dtype
+            elif isinstance(value, float) or (
+                isinstance(value, (list, tuple)) and any(isinstance(v, float) for v in value)
+            ):
+                dtype = self.dtype
+            else:
+                dtype = np.int64
+        array = np.asarray(value, dtype=dtype)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._const_cache:
+            name = self.fresh("const")
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._const_cache[key] = name
+        return self._const_cache[key]
+
+    def _operand(self, value: Operand) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        return self.const(value)
+
+    # ---- emitting ----------------------------------------------------------------------------
+    def emit(self, op_type: str, *inputs: Operand, outputs: int = 1, domain: str = "",
+             **attrs: Any) -> Any:
+        """Append one node; returns its output name (or a list of names if ``outputs > 1``)."""
+        if not onnx.defs.has(op_type, domain):
+            raise ValueError(f"unknown ONNX op {op_type!r}")
+        names = [self.fresh(op_type) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(
+            op_type, [self._operand(i) for i in inputs], names, name=self.fresh(op_type + "_node"),
+            domain=domain, **{k: v for k, v in attrs.items() if v is not None}))
+        return names[0] if outputs == 1 else names
+
+    def __getattr__(self, op_type: str) -> Callable[..., Any]:
+        if not op_type[:1].isupper():
+            raise AttributeError(op_type)
+        return lambda *inputs, **kw: self.emit(op_type, *inputs, **kw)
+
+    # ---- static facts ------------------------------------------------------------------------
+    def shape(self, name: str) -> tuple[int | None, ...] | None:
+        """The static shape of a forward tensor (dims None where symbolic), or None if unknown."""
+        return self.shapes.get(name)
+
+    def rank(self, name: str) -> int:
+        shape = self.shapes.get(name)
+        if shape is None:
+            raise ValueError(f"rank of tensor {name!r} is unknown (shape inference gave none)")
+        return len(shape)
+
+    def constant(self, name: str | None) -> np.ndarray | None:
+        """The value of a forward initializer/Constant, or None if it is computed at run time."""
+        return None if name is None else self.constants.get(name)
+
+    # ---- opset-aware helpers -----------------------------------------------------------------
+    def reduce(self, op_type: str, x: Operand, axes: Sequence[int], keepdims: int = 1) -> Value:
+        """``ReduceSum``/``ReduceMean``/… over ``axes``; axes as input or attribute by opset."""
+        axes = [int(a) for a in axes]
+        input_axes_since = 13 if op_type == "ReduceSum" else 18
+        if self.opset >= input_axes_since:
+            return self.emit(op_type, x, self.const(axes), keepdims=keepdims)
+        return self.emit(op_type, x, axes=axes, keepdims=keepdims)
+
+    def unsqueeze(self, x: Operand, axes: Sequence[int]) -> Value:
+        if self.opset >= 13:
+            return self.emit("Unsqueeze", x, self.const(list(axes)))
+        return self.emit("Unsqueeze", x, axes=list(axes))
+
+    def squeeze(self, x: Operand, axes: Sequence[int]) -> Value:
+        if self.opset >= 13:
+            return self.emit("Squeeze", x, self.const(list(axes)))
+        return self.emit("Squeeze", x, axes=list(axes))
+
+    def reshape_like(self, x: Operand, like: str) -> Value:
+        return self.emit("Reshape", x, self.emit("Shape", like))
+
+    def zeros_like(self, like: str) -> Value:
+        return self.emit("Expand", self.const(0.0), self.emit("Shape", like))

@@ -1,0 +1,9 @@
+"""VJP rules, one module per op family; importing this package fills ``VJP_RULES``."""
+
+from onnx_gradcam.autodiff.rules import (  # noqa: F401  (imported for registration)
+    elementwise,
+    linalg,
+    nn,
+    reduce,
+    shape,
+)

@@ -1,0 +1,157 @@
+"""Neural-network layers: convolution, normalisation, softmax."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.registry import vjp
+
+Dys = Sequence[Value | None]
+
+
+def spatial_begin_pads(op: Emitter, node: Node, x: str, kernel: Sequence[int]) -> Value:
+    """The padding added before each spatial axis of ``x`` by a Conv/pool node (int64 (r,)).
+
+    Explicit ``pads`` are static; ``auto_pad`` SAME_* pads depend on the input size, so they are
+    computed in the graph: total = max((⌈X/s⌉ − 1)·s + k_eff − X, 0), begin = total // 2 (UPPER)
+    or ⌈total / 2⌉ (LOWER).
+    """
+    r = len(kernel)
+    strides = list(node.attr("strides", [1] * r))
+    dilations = list(node.attr("dilations", [1] * r))
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", "VALID"):
+        pads = list(node.attr("pads", [0] * 2 * r)) if auto_pad == "NOTSET" else [0] * 2 * r
+        return op.const(pads[:r])
+    k_eff = np.array([(k - 1) * d + 1 for k, d in zip(kernel, dilations)], dtype=np.int64)
+    s = np.array(strides, dtype=np.int64)
+    size = op.Slice(op.Shape(x), op.const([2]), op.const([2 + r]))
+    out = op.Div(op.Sub(op.Add(size, s), 1), s)  # ⌈X / s⌉
+    total = op.Max(op.Sub(op.Add(op.Mul(op.Sub(out, 1), s), k_eff), size), op.const([0] * r))
+    if auto_pad == "SAME_LOWER":
+        total = op.Add(total, 1)
+    return op.Div(total, 2)
+
+
+def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
+                     kernel: Sequence[int], group: int) -> Value:
+    """Scatter ``dy`` back through sliding windows: ``ConvTranspose(dy, w)`` cropped to ``x``.
+
+    The transposed conv (no pads, output_padding = stride − 1) covers the whole padded input;
+    slicing ``[pad_begin, pad_begin + X)`` on each spatial axis leaves the input's gradient.
+    """
+    r = len(kernel)
+    strides = list(node.attr("strides", [1] * r))
+    full = op.ConvTranspose(
+        dy, w, strides=strides, dilations=list(node.attr("dilations", [1] * r)), group=group,
+        pads=[0] * 2 * r, output_padding=[s - 1 for s in strides], kernel_shape=list(kernel))
+    begin = spatial_begin_pads(op, node, x, kernel)
+    end = op.Add(begin, op.Slice(op.Shape(x), op.const([2]), op.const([2 + r])))
+    return op.Slice(full, begin, end, op.const(list(range(2, 2 + r))))
+
+
+@vjp("Conv")
+def conv_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dX = ConvTranspose(dY, W) with the forward strides/dilations/group, cropped to X;
+    dB = Σ dY over batch and spatial axes. (W is a weight: not differentiated.)"""
+    x, w = node.inputs[0], node.inputs[1]
+    dy = dys[0]
+    w_shape = op.shape(w)
+    kernel = node.attr("kernel_shape") or (list(w_shape[2:]) if w_shape else None)
+    if not kernel or any(k is None for k in kernel):
+        raise ValueError(f"Conv {node.name!r}: kernel shape unknown")
+    dx = transpose_window(op, node, dy, w, x, kernel, int(node.attr("group", 1)))
+    db = None
+    if node.input(2) is not None:
+        db = op.reduce("ReduceSum", dy, [0] + list(range(2, 2 + len(kernel))), keepdims=0)
+    return [dx, None, db]
+
+
+def _channel_factor(op: Emitter, factor: Value | np.ndarray, x: str) -> Value:
+    """Shape a per-channel (C,) factor as (C, 1, …, 1) to broadcast over an NC… tensor."""
+    trailing = op.rank(x) - 2
+    if isinstance(factor, np.ndarray):
+        return op.const(factor.astype(op.dtype).reshape((-1,) + (1,) * trailing))
+    return op.unsqueeze(factor, list(range(1, 1 + trailing))) if trailing else factor
+
+
+@vjp("BatchNormalization")
+def batch_norm_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """Inference mode: y = (x − μ)·γ/√(σ² + ε) + β, so dx = dy · γ/√(σ² + ε) per channel."""
+    if node.attr("training_mode", 0) or len(node.outputs) > 1 and any(node.outputs[1:]):
+        raise ValueError(f"BatchNormalization {node.name!r} is in training mode")
+    x, scale, _, _, var = node.inputs[:5]
+    eps = float(node.attr("epsilon", 1e-5))
+    scale_v, var_v = op.constant(scale), op.constant(var)
+    if scale_v is not None and var_v is not None:
+        factor: Value | np.ndarray = scale_v.astype(np.float64) / np.sqrt(var_v + eps)
+    else:
+        factor = op.Div(scale, op.Sqrt(op.Add(var, eps)))
+    return [op.Mul(dys[0], _channel_factor(op, factor, x)), None, None, None, None]
+
+
+@vjp("InstanceNormalization")
+def instance_norm_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """Normalisation over the spatial axes of each (n, c); see :func:`normalized_vjp`."""
+    x, scale = node.inputs[0], node.inputs[1]
+    g = op.Mul(dys[0], _channel_factor(op, scale, x))
+    axes = list(range(2, op.rank(x)))
+    return [normalized_vjp(op, x, g, axes, float(node.attr("epsilon", 1e-5))), None, None]
+
+
+def normalized_vjp(op: Emitter, x: str, g: Value, axes: list[int], eps: float) -> Value:
+    """For x̂ = (x − mean)/√(var + ε) over ``axes`` and g = dL/dx̂:
+    dx = (g − mean(g) − x̂·mean(g·x̂)) / √(var + ε)."""
+    xc = op.Sub(x, op.reduce("ReduceMean", x, axes))
+    inv = op.Reciprocal(op.Sqrt(op.Add(op.reduce("ReduceMean", op.Mul(xc, xc), axes), eps)))
+    xhat = op.Mul(xc, inv)
+    centred = op.Sub(g, op.reduce("ReduceMean", g, axes))
+    return op.Mul(op.Sub(centred, op.Mul(xhat, op.reduce("ReduceMean", op.Mul(g, xhat), axes))),
+                  inv)
+
+
+@vjp("LayerNormalization")
+def layer_norm_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """y = x̂·γ + β over axes [axis, rank); dx = normalized_vjp(dy·γ)."""
+    if len(node.outputs) > 1 and any(node.outputs[1:]):
+        raise ValueError(f"LayerNormalization {node.name!r}: mean/inv-std outputs not supported")
+    x, scale = node.inputs[0], node.inputs[1]
+    rank = op.rank(x)
+    axis = int(node.attr("axis", -1)) % rank
+    g = op.Mul(dys[0], scale)
+    dx = normalized_vjp(op, x, g, list(range(axis, rank)), float(node.attr("epsilon", 1e-5)))
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+def _softmax_frame(op: Emitter, node: Node) -> tuple[int, bool]:
+    """(axis, coerced): before opset 13 Softmax works on the input flattened to 2-D at ``axis``."""
+    rank = op.rank(node.inputs[0])
+    if op.opset >= 13:
+        return int(node.attr("axis", -1)) % rank, False
+    axis = int(node.attr("axis", 1)) % rank
+    return axis, axis != rank - 1
+
+
+@vjp("Softmax")
+def softmax_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = y·(dy − Σ_axis dy·y)"""
+    axis, coerced = _softmax_frame(op, node)
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    if coerced:
+        y, dy, axis = op.Flatten(y, axis=axis), op.Flatten(dy, axis=axis), 1
+    dx = op.Mul(y, op.Sub(dy, op.reduce("ReduceSum", op.Mul(dy, y), [axis])))
+    return [op.reshape_like(dx, x) if coerced else dx]
+
+
+@vjp("LogSoftmax")
+def log_softmax_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = dy − exp(y)·Σ_axis dy"""
+    axis, coerced = _softmax_frame(op, node)
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    if coerced:
+        y, dy, axis = op.Flatten(y, axis=axis), op.Flatten(dy, axis=axis), 1
+    dx = op.Sub(dy, op.Mul(op.Exp(y), op.reduce("ReduceSum", dy, [axis])))
+    return [op.reshape_like(dx, x) if coerced else dx]

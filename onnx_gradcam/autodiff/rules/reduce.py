@@ -1,0 +1,137 @@
+"""Reductions and pooling: mean, sum, max over axes or sliding windows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.registry import vjp
+from onnx_gradcam.autodiff.rules.nn import transpose_window
+from onnx_gradcam.autodiff.rules.shape import scatter_add_flat
+
+Dys = Sequence[Value | None]
+
+
+def reduce_axes(op: Emitter, node: Node) -> list[int] | None:
+    """The normalised, sorted axes a Reduce* node reduces (None = all axes)."""
+    rank = op.rank(node.inputs[0])
+    axes = node.attr("axes")
+    if axes is None and node.input(1) is not None:
+        value = op.constant(node.input(1))
+        if value is None:
+            raise ValueError(f"{node.op_type} {node.name!r}: axes are computed at run time")
+        axes = value.tolist()
+    if not axes:
+        return None if not node.attr("noop_with_empty_axes", 0) else []
+    return sorted(int(a) % rank for a in axes)
+
+
+def _keepdims(op: Emitter, node: Node, dy: Value) -> tuple[Value, list[int]]:
+    """``dy`` with the reduced axes kept as size 1, and the reduced axes."""
+    rank = op.rank(node.inputs[0])
+    axes = reduce_axes(op, node)
+    axes = list(range(rank)) if axes is None else axes
+    if not node.attr("keepdims", 1) and axes:
+        dy = op.unsqueeze(dy, axes)
+    return dy, axes
+
+
+def count_ratio(op: Emitter, x: str, y: str) -> Value:
+    """Size(x) / Size(y) in the float dtype: how many inputs each output averages."""
+    return op.Cast(op.Div(op.Size(x), op.Size(y)), to=_onnx_float(op))
+
+
+def _onnx_float(op: Emitter) -> int:
+    from onnx import helper
+
+    return helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype))
+
+
+@vjp("ReduceSum")
+def reduce_sum_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = dy broadcast back over the reduced axes"""
+    if reduce_axes(op, node) == []:
+        return [dys[0], None]
+    dy, _ = _keepdims(op, node, dys[0])
+    return [op.Expand(dy, op.Shape(node.inputs[0])), None]
+
+
+@vjp("ReduceMean")
+def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = dy broadcast back over the reduced axes / number of reduced elements"""
+    if reduce_axes(op, node) == []:
+        return [dys[0], None]
+    x, y = node.inputs[0], node.outputs[0]
+    dy, _ = _keepdims(op, node, dys[0])
+    return [op.Div(op.Expand(dy, op.Shape(x)), count_ratio(op, x, y)), None]
+
+
+@vjp("GlobalAveragePool")
+def global_average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = Expand(dy, Shape(x)) / (h·w)"""
+    x, y = node.inputs[0], node.outputs[0]
+    return [op.Div(op.Expand(dys[0], op.Shape(x)), count_ratio(op, x, y))]
+
+
+def _max_vjp(op: Emitter, x: str, y_kept: Value, dy_kept: Value, axes: list[int]) -> Value:
+    """dx = dy·1[x = max] / (number of ties), as TensorFlow's max gradient splits ties."""
+    hit = op.Cast(op.Equal(x, y_kept), to=_onnx_float(op))
+    ties = op.reduce("ReduceSum", hit, axes, keepdims=1)
+    return op.Mul(op.Div(hit, ties), dy_kept)
+
+
+@vjp("ReduceMax", "ReduceMin")
+def reduce_max_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = dy where x equals the extreme (split equally among ties)"""
+    if reduce_axes(op, node) == []:
+        return [dys[0], None]
+    x = node.inputs[0]
+    dy, axes = _keepdims(op, node, dys[0])
+    y = node.outputs[0]
+    if not node.attr("keepdims", 1):
+        y = op.unsqueeze(y, axes)
+    return [_max_vjp(op, x, y, dy, axes), None]
+
+
+@vjp("GlobalMaxPool")
+def global_max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = dy where x equals its channel's max (split equally among ties)"""
+    x = node.inputs[0]
+    axes = list(range(2, op.rank(x)))
+    return [_max_vjp(op, x, node.outputs[0], dys[0], axes)]
+
+
+@vjp("MaxPool")
+def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """Recompute the pool with its Indices output; scatter-add dy at those flat indices."""
+    x = node.inputs[0]
+    attrs = {k: v for k, v in node.attrs.items() if k != "storage_order"}
+    _, indices = op.MaxPool(x, outputs=2, **attrs)
+    return [scatter_add_flat(op, x, indices, dys[0])]
+
+
+@vjp("AveragePool")
+def average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = ConvTranspose(dy / count, ones per channel), cropped to x, where ``count`` is the
+    window size, or the number of non-pad elements when ``count_include_pad`` is 0."""
+    x, dy = node.inputs[0], dys[0]
+    kernel = list(node.attr("kernel_shape"))
+    channels = (op.shape(x) or (None, None))[1]
+    if channels is None:
+        raise ValueError(f"AveragePool {node.name!r}: channel count unknown")
+    area = float(np.prod(kernel))
+    if node.attr("count_include_pad", 0) or not _has_pads(node):
+        scaled = op.Div(dy, area)
+    else:
+        counts = op.Mul(op.AveragePool(op.Expand(op.const(1.0), op.Shape(x)), **dict(
+            node.attrs, count_include_pad=1)), area)
+        scaled = op.Div(dy, counts)
+    ones = op.const(np.ones([channels, 1] + kernel, dtype=op.dtype))
+    return [transpose_window(op, node, scaled, ones, x, kernel, channels)]
+
+
+def _has_pads(node: Node) -> bool:
+    return node.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") or any(
+        node.attr("pads", [0]))

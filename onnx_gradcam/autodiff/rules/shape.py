@@ -1,0 +1,124 @@
+"""Shape and indexing ops: reshapes, transposes, concatenation, slicing, gathering, padding.
+
+Index-moving ops share one trick: run the op on an "iota" (each element's flat index in ``x``)
+to learn where every output element came from, then scatter-add ``dy`` back to those places.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.registry import vjp
+from onnx_gradcam.autodiff.rules.elementwise import unbroadcast
+
+Dys = Sequence[Value | None]
+
+
+def iota(op: Emitter, x: str) -> Value:
+    """An int64 tensor shaped like ``x`` holding each element's row-major flat index."""
+    size = op.Size(x)
+    return op.Reshape(op.Range(op.const(0), size, op.const(1)), op.Shape(x))
+
+
+def scatter_add_flat(op: Emitter, x: str, indices: Value, dy: Value, spare: bool = False) -> Value:
+    """Gradient shaped like ``x``: ``dy[i]`` added at flat position ``indices[i]``.
+
+    With ``spare`` the buffer has one extra slot at index Size(x), a sink for contributions
+    that land nowhere in ``x`` (e.g. constant padding), dropped before reshaping.
+    """
+    length = op.Size(x)
+    if spare:
+        length = op.Add(length, 1)
+    zeros = op.Expand(op.const(0.0), op.Reshape(length, op.const([1])))
+    flat = op.ScatterElements(zeros, op.Reshape(indices, op.const([-1])),
+                              op.Reshape(dy, op.const([-1])), axis=0, reduction="add")
+    if spare:
+        flat = op.Slice(flat, op.const([0]), op.Reshape(op.Size(x), op.const([1])))
+    return op.Reshape(flat, op.Shape(x))
+
+
+@vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = Reshape(dy, Shape(x))"""
+    return [op.reshape_like(dys[0], node.inputs[0])] + [None] * (len(node.inputs) - 1)
+
+
+@vjp("Transpose")
+def transpose_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = Transpose(dy, perm⁻¹)"""
+    perm = node.attr("perm") or list(reversed(range(op.rank(node.inputs[0]))))
+    return [op.Transpose(dys[0], perm=[int(i) for i in np.argsort(perm)])]
+
+
+@vjp("Expand")
+def expand_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = dy summed over the broadcast axes"""
+    return [unbroadcast(op, dys[0], node.inputs[0], node.outputs[0]), None]
+
+
+@vjp("Concat")
+def concat_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx_i = the slice of dy that x_i filled: Split(dy, sizes along axis)"""
+    axis = int(node.attr("axis")) % op.rank(node.outputs[0])
+    sizes = op.Concat(*[op.Slice(op.Shape(x), op.const([axis]), op.const([axis + 1]))
+                        for x in node.inputs], axis=0)
+    if len(node.inputs) == 1:
+        return [dys[0]]
+    parts = op.Split(dys[0], sizes, axis=axis, outputs=len(node.inputs))
+    return list(parts)
+
+
+@vjp("Split")
+def split_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = Concat(dy_i along axis), zeros for outputs that got no gradient"""
+    axis = int(node.attr("axis", 0))
+    parts = [dy if dy is not None else op.zeros_like(y) for dy, y in zip(dys, node.outputs)]
+    return [op.Concat(*parts, axis=axis)] + [None] * (len(node.inputs) - 1)
+
+
+@vjp("Slice")
+def slice_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = scatter of dy to the positions the slice read (any starts/ends/axes/steps)"""
+    x = node.inputs[0]
+    if op.opset >= 10:
+        picked = op.Slice(iota(op, x), *node.inputs[1:])
+    else:
+        picked = op.Slice(iota(op, x), **node.attrs)
+    return [scatter_add_flat(op, x, picked, dys[0])] + [None] * (len(node.inputs) - 1)
+
+
+@vjp("Gather")
+def gather_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = scatter-add of dy to the gathered positions (repeated indices add up)"""
+    x, indices = node.inputs
+    picked = op.Gather(iota(op, x), indices, axis=int(node.attr("axis", 0)))
+    return [scatter_add_flat(op, x, picked, dys[0]), None]
+
+
+@vjp("GatherElements")
+def gather_elements_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = ScatterElements(zeros(shape(x)), idx, dy, reduction=add)"""
+    x, indices = node.inputs
+    dx = op.ScatterElements(op.zeros_like(x), indices, dys[0],
+                            axis=int(node.attr("axis", 0)), reduction="add")
+    return [dx, None]
+
+
+@vjp("Pad")
+def pad_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """dx = scatter-add of dy from each padded position's source (constant padding: nowhere)"""
+    x = node.inputs[0]
+    mode = node.attr("mode", "constant")
+    fill = op.Size(x) if mode == "constant" else None
+    if op.opset < 11:
+        raise ValueError(f"Pad {node.name!r}: opsets before 11 are not supported")
+    extra = (list(node.inputs[1:]) + ["", ""])[:3]
+    extra[1] = fill or ""
+    while extra and not extra[-1]:
+        extra.pop()
+    source = op.Pad(iota(op, x), *extra, mode=mode)
+    dx = scatter_add_flat(op, x, source, dys[0], spare=mode == "constant")
+    return [dx] + [None] * (len(node.inputs) - 1)
