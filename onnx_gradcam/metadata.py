@@ -3,18 +3,16 @@
 Converters write these keys into ``ModelProto.metadata_props``; ``run`` reads them so a converted
 model needs no preprocessing flags. Every key is optional.
 
-| key (after ``onnx_gradcam.``) | value (a string)                           | example             |
-|-------------------------------|---------------------------------------------|---------------------|
-| ``layout``                    | ``NCHW`` or ``NHWC``                        | ``NHWC``            |
-| ``input_size``                | ``H,W`` in pixels                           | ``224,224``         |
-| ``color``                     | channel order the model expects: RGB, BGR   | ``RGB``             |
-| ``scale``                     | multiplier applied to 0..255 pixels first   | ``0.00392156862``   |
-| ``mean``                      | per-channel mean, subtracted after scaling  | ``0.485,0.456,0.406``|
-| ``std``                       | per-channel std, divided by last            | ``0.229,0.224,0.225``|
-| ``labels``                    | JSON array of class names                   | ``["cat", "dog"]``  |
-| ``label_offset``              | score index of the first label              | ``1`` (Slim, 1001)  |
-| ``activation``                | target layer: a tensor inside the graph     | ``conv5/Relu:0``    |
-| ``score_output``              | graph output holding the class scores       | ``logits``          |
+- ``layout``: ``NCHW`` or ``NHWC``
+- ``input_size``: ``H,W`` in pixels, e.g. ``224,224``
+- ``color``: the channel order the model expects, ``RGB`` or ``BGR``
+- ``scale``: multiplier applied to 0..255 pixels first, e.g. ``0.00392156862745098``
+- ``mean``: per-channel mean subtracted after scaling, e.g. ``0.485,0.456,0.406``
+- ``std``: per-channel std divided last, e.g. ``0.229,0.224,0.225``
+- ``labels``: JSON array of class names, e.g. ``["cat", "dog"]``
+- ``label_offset``: score index of the first label (``1`` for 1001-class Slim models)
+- ``activation``: the target layer, a tensor inside the graph, e.g. ``conv5/Relu:0``
+- ``score_output``: the graph output holding the class scores, e.g. ``logits``
 
 So a model input is ``x = (pixels * scale - mean) / std`` in ``color`` order and ``layout``.
 """
