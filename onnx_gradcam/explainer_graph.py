@@ -27,8 +27,13 @@ SEED = "ogc_seed"
 @dataclass
 class ExplainerModel:
     model: onnx.ModelProto
-    activation: str
+    activations: list[str]
+    gradients: list[str]  # one per activation; empty when built without gradients
     head_ops: list[str]
+
+
+def gradient_name(index: int) -> str:
+    return GRADIENT if index == 0 else f"{GRADIENT}_{index}"
 
 
 def _value(name: str, dtype: np.dtype | int, shape: list) -> onnx.ValueInfoProto:
@@ -71,30 +76,28 @@ def gradient_model(info: GraphInfo, activation: str, score: str) -> onnx.ModelPr
                      [(GRADIENT, info.dtype(activation), info.shapes.get(activation))])
 
 
-def explainer_model(info: GraphInfo, activation: str, score: str,
+def explainer_model(info: GraphInfo, activations: list[str], score: str,
                     with_gradient: bool = True) -> ExplainerModel:
-    """The full explainer graph (see module docstring). ``score`` may be (N, C) or
-    (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C)."""
+    """The full explainer graph (see module docstring) for one or more target layers.
+    ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C)."""
     dtype = info.dtype(score)
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
     score2d = op.Flatten(score, axis=1)
     seed2d, resolved = seed_one_hot(op, score2d, TARGET)
-    nodes = list(op.nodes)
-    inits = list(op.initializers)
-    head: list[str] = []
-    act_shape = info.shapes.get(activation)
-    outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,)),
-               (activation, info.dtype(activation), act_shape)]
-    if with_gradient:
-        seed = op.Reshape(seed2d, op.Shape(score))
-        nodes, inits = list(op.nodes), list(op.initializers)
-        grad = build_gradient(info, activation, score, seed)
-        nodes += grad.nodes
+    seed = op.Reshape(seed2d, op.Shape(score)) if with_gradient else None
+    nodes, inits = list(op.nodes), list(op.initializers)
+    outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
+    outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in activations]
+    gradients, head = [], []
+    for index, activation in enumerate(activations if with_gradient else []):
+        grad = build_gradient(info, activation, score, seed, prefix=f"ogc_grad{index}/")
+        name = gradient_name(index)
+        nodes += [*grad.nodes, helper.make_node("Identity", [grad.gradient], [name])]
         inits += grad.initializers
-        nodes.append(helper.make_node("Identity", [grad.gradient], [GRADIENT]))
-        outputs.append((GRADIENT, info.dtype(activation), act_shape))
-        head = grad.head
+        outputs.append((name, info.dtype(activation), info.shapes.get(activation)))
+        gradients.append(name)
+        head = head or grad.head
     nodes += [helper.make_node("Identity", [score2d], [SCORES]),
               helper.make_node("Identity", [resolved], [TARGETS])]
     model = _assemble(info, nodes, inits, [_value(TARGET, np.dtype(np.int64), ["N"])], outputs)
-    return ExplainerModel(model, activation, head)
+    return ExplainerModel(model, list(activations), gradients, head)

@@ -1,0 +1,30 @@
+"""Eigen-CAM family: the first principal component of (weighted) activations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def projection_2d(maps: np.ndarray) -> np.ndarray:
+    """Per image: X = maps reshaped (h·w, K), NaN → 0, minus its per-channel mean;
+    cam = X · V₀ with V₀ the first right singular vector, sign as LAPACK returns it
+    (pytorch-grad-cam's ``get_2d_projection``; a flipped sign flips the whole map)."""
+    maps = np.nan_to_num(maps, nan=0.0)
+    out = []
+    for image in maps:
+        k = image.shape[0]
+        x = image.reshape(k, -1).T
+        x = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x, full_matrices=True)
+        out.append((x @ vt[0, :]).reshape(image.shape[1:]))
+    return np.float32(out)
+
+
+def eigencam(acts: np.ndarray, grads: np.ndarray | None = None) -> np.ndarray:
+    """Eigen-CAM: cam = first principal component of A (needs no gradient)."""
+    return projection_2d(acts)
+
+
+def eigengradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+    """Eigen-Grad-CAM: cam = first principal component of G ⊙ A."""
+    return projection_2d(grads * acts)

@@ -1,0 +1,224 @@
+"""The public ``Explainer``: builds the explainer graph once, owns the session, runs methods."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnx_gradcam.cams import METHODS, postprocess
+from onnx_gradcam.cams.score import scorecam
+from onnx_gradcam.errors import OnnxGradCamError
+from onnx_gradcam.explainer_graph import SCORES, TARGET, TARGETS, ExplainerModel, explainer_model
+from onnx_gradcam.images import preprocess, read_image, to_rgb8
+from onnx_gradcam.metadata import Preprocessing
+from onnx_gradcam.model import Layer, LoadedModel, detect_layer, load_model, resolve_layer
+from onnx_gradcam.runtime import make_session
+
+Targets = int | Sequence[int] | np.ndarray | None
+_GRAPH_CACHE: dict[tuple, ExplainerModel] = {}
+
+
+@dataclass
+class Explanation:
+    """The result of explaining a batch (arrays are per sample, NCHW for layer tensors)."""
+
+    cams: np.ndarray  # (N, H, W) float32 in [0, 1]
+    coarse: np.ndarray  # (N, h, w) float32, the first layer's map before ReLU/normalisation
+    targets: np.ndarray  # (N,) int64
+    scores: np.ndarray  # (N, C) float32: the score the targets index into
+    activations: list[np.ndarray]  # per layer (N, K, h, w)
+    gradients: list[np.ndarray]  # per layer (N, K, h, w); empty for gradient-free methods
+    method: str
+    layers: list[str]
+    score_kind: str  # "logits" or "probabilities"
+    provider: str
+    seconds: float
+    images: list[np.ndarray] = field(default_factory=list)  # explain_images: the RGB originals
+
+
+class Explainer:
+    """Grad-CAM-family explanations of an ONNX image classifier on plain ONNX Runtime.
+
+    ``model``: a path or ``onnx.ModelProto``. ``layer``: an ONNX tensor name (or several, for a
+    multi-layer map), ``None`` = the metadata's ``activation`` or the auto-detected last conv
+    activation. ``method``: a key of :data:`onnx_gradcam.METHODS`. ``providers``: ``auto``,
+    ``cpu``, ``cuda`` or ORT provider names. ``score``: ``logits`` (pre-softmax, the default)
+    or ``probabilities`` (the model's own output).
+    """
+
+    def __init__(self, model: str | Path | onnx.ModelProto, layer: str | Sequence[str] | None = None,
+                 method: str = "gradcam", providers: str | Sequence[str] | None = None, *,
+                 score: str = "logits", batch_size: int = 16, scorecam_batch: int = 32,
+                 threads: int | None = None) -> None:
+        if method not in METHODS:
+            raise OnnxGradCamError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if score not in ("logits", "probabilities"):
+            raise OnnxGradCamError(f"score must be 'logits' or 'probabilities', not {score!r}")
+        self.model: LoadedModel = load_model(model)
+        self.method = METHODS[method]
+        has_softmax = self.model.logits != self.model.score_output
+        self.score = self.model.logits if score == "logits" else self.model.score_output
+        #: what the differentiated score is: "logits" (pre-softmax), "probabilities" (after
+        #: the model's own Softmax) or "output" (the model's output; no final Softmax found)
+        self.score_kind = score if has_softmax else "output"
+        self.layers: list[Layer] = self._layers(layer)
+        self.batch_size = max(1, int(batch_size))
+        if self.model.input_shape[0] == 1:
+            self.batch_size = 1  # a model exported with a fixed batch of one
+        self.scorecam_batch = max(1, int(scorecam_batch))
+        self.graph = self._graph()
+        self.session = make_session(self.graph.model.SerializeToString(), providers, threads)
+        self.provider: str = self.session.get_providers()[0]
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _layers(self, layer: str | Sequence[str] | None) -> list[Layer]:
+        if layer is None:
+            name = self.model.metadata.activation
+            if name:
+                return [resolve_layer(self.model, name, self.score)]
+            return [detect_layer(self.model, self.score)]
+        names = [layer] if isinstance(layer, str) else list(layer)
+        return [resolve_layer(self.model, n, self.score) for n in names]
+
+    def _graph(self) -> ExplainerModel:
+        digest = hashlib.sha1(self.model.proto.SerializeToString()).hexdigest()
+        key = (digest, tuple(la.name for la in self.layers), self.score,
+               self.method.needs_gradient)
+        if key not in _GRAPH_CACHE:
+            _GRAPH_CACHE[key] = explainer_model(self.model.info, [la.name for la in self.layers],
+                                                self.score, self.method.needs_gradient)
+        return _GRAPH_CACHE[key]
+
+    @property
+    def num_classes(self) -> int | None:
+        shape = self.model.info.shapes.get(self.score)
+        dims = [d for d in (shape or ())[1:] if d != 1]
+        return dims[0] if len(dims) == 1 and dims[0] is not None else None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) the model takes: from metadata, else from its static input shape."""
+        pre = self.model.metadata.preprocessing
+        if pre.size:
+            return pre.size
+        shape = self.model.input_shape
+        dims = shape[2:4] if self.model.input_layout == "NCHW" else shape[1:3]
+        return (dims[0], dims[1]) if None not in dims else None
+
+    # ---- running -----------------------------------------------------------------------------
+    def _targets(self, targets: Targets, n: int) -> np.ndarray:
+        if targets is None:
+            out = np.full(n, -1, dtype=np.int64)
+        else:
+            out = np.atleast_1d(np.asarray(targets, dtype=np.int64))
+            if out.size == 1 and n > 1:
+                out = np.repeat(out, n)
+            if out.shape != (n,):
+                raise OnnxGradCamError(f"got {out.size} targets for a batch of {n}")
+        classes = self.num_classes
+        bad = out[(out < -1) | ((out >= classes) if classes else False)]
+        if bad.size:
+            raise OnnxGradCamError(f"target {int(bad[0])} is out of range: the model has "
+                                   f"{classes} classes (0..{(classes or 1) - 1})")
+        return out
+
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4:
+            raise OnnxGradCamError(f"input batch has shape {x.shape}; expected 4-D in the model's "
+                                   f"{self.model.input_layout} layout")
+        expected = self.model.input_shape
+        for got, want in zip(x.shape[1:], expected[1:]):
+            if want is not None and got != want:
+                raise OnnxGradCamError(f"input batch has shape {x.shape}; the model's input "
+                                       f"{self.model.input_name!r} is {expected}")
+        dtype = self.model.info.dtype(self.model.input_name)
+        return np.ascontiguousarray(x, dtype=dtype)
+
+    def _run(self, x: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
+        names = [SCORES, TARGETS, *self.graph.activations, *self.graph.gradients]
+        chunks = [self.session.run(names, {self.model.input_name: x[i:i + self.batch_size],
+                                           TARGET: targets[i:i + self.batch_size]})
+                  for i in range(0, len(x), self.batch_size)]
+        return [np.concatenate(parts) for parts in zip(*chunks)]
+
+    def _nchw(self, array: np.ndarray, layer: Layer) -> np.ndarray:
+        return array.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else array
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Scores (N, C) of a preprocessed batch (used by Score-CAM's masked passes)."""
+        x = self._check_input(x)
+        targets = np.full(len(x), -1, dtype=np.int64)
+        return np.concatenate([
+            self.session.run([SCORES], {self.model.input_name: x[i:i + self.batch_size],
+                                        TARGET: targets[i:i + self.batch_size]})[0]
+            for i in range(0, len(x), self.batch_size)])
+
+    def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
+        """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC)."""
+        start = time.perf_counter()
+        x = self._check_input(x)
+        outputs = self._run(x, self._targets(targets, len(x)))
+        scores, resolved = outputs[0], outputs[1]
+        k = len(self.layers)
+        acts = [self._nchw(a, la) for a, la in zip(outputs[2:2 + k], self.layers)]
+        grads = [self._nchw(g, la) for g, la in zip(outputs[2 + k:], self.layers)]
+        coarse = [self._coarse(a, g, x, resolved) for a, g in
+                  zip(acts, grads or [None] * k)]
+        layout = self.model.input_layout
+        size = x.shape[2:4] if layout == "NCHW" else x.shape[1:3]
+        cams = postprocess(coarse, (int(size[0]), int(size[1])))
+        return Explanation(cams, coarse[0].astype(np.float32), resolved.astype(np.int64),
+                           scores.astype(np.float32), acts, grads, self.method.name,
+                           [la.name for la in self.layers], self.score_kind, self.provider,
+                           time.perf_counter() - start)
+
+    def _coarse(self, acts: np.ndarray, grads: np.ndarray | None, x: np.ndarray,
+                targets: np.ndarray) -> np.ndarray:
+        if self.method.name == "scorecam":
+            return scorecam(acts, x, targets, self.forward, self.model.input_layout,
+                            self.scorecam_batch)
+        assert self.method.cam is not None
+        return self.method.cam(acts, grads)  # type: ignore[arg-type]
+
+    # ---- images ------------------------------------------------------------------------------
+    def preprocessing(self, overrides: Preprocessing | None = None) -> Preprocessing:
+        """The preprocessing in force: ``overrides`` if given, else the model's metadata;
+        the size falls back to the model's static input size."""
+        pre = overrides or self.model.metadata.preprocessing
+        if overrides is None and not any(
+                p.key == "onnx_gradcam.layout" for p in self.model.proto.metadata_props):
+            pre = pre.with_(layout=self.model.input_layout)
+        if pre.size is None:
+            size = self.input_size
+            if size is None:
+                raise OnnxGradCamError(f"{self.model.source}: the input size is symbolic; "
+                                       "pass --size H,W (or preprocessing.size)")
+            pre = pre.with_(size=size)
+        return pre
+
+    def prepare(self, images: Sequence[str | Path | np.ndarray],
+                preprocessing: Preprocessing | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Decode (paths) or convert (RGB arrays) and preprocess: (batch, RGB originals)."""
+        pre = self.preprocessing(preprocessing)
+        originals = [read_image(i) if isinstance(i, (str, Path)) else to_rgb8(np.asarray(i))
+                     for i in images]
+        assert pre.size is not None
+        batch = np.stack([preprocess(rgb, pre, pre.size) for rgb in originals])
+        return batch, originals
+
+    def explain_images(self, images: Sequence[str | Path | np.ndarray], targets: Targets = None,
+                       preprocessing: Preprocessing | None = None) -> Explanation:
+        """Decode + preprocess (from metadata or ``preprocessing``), then :meth:`explain`."""
+        batch, originals = self.prepare(images, preprocessing)
+        result = self.explain(batch, targets)
+        result.images = originals
+        return result

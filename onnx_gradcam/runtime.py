@@ -1,0 +1,58 @@
+"""ONNX Runtime sessions and execution providers (``auto`` uses CUDA when it really works)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnxruntime as ort
+
+from onnx_gradcam.errors import OnnxGradCamError
+
+PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def _options(threads: int | None, quiet: bool) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    if quiet:
+        opts.log_severity_level = 3  # a missing CUDA library must not spam stderr under `auto`
+    return opts
+
+
+def make_session(model_bytes: bytes, provider: str | Sequence[str] | None = "auto",
+                 threads: int | None = None) -> ort.InferenceSession:
+    """A session on ``provider``: ``auto`` (CUDA if it initialises, else CPU), ``cpu``, ``cuda``,
+    or an explicit list of ORT provider names. ``session.get_providers()[0]`` says which ran."""
+    if provider is None or provider == "auto":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            ort.set_default_logger_severity(4)  # a machine without CUDA libraries is no error
+            try:
+                return ort.InferenceSession(
+                    model_bytes, _options(threads, quiet=True),
+                    providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            except Exception:  # noqa: BLE001 - no usable GPU: fall back to the CPU below
+                pass
+            finally:
+                ort.set_default_logger_severity(2)
+        return ort.InferenceSession(model_bytes, _options(threads, quiet=False),
+                                    providers=["CPUExecutionProvider"])
+    if isinstance(provider, str):
+        if provider not in PROVIDER_NAMES:
+            raise OnnxGradCamError(f"unknown provider {provider!r}; use auto, cpu or cuda")
+        names = [PROVIDER_NAMES[provider]]
+    else:
+        names = list(provider)
+    if "CUDAExecutionProvider" in names and "CUDAExecutionProvider" not in (
+            ort.get_available_providers()):
+        raise OnnxGradCamError("provider cuda: this onnxruntime has no CUDA support; install "
+                               "onnxruntime-gpu or use --provider cpu")
+    try:
+        session = ort.InferenceSession(model_bytes, _options(threads, quiet=False),
+                                       providers=names)
+    except Exception as exc:  # noqa: BLE001
+        raise OnnxGradCamError(f"cannot start ONNX Runtime on {names[0]}: {exc}") from None
+    if names[0] != session.get_providers()[0]:
+        raise OnnxGradCamError(f"{names[0]} could not start (no usable GPU or CUDA libraries); "
+                               "use --provider cpu")
+    return session

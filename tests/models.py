@@ -1,0 +1,57 @@
+"""Small ONNX classifiers built with onnx.helper for tests (no framework needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+
+def small_cnn(classes: int = 5, size: int = 16, channels: int = 8, seed: int = 0,
+              softmax: bool = False, batch: int | str = "N", opset: int = 17,
+              head: str = "gap_gemm") -> onnx.ModelProto:
+    """input (N,3,size,size) → Conv-Relu → Conv-Relu ("act") → head → "logits" [→ "probs"].
+
+    head: ``gap_gemm`` = GlobalAveragePool, Flatten, Gemm(W (K, C));
+    ``mean_matmul`` = ReduceMean(2,3) + MatMul + Add.
+    """
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((channels, 3, 3, 3)) * 0.4
+    w2 = rng.standard_normal((channels, channels, 3, 3)) * 0.3
+    wfc = rng.standard_normal((channels, classes))
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2],
+                         name="conv2"),
+        helper.make_node("Relu", ["c2"], ["act"], name="relu2"),
+    ]
+    inits = [_init("w1", w1), _init("b1", rng.standard_normal(channels) * 0.1),
+             _init("w2", w2), _init("b2", rng.standard_normal(channels) * 0.1 + 0.2),
+             _init("wfc", wfc), _init("bfc", rng.standard_normal(classes))]
+    if head == "gap_gemm":
+        nodes += [helper.make_node("GlobalAveragePool", ["act"], ["gap"], name="gap"),
+                  helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+                  helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["logits"], name="fc")]
+    else:
+        inits.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"))
+        nodes += [helper.make_node("ReduceMean", ["act", "axes"], ["gap"], keepdims=0,
+                                   name="mean"),
+                  helper.make_node("MatMul", ["gap", "wfc"], ["mm"], name="fc"),
+                  helper.make_node("Add", ["mm", "bfc"], ["logits"], name="bias")]
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1, name="softmax"))
+        out = "probs"
+    graph = helper.make_graph(
+        nodes, "small_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [batch, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
