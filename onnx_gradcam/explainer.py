@@ -112,7 +112,7 @@ class Explainer:
         return (dims[0], dims[1]) if None not in dims else None
 
     # ---- running -----------------------------------------------------------------------------
-    def _targets(self, targets: Targets, n: int) -> np.ndarray:
+    def check_targets(self, targets: Targets, n: int) -> np.ndarray:
         if targets is None:
             out = np.full(n, -1, dtype=np.int64)
         else:
@@ -166,7 +166,7 @@ class Explainer:
         """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC)."""
         start = time.perf_counter()
         x = self._check_input(x)
-        outputs = self._run(x, self._targets(targets, len(x)))
+        outputs = self._run(x, self.check_targets(targets, len(x)))
         scores, resolved = outputs[0], outputs[1]
         k = len(self.layers)
         acts = [self._nchw(a, la) for a, la in zip(outputs[2:2 + k], self.layers)]

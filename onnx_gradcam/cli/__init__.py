@@ -1,0 +1,50 @@
+"""The ``onnx-gradcam`` command: thin typer commands over the library, one error boundary."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from onnx_gradcam.errors import OnnxGradCamError
+
+app = typer.Typer(
+    name="onnx-gradcam", no_args_is_help=True, pretty_exceptions_show_locals=False,
+    help="Grad-CAM-family heatmaps for any ONNX image classifier, on plain ONNX Runtime.")
+
+
+def _register() -> None:
+    from onnx_gradcam.cli.inspect import inspect_command
+    from onnx_gradcam.cli.run import run_command
+
+    app.command("run")(run_command)
+    app.command("inspect")(inspect_command)
+    try:
+        from onnx_gradcam.cli.convert import convert_command
+    except ImportError:  # the convert command is not part of this build
+        return
+    app.command("convert")(convert_command)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point: an OnnxGradCamError becomes one red line on stderr and a non-zero exit."""
+    try:
+        code = app(standalone_mode=False)
+    except OnnxGradCamError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.secho("aborted", fg=typer.colors.RED, err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors keep their own exit code (2)
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

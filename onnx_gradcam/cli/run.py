@@ -1,0 +1,108 @@
+"""``onnx-gradcam run [MODEL] IMAGES_OR_DIRS... -o OUTDIR``: heatmaps for images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from onnx_gradcam.cams import METHODS
+from onnx_gradcam.errors import OnnxGradCamError
+from onnx_gradcam.explainer import Explainer
+from onnx_gradcam.images import list_images
+from onnx_gradcam.labels import Labels
+from onnx_gradcam.metadata import PRESETS, Preprocessing
+from onnx_gradcam.runner import RunOptions, run_job
+
+DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "demo.onnx"
+
+
+def _numbers(text: str | None, flag: str, count: int) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise OnnxGradCamError(f"{flag} {text!r}: expected {count} comma-separated numbers") \
+            from None
+    if len(values) == 1:
+        values = values * count
+    if len(values) != count:
+        raise OnnxGradCamError(f"{flag} {text!r}: expected {count} comma-separated numbers")
+    return values
+
+
+def preprocessing_from_flags(base: Preprocessing, preset: str | None, size: str | None,
+                             mean: str | None, std: str | None, scale: float | None,
+                             bgr: bool | None, nhwc: bool | None) -> Preprocessing | None:
+    """The model's preprocessing with a preset and explicit flags laid over it (None: no flags)."""
+    if all(v is None for v in (preset, size, mean, std, scale, bgr, nhwc)):
+        return None
+    pre = base
+    if preset is not None:
+        if preset not in PRESETS:
+            raise OnnxGradCamError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        pre = pre.with_(**PRESETS[preset])
+    hw = _numbers(size, "--size", 2)
+    return pre.with_(
+        size=(int(hw[0]), int(hw[1])) if hw else None, mean=_numbers(mean, "--mean", 3),
+        std=_numbers(std, "--std", 3), scale=scale,
+        color=None if bgr is None else ("BGR" if bgr else "RGB"),
+        layout=None if nhwc is None else ("NHWC" if nhwc else "NCHW"))
+
+
+def run_command(
+    paths: list[Path] = typer.Argument(..., help="[MODEL.onnx] then image files or folders "
+                                       "(no model: the bundled demo model)"),
+    output: Path = typer.Option(..., "-o", "--output", help="output folder"),
+    method: str = typer.Option("gradcam", "--method", "-m", help=f"one of {', '.join(METHODS)}"),
+    layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable)"),
+    target: str = typer.Option(None, "--target", help="class index or label to explain"),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="explain each of the top K classes"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    provider: str = typer.Option("auto", "--provider", help="auto, cpu or cuda"),
+    alpha: float = typer.Option(0.5, "--alpha", help="heatmap weight in the overlay"),
+    colormap: str = typer.Option("jet", "--colormap", help="an OpenCV colormap name"),
+    save_npy: bool = typer.Option(False, "--save-npy", help="also save raw cams as .npy"),
+    score: str = typer.Option("logits", "--score", help="logits (pre-softmax) or probabilities"),
+    preset: str = typer.Option(None, "--preset", help="imagenet, inception, caffe or raw"),
+    size: str = typer.Option(None, "--size", help="model input size H,W"),
+    mean: str = typer.Option(None, "--mean", help="per-channel mean after scaling"),
+    std: str = typer.Option(None, "--std", help="per-channel std"),
+    scale: float = typer.Option(None, "--scale", help="pixel multiplier (e.g. 0.00392)"),
+    bgr: bool = typer.Option(None, "--bgr/--rgb", help="channel order the model expects"),
+    nhwc: bool = typer.Option(None, "--nhwc/--nchw", help="input layout"),
+    labels: Path = typer.Option(None, "--labels", help="labels file: one per line or idx:label"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
+) -> None:
+    """Explain images with a CAM method; write overlays, optional .npy and report.json."""
+    if paths and paths[0].suffix.lower() == ".onnx":
+        model, images = paths[0], paths[1:]
+    else:
+        model, images = DEMO_MODEL, paths
+    if not images:
+        raise OnnxGradCamError("no images given: pass image files or folders after the model")
+    explainer = Explainer(model, layer=layer or None, method=method, providers=provider,
+                          score=score, batch_size=batch_size)
+    pre = preprocessing_from_flags(explainer.model.metadata.preprocessing, preset, size, mean,
+                                   std, scale, bgr, nhwc)
+    meta = explainer.model.metadata
+    names = Labels.from_file(labels) if labels else Labels(meta.labels, meta.label_offset)
+    options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size)
+    total = len(list_images(images))
+    console = Console(stderr=True, quiet=quiet)
+    with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("run", total=total)
+        report = run_job(explainer, images, options, names, pre,
+                         progress=lambda n: bar.advance(task, n))
+    done = len(report["images"])
+    console.print(f"{done} image(s) explained with {explainer.method.name} at "
+                  f"{', '.join(report['layers'])} on {explainer.provider}; "
+                  f"wrote {output}/ (report.json)")
+    for error in report["errors"]:
+        typer.secho(f"error: {error['error']}", fg=typer.colors.RED, err=True)
+    if report["errors"]:
+        raise typer.Exit(1)
