@@ -52,8 +52,8 @@ class Explainer:
     or ``probabilities`` (the model's own output).
     """
 
-    def __init__(self, model: str | Path | onnx.ModelProto, layer: str | Sequence[str] | None = None,
-                 method: str = "gradcam", providers: str | Sequence[str] | None = None, *,
+    def __init__(self, model: str | Path | onnx.ModelProto,
+                 layer: str | Sequence[str] | None = None, method: str = "gradcam", providers: str | Sequence[str] | None = None, *,
                  score: str = "logits", batch_size: int = 16, scorecam_batch: int = 32,
                  threads: int | None = None) -> None:
         if method not in METHODS:

@@ -53,4 +53,5 @@ class Labels:
         if str(target).lower() in lowered:
             return lowered.index(str(target).lower()) + self.offset
         known = ", ".join(self.names[:10]) + (" …" if len(self.names) > 10 else "")
-        raise OnnxGradCamError(f"unknown label {target!r}; labels: {known or '(none: pass --labels)'}")
+        raise OnnxGradCamError(
+            f"unknown label {target!r}; labels: {known or '(none: pass --labels)'}")
