@@ -53,7 +53,8 @@ class Explainer:
     """
 
     def __init__(self, model: str | Path | onnx.ModelProto,
-                 layer: str | Sequence[str] | None = None, method: str = "gradcam", providers: str | Sequence[str] | None = None, *,
+                 layer: str | Sequence[str] | None = None, method: str = "gradcam",
+                 providers: str | Sequence[str] | None = None, *,
                  score: str = "logits", batch_size: int = 16, scorecam_batch: int = 32,
                  threads: int | None = None) -> None:
         if method not in METHODS:
