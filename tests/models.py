@@ -38,8 +38,7 @@ def small_cnn(classes: int = 5, size: int = 16, channels: int = 8, seed: int = 0
                   helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
                   helper.make_node("Gemm", ["flat", "wfc", "bfc"], ["logits"], name="fc")]
     else:
-        inits.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "axes"))
-        nodes += [helper.make_node("ReduceMean", ["act", "axes"], ["gap"], keepdims=0,
+        nodes += [helper.make_node("ReduceMean", ["act"], ["gap"], axes=[2, 3], keepdims=0,
                                    name="mean"),
                   helper.make_node("MatMul", ["gap", "wfc"], ["mm"], name="fc"),
                   helper.make_node("Add", ["mm", "bfc"], ["logits"], name="bias")]
