@@ -1,0 +1,116 @@
+"""Each CAM method against its formula written out with explicit loops (independent of the
+vectorised implementation), on hand-made activations and gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnx_gradcam.cams import METHODS, postprocess
+from onnx_gradcam.cams.score import scorecam, upsample_align_corners
+
+RNG = np.random.default_rng(42)
+A = np.maximum(RNG.standard_normal((2, 4, 3, 5)), 0).astype(np.float32)
+G = RNG.standard_normal((2, 4, 3, 5)).astype(np.float32)
+G[0, 1, 1, 2] = 0.0  # exercise the α = 0 where G = 0 branch of Grad-CAM++
+
+
+def loop_cam(acts, grads, per_pixel):
+    n, k, h, w = acts.shape
+    out = np.zeros((n, h, w))
+    for b in range(n):
+        for c in range(k):
+            out[b] += per_pixel(acts[b, c], grads[b, c])
+    return out
+
+
+def expected(name, acts, grads):
+    if name == "gradcam":
+        return loop_cam(acts, grads, lambda a, g: g.mean() * a)
+    if name == "hirescam":
+        return loop_cam(acts, grads, lambda a, g: g * a)
+    if name == "gradcam_elementwise":
+        return loop_cam(acts, grads, lambda a, g: np.maximum(g * a, 0))
+    if name == "layercam":
+        return loop_cam(acts, grads, lambda a, g: np.maximum(g, 0) * a)
+    if name == "xgradcam":
+        return loop_cam(acts, grads, lambda a, g: (g * a / (a.sum() + 1e-7)).sum() * a)
+    if name == "gradcam++":
+        def per(a, g):
+            weight = 0.0
+            for i in range(g.shape[0]):
+                for j in range(g.shape[1]):
+                    gij = float(g[i, j])
+                    if gij == 0:
+                        continue
+                    alpha = gij ** 2 / (2 * gij ** 2 + a.sum() * gij ** 3 + 1e-6)
+                    weight += max(gij, 0.0) * alpha
+            return weight * a
+        return loop_cam(acts, grads, per)
+    maps = acts if name == "eigencam" else acts * grads
+    out = []
+    for m in maps:
+        x = m.reshape(m.shape[0], -1).T.astype(np.float64)
+        x = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x, full_matrices=True)
+        out.append((x @ vt[0]).reshape(m.shape[1:]))
+    return np.array(out)
+
+
+GRADIENT_METHODS = [m for m in METHODS if m != "scorecam"]
+
+
+@pytest.mark.parametrize("name", GRADIENT_METHODS)
+def test_method_matches_formula(name: str) -> None:
+    got = METHODS[name].cam(A, G)
+    np.testing.assert_allclose(got, expected(name, A, G), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [m for m in GRADIENT_METHODS if m != "eigencam"])
+def test_zero_gradient_gives_zero_map_without_nan(name: str) -> None:
+    zero = np.zeros_like(G)
+    cams = postprocess([METHODS[name].cam(A, zero)], (6, 10))
+    assert not np.isnan(cams).any()
+    assert np.all(cams == 0)
+
+
+def test_postprocess_order_normalise_then_upsample_then_renormalise() -> None:
+    coarse = np.array([[[0.0, 1.0], [2.0, -1.0]]], dtype=np.float32)
+    cam = postprocess([coarse], (4, 4))
+    step = np.maximum(coarse[0], 0) / (1e-7 + 2.0)  # relu, min 0, / max
+    import cv2
+
+    up = cv2.resize(step, (4, 4))
+    up = (up - up.min()) / (1e-7 + (up - up.min()).max())
+    np.testing.assert_allclose(cam[0], up, atol=1e-6)
+    assert cam.max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_align_corners_upsampling_matches_definition() -> None:
+    maps = RNG.standard_normal((1, 2, 3, 4)).astype(np.float32)
+    up = upsample_align_corners(maps, (5, 7))
+    # corners are copied exactly; the centre of a 3→5 axis is the middle input row
+    np.testing.assert_allclose(up[0, :, 0, 0], maps[0, :, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(up[0, :, -1, -1], maps[0, :, -1, -1], atol=1e-6)
+    np.testing.assert_allclose(up[0, :, 2, 0], maps[0, :, 1, 0], atol=1e-6)
+    # a point between samples: row 1 of 5 sits at 0.5 between rows 0 and 1; col 1 of 7 at 0.5
+    want = 0.25 * (maps[0, :, 0, 0] + maps[0, :, 1, 0] + maps[0, :, 0, 1] + maps[0, :, 1, 1])
+    np.testing.assert_allclose(up[0, :, 1, 1], want, atol=1e-6)
+
+
+def test_scorecam_weights_are_softmax_of_masked_scores() -> None:
+    acts = np.maximum(RNG.standard_normal((1, 3, 2, 2)), 0).astype(np.float32) + 0.1
+    x = RNG.standard_normal((1, 3, 4, 4)).astype(np.float32)
+    weights = np.array([[1.0, -2.0], [0.5, 3.0], [2.0, 1.0]])  # score_j = Σ x·w_j over channels
+
+    def forward(batch):
+        return np.stack([batch.sum(axis=(2, 3)) @ weights[:, j] for j in range(2)], axis=1)
+
+    cam = scorecam(acts, x, np.array([1]), forward, batch_size=2)
+    scores = []
+    for k in range(3):
+        m = upsample_align_corners(acts[:, k:k + 1], (4, 4))[0, 0]
+        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
+        scores.append(forward(x * m)[0, 1])
+    w = np.exp(scores) / np.exp(scores).sum()
+    np.testing.assert_allclose(cam[0], np.einsum("k,khw->hw", w, acts[0]), rtol=1e-5)
