@@ -1,0 +1,80 @@
+"""Cost of an explanation ÷ a plain inference, side by side in one run.
+
+    python bench/overhead.py [--repeats 7] [--models demo,resnet50] [--batches 1,16]
+
+For each model and batch size: median wall time of ``Explainer.explain`` (forward + head gradient
++ Grad-CAM post-processing) and of a plain ``InferenceSession.run`` of the original model, with
+the same threads and provider, and their ratio. The two are interleaved so load drift on a shared
+machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import onnx_gradcam as og  # noqa: E402
+from bench.nets import resnet  # noqa: E402
+from onnx_gradcam.runtime import make_session  # noqa: E402
+
+
+def models(names: list[str]) -> dict[str, onnx.ModelProto]:
+    out = {}
+    for name in names:
+        if name == "demo":
+            out[name] = onnx.load(str(ROOT / "models" / "demo.onnx"))
+        elif name == "resnet50":
+            out[name] = resnet()
+        else:
+            raise SystemExit(f"unknown model {name!r}")
+    return out
+
+
+def measure(model: onnx.ModelProto, batch: int, repeats: int, threads: int | None,
+            layer: str | None = None) -> tuple[float, float]:
+    explainer = og.Explainer(model, layer=layer, providers="cpu", threads=threads)
+    plain = make_session(model.SerializeToString(), "cpu", threads)
+    shape = [batch if not isinstance(d, int) or d <= 0 else d for d in explainer.model.input_shape]
+    shape[0] = batch
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    feed = {explainer.model.input_name: x}
+    explainer.explain(x)  # warm-up both
+    plain.run(None, feed)
+    t_explain, t_plain = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        plain.run(None, feed)
+        t_plain.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        explainer.explain(x)
+        t_explain.append(time.perf_counter() - t0)
+    return statistics.median(t_explain), statistics.median(t_plain)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--models", default="demo,resnet50")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--layer", default=None, help="target layer (default: auto)")
+    args = parser.parse_args()
+    print(f"{'model':10} {'batch':>5} {'explain ms':>11} {'plain ms':>9} {'ratio':>6}")
+    for name, model in models(args.models.split(",")).items():
+        for batch in map(int, args.batches.split(",")):
+            explain, plain = measure(model, batch, args.repeats, args.threads, args.layer)
+            print(f"{name:10} {batch:5d} {explain * 1e3:11.2f} {plain * 1e3:9.2f} "
+                  f"{explain / plain:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
