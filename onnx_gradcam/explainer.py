@@ -14,7 +14,14 @@ import onnx
 from onnx_gradcam.cams import METHODS, postprocess
 from onnx_gradcam.cams.score import scorecam
 from onnx_gradcam.errors import OnnxGradCamError
-from onnx_gradcam.explainer_graph import SCORES, TARGET, TARGETS, ExplainerModel, explainer_model
+from onnx_gradcam.explainer_graph import (
+    ROWS,
+    SCORES,
+    TARGET,
+    TARGETS,
+    ExplainerModel,
+    explainer_model,
+)
 from onnx_gradcam.images import preprocess, read_image, to_rgb8
 from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.model import Layer, LoadedModel, detect_layer, load_model, resolve_layer
@@ -75,6 +82,8 @@ class Explainer:
         self.scorecam_batch = max(1, int(scorecam_batch))
         self.graph = self._graph()
         self.session = make_session(self.graph.model.SerializeToString(), providers, threads)
+        self._providers, self._threads = providers, threads
+        self._rows: tuple | None = None  # the many-targets session, built on first use
         self.provider: str = self.session.get_providers()[0]
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -123,7 +132,7 @@ class Explainer:
             if out.shape != (n,):
                 raise OnnxGradCamError(f"got {out.size} targets for a batch of {n}")
         classes = self.num_classes
-        bad = out[(out < -1) | ((out >= classes) if classes else False)]
+        bad = out[(out < -classes) | (out >= classes)] if classes else out[out < -1]
         if bad.size:
             raise OnnxGradCamError(f"target {int(bad[0])} is out of range: the model has "
                                    f"{classes} classes (0..{(classes or 1) - 1})")
@@ -174,13 +183,70 @@ class Explainer:
         grads = [self._nchw(g, la) for g, la in zip(outputs[2 + k:], self.layers)]
         coarse = [self._coarse(a, g, x, resolved) for a, g in
                   zip(acts, grads or [None] * k)]
-        layout = self.model.input_layout
-        size = x.shape[2:4] if layout == "NCHW" else x.shape[1:3]
-        cams = postprocess(coarse, (int(size[0]), int(size[1])))
+        cams = postprocess(coarse, self._size(x))
         return Explanation(cams, coarse[0].astype(np.float32), resolved.astype(np.int64),
                            scores.astype(np.float32), acts, grads, self.method.name,
                            [la.name for la in self.layers], self.score_kind, self.provider,
                            time.perf_counter() - start)
+
+    def explain_many(self, x: np.ndarray, targets: np.ndarray | None = None,
+                     top_k: int | None = None) -> Explanation:
+        """Explain k targets per image in ONE backbone pass: ``targets`` (N, k) class indices
+        (or rank codes −1, −2, … = best, runner-up, …), or ``top_k`` = the k best classes.
+
+        The gradient comes from a copy of the head run on the N·k (image, target) rows, so the
+        backbone runs once. Result arrays gain a k axis: cams (N, k, H, W), coarse (N, k, h, w),
+        targets (N, k); activations stay (N, K, h, w) and gradients are (N·k, K, h, w).
+        """
+        start = time.perf_counter()
+        x = self._check_input(x)
+        n = len(x)
+        if targets is None:
+            k = max(1, int(top_k or 1))
+            codes = np.tile(-np.arange(1, k + 1, dtype=np.int64), (n, 1))
+        else:
+            codes = np.asarray(targets, dtype=np.int64).reshape(n, -1)
+            k = codes.shape[1]
+        flat = self.check_targets(codes.reshape(-1), n * k)
+        rows = np.repeat(np.arange(n, dtype=np.int64), k)
+        if not self.method.needs_gradient:  # no head to replicate: one pass per rank
+            results = [self.explain(x, codes[:, r]) for r in range(k)]
+            return self._stack(results, start)
+        session, graph = self._rows_session()
+        names = [SCORES, TARGETS, *graph.activations, *graph.gradients]
+        feeds = {self.model.input_name: x, TARGET: flat, ROWS: rows}
+        outputs = session.run(names, feeds)
+        scores, resolved = outputs[0], outputs[1]
+        m = len(self.layers)
+        acts = [self._nchw(a, la) for a, la in zip(outputs[2:2 + m], self.layers)]
+        grads = [self._nchw(g, la) for g, la in zip(outputs[2 + m:], self.layers)]
+        coarse = [self._coarse(a[rows], g, x[rows], resolved) for a, g in zip(acts, grads)]
+        size = self._size(x)
+        cams = postprocess(coarse, size).reshape(n, k, *size)
+        return Explanation(cams, coarse[0].reshape(n, k, *coarse[0].shape[1:]).astype(np.float32),
+                           resolved.reshape(n, k), scores.astype(np.float32), acts, grads,
+                           self.method.name, [la.name for la in self.layers], self.score_kind,
+                           self.provider, time.perf_counter() - start)
+
+    def _stack(self, results: list[Explanation], start: float) -> Explanation:
+        first = results[0]
+        return Explanation(
+            np.stack([r.cams for r in results], 1), np.stack([r.coarse for r in results], 1),
+            np.stack([r.targets for r in results], 1), first.scores, first.activations,
+            [np.concatenate(g) for g in zip(*[r.gradients for r in results])], first.method,
+            first.layers, first.score_kind, first.provider, time.perf_counter() - start)
+
+    def _rows_session(self):
+        if self._rows is None:
+            graph = explainer_model(self.model.info, [la.name for la in self.layers],
+                                    self.score, True, rows=True)
+            self._rows = (make_session(graph.model.SerializeToString(), self._providers,
+                                       self._threads), graph)
+        return self._rows
+
+    def _size(self, x: np.ndarray) -> tuple[int, int]:
+        dims = x.shape[2:4] if self.model.input_layout == "NCHW" else x.shape[1:3]
+        return int(dims[0]), int(dims[1])
 
     def _coarse(self, acts: np.ndarray, grads: np.ndarray | None, x: np.ndarray,
                 targets: np.ndarray) -> np.ndarray:

@@ -7,14 +7,16 @@ activation and ``ogc_gradient`` (its gradient, laid out like the activation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from onnx_gradcam.autodiff.builder import build_gradient, seed_one_hot
+from onnx_gradcam.autodiff.builder import FLOAT_TYPES, build_gradient, head_nodes, seed_one_hot
 from onnx_gradcam.autodiff.emitter import Emitter
+from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
 
 TARGET = "ogc_target"
@@ -22,6 +24,7 @@ SCORES = "ogc_scores"
 TARGETS = "ogc_targets"
 GRADIENT = "ogc_gradient"
 SEED = "ogc_seed"
+ROWS = "ogc_rows"
 
 
 @dataclass
@@ -30,6 +33,17 @@ class ExplainerModel:
     activations: list[str]
     gradients: list[str]  # one per activation; empty when built without gradients
     head_ops: list[str]
+
+
+def gradient_builder(name: str) -> Callable[..., GradientGraph]:
+    """``onnx``: our VJP rules; ``ort-training``: onnxruntime-training's builder, lowered."""
+    if name == "onnx":
+        return build_gradient
+    if name == "ort-training":
+        from onnx_gradcam.autodiff.ort_training import build_gradient_ort
+
+        return build_gradient_ort
+    raise OnnxGradCamError(f"unknown gradient builder {name!r}; choose onnx or ort-training")
 
 
 def gradient_name(index: int) -> str:
@@ -65,39 +79,102 @@ def _assemble(info: GraphInfo, nodes: list[onnx.NodeProto], inits: list[onnx.Ten
     return model
 
 
-def gradient_model(info: GraphInfo, activation: str, score: str) -> onnx.ModelProto:
+def gradient_model(info: GraphInfo, activation: str, score: str,
+                   builder: str = "onnx") -> onnx.ModelProto:
     """The model plus input ``ogc_seed`` (shaped like ``score``) and output ``ogc_gradient``
     = Σ seed · ∂score/∂activation. The plainest form: tests and oracles use it."""
     dtype = info.dtype(score)
-    grad = build_gradient(info, activation, score, SEED)
+    grad = gradient_builder(builder)(info, activation, score, SEED)
     ident = helper.make_node("Identity", [grad.gradient], [GRADIENT], name="ogc_gradient_out")
     return _assemble(info, [*grad.nodes, ident], grad.initializers,
                      [_value(SEED, dtype, _symbolic(info.shapes.get(score), SEED))],
                      [(GRADIENT, info.dtype(activation), info.shapes.get(activation))])
 
 
+def replicate_head(info: GraphInfo, activation: str, score: str, rows: str, tag: str
+                   ) -> tuple[list[onnx.NodeProto], str, str]:
+    """A copy of the head (``activation`` → ``score``) that runs on the batch rows ``rows``
+    (int64 (M,)): its inputs that carry the batch are gathered, its tensors renamed with ``tag``.
+
+    Explaining k classes of N images then costs one backbone pass: the cheap head runs again on
+    the N·k selected rows and is differentiated there. Returns (nodes, activation, score) of
+    the copy.
+    """
+    downstream = {o for i in info.descendants(info.graph_inputs[0]) for o in info.nodes[i].output}
+    rename: dict[str, str] = {}
+    nodes: list[onnx.NodeProto] = []
+
+    def gathered(name: str) -> str:
+        if name not in rename:
+            rename[name] = name + tag
+            nodes.append(helper.make_node("Gather", [name, rows], [rename[name]], axis=0))
+        return rename[name]
+
+    gathered(activation)
+    for index in head_nodes(info, activation, score):
+        node = onnx.NodeProto()
+        node.CopyFrom(info.nodes[index])
+        for j, name in enumerate(node.input):
+            if name in rename:
+                node.input[j] = rename[name]
+            elif name in downstream and info.elem_types.get(name) in FLOAT_TYPES:
+                node.input[j] = gathered(name)
+        for j, name in enumerate(node.output):
+            if name:
+                rename[name] = node.output[j] = name + tag
+        node.name = node.name + tag if node.name else ""
+        nodes.append(node)
+    return nodes, rename[activation], rename[score]
+
+
 def explainer_model(info: GraphInfo, activations: list[str], score: str,
-                    with_gradient: bool = True) -> ExplainerModel:
+                    with_gradient: bool = True, rows: bool = False) -> ExplainerModel:
     """The full explainer graph (see module docstring) for one or more target layers.
-    ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C)."""
+    ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C).
+
+    With ``rows``, the graph also takes ``ogc_rows`` (int64 (M,)) and explains, for each m, the
+    sample ``ogc_rows[m]`` for the target ``ogc_target[m]`` through a replicated head
+    (:func:`replicate_head`): gradients and ``ogc_targets`` then have M rows, in one pass.
+    """
     dtype = info.dtype(score)
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
     score2d = op.Flatten(score, axis=1)
-    seed2d, resolved = seed_one_hot(op, score2d, TARGET)
-    seed = op.Reshape(seed2d, op.Shape(score)) if with_gradient else None
-    nodes, inits = list(op.nodes), list(op.initializers)
+    extra_inputs = [_value(TARGET, np.dtype(np.int64), ["M"])]
+    heads: list[tuple[GraphInfo, str, str]] = [(info, a, score) for a in activations]
+    if rows and with_gradient:
+        extra_inputs.append(_value(ROWS, np.dtype(np.int64), ["M"]))
+        copies, heads = [], []
+        for index, activation in enumerate(activations):
+            nodes, act_rep, score_rep = replicate_head(info, activation, score, ROWS,
+                                                       f"__ogc_rep{index}")
+            copies += nodes
+            heads.append((None, act_rep, score_rep))  # type: ignore[arg-type]
+        augmented = _assemble(info, copies, [], extra_inputs, [])
+        rep_info = GraphInfo(augmented)
+        heads = [(rep_info, a, s) for _, a, s in heads]
+        op.shapes = rep_info.shapes
+        base_nodes = copies
+    else:
+        base_nodes = []
+    seed_scores = op.Flatten(heads[0][2], axis=1) if rows and with_gradient else score2d
+    seed2d, resolved = seed_one_hot(op, seed_scores, TARGET)
+    nodes = base_nodes + list(op.nodes)
+    inits = list(op.initializers)
     outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
     outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in activations]
     gradients, head = [], []
-    for index, activation in enumerate(activations if with_gradient else []):
-        grad = build_gradient(info, activation, score, seed, prefix=f"ogc_grad{index}/")
+    for index, (head_info, activation, head_score) in enumerate(heads if with_gradient else []):
+        seed_op = Emitter(opset=info.opset, dtype=dtype, prefix=f"ogc_seed{index}/")
+        seed = seed_op.Reshape(seed2d, seed_op.Shape(head_score))
+        grad = build_gradient(head_info, activation, head_score, seed, prefix=f"ogc_grad{index}/")
         name = gradient_name(index)
-        nodes += [*grad.nodes, helper.make_node("Identity", [grad.gradient], [name])]
-        inits += grad.initializers
-        outputs.append((name, info.dtype(activation), info.shapes.get(activation)))
+        nodes += [*seed_op.nodes, *grad.nodes,
+                  helper.make_node("Identity", [grad.gradient], [name])]
+        inits += [*seed_op.initializers, *grad.initializers]
+        outputs.append((name, info.dtype(activations[index]), info.shapes.get(activations[index])))
         gradients.append(name)
         head = head or grad.head
     nodes += [helper.make_node("Identity", [score2d], [SCORES]),
               helper.make_node("Identity", [resolved], [TARGETS])]
-    model = _assemble(info, nodes, inits, [_value(TARGET, np.dtype(np.int64), ["N"])], outputs)
+    model = _assemble(info, nodes, inits, extra_inputs, outputs)
     return ExplainerModel(model, list(activations), gradients, head)

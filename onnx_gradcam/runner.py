@@ -112,16 +112,16 @@ def _explain_chunk(explainer: Explainer, decoded: list, options: RunOptions, lab
                    fixed_target: int | None, names: _Names) -> list[dict]:
     batch = np.stack([d[1] for d in decoded])
     t0 = time.perf_counter()
-    first = explainer.explain(batch, fixed_target)
+    k = 1 if fixed_target is not None else max(1, options.top_k)
+    if k == 1:
+        first = explainer.explain(batch, fixed_target)
+        cams, targets = first.cams[:, None], first.targets[:, None]
+    else:  # k classes per image, one backbone pass
+        first = explainer.explain_many(batch, top_k=min(k, explainer.num_classes or k))
+        cams, targets = first.cams, first.targets
+    k = cams.shape[1]
     probs = _probabilities(first.scores, explainer.score_kind)
     order = np.argsort(-first.scores, axis=1)
-    k = 1 if fixed_target is not None else max(1, min(options.top_k, first.scores.shape[1]))
-    cams = [first.cams]
-    targets = [first.targets]
-    for rank in range(1, k):  # further classes: one more pass each
-        result = explainer.explain(batch, order[:, rank])
-        cams.append(result.cams)
-        targets.append(result.targets)
     per_image = (time.perf_counter() - t0) / len(decoded)
     out = []
     for i, (path, _, rgb, decode_s) in enumerate(decoded):
@@ -131,15 +131,15 @@ def _explain_chunk(explainer: Explainer, decoded: list, options: RunOptions, lab
                for c in order[i, :max(k, 5)]]
         explained = []
         for rank in range(k):
-            target = int(targets[rank][i])
+            target = int(targets[i, rank])
             tag = labels.slug(target)
             picture = options.outdir / f"{stem}_{explainer.method.name}_{tag}.png"
-            save_image(picture, overlay(rgb, cams[rank][i], options.alpha, options.colormap))
+            save_image(picture, overlay(rgb, cams[i, rank], options.alpha, options.colormap))
             entry = {"target": target, "label": labels.name(target),
                      "score": float(first.scores[i, target]), "overlay": str(picture)}
             if options.save_npy:
                 array = options.outdir / f"{stem}_{explainer.method.name}_{tag}.npy"
-                save_array(array, cams[rank][i])
+                save_array(array, cams[i, rank])
                 entry["npy"] = str(array)
             explained.append(entry)
         out.append({"path": str(path), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),

@@ -220,3 +220,25 @@ def test_nhwc_model_through_transpose() -> None:
     via = og.Explainer(model, layer="act_nhwc").explain(x)
     assert via.layers == ["act_nhwc"]
     np.testing.assert_allclose(via.cams, res.cams, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer_index", [-1, 3])
+def test_many_targets_in_one_pass_equal_separate_explanations(layer_index: int) -> None:
+    """explain_many runs the backbone once and a replicated head per (image, target) row; it must
+    equal one explain() per rank — also at an early layer whose head has skip connections."""
+    from bench.nets import resnet
+
+    model = resnet(blocks=(1, 1, 1, 1), width=8, size=48, classes=7)
+    layer = og.model.candidate_layers(load_model(model))[layer_index].name
+    ex = og.Explainer(model, layer=layer)
+    x = _batch(2, size=48, seed=11)
+    many = ex.explain_many(x, top_k=3)
+    ranked = np.argsort(-many.scores, axis=1)[:, :3]
+    np.testing.assert_array_equal(many.targets, ranked)
+    for rank in range(3):
+        single = ex.explain(x, ranked[:, rank])
+        np.testing.assert_allclose(many.cams[:, rank], single.cams, atol=1e-6)
+        np.testing.assert_allclose(many.gradients[0][rank::3], single.gradients[0], atol=1e-6)
+    onnx.checker.check_model(ex._rows_session()[1].model, full_check=True)
+    chosen = ex.explain_many(x, targets=[[0, 6], [5, -1]])
+    np.testing.assert_array_equal(chosen.targets, [[0, 6], [5, ranked[1, 0]]])

@@ -93,10 +93,10 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
 
 def _is_float(info: GraphInfo, name: str) -> bool:
     elem = info.elem_types.get(name)
-    return elem is None or elem in _FLOAT_TYPES
+    return elem is None or elem in FLOAT_TYPES
 
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16}
 
 
@@ -118,15 +118,24 @@ def _prune(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], output: s
     return kept, [t for t in inits if t.name in needed]
 
 
+def resolve_targets(op: Emitter, score2d: str, target: str) -> str:
+    """Class indices (M,) for int64 ``target`` (M,) over scores (M, C): a target ≥ 0 is a class;
+    −r picks the class ranked r-th by score (−1 = argmax, −2 = runner-up, …)."""
+    classes = op.Gather(op.Shape(score2d), op.const([1]))
+    _, ranked = op.TopK(score2d, classes, axis=1, largest=1, sorted=1, outputs=2)
+    rank = op.Sub(op.Neg(target), op.const(1))
+    by_rank = op.squeeze(op.GatherElements(ranked, op.unsqueeze(op.Max(rank, op.const(0)), [1]),
+                                           axis=1), [1])
+    return op.Where(op.Less(target, op.const(0)), by_rank, target)
+
+
 def seed_one_hot(op: Emitter, score2d: str, target: str) -> tuple[str, str]:
-    """One-hot cotangent (N, C) for int64 ``target`` (N,); −1 picks each row's argmax.
+    """One-hot cotangent (M, C) for the targets of :func:`resolve_targets`.
 
     Returns (seed, resolved targets).
     """
-    argmax = op.ArgMax(score2d, axis=1, keepdims=0)
-    resolved = op.Where(op.Less(target, op.const(0)), argmax, target)
+    resolved = resolve_targets(op, score2d, target)
     classes = op.Range(op.const(0), op.Gather(op.Shape(score2d), op.const(1)), op.const(1))
     hot = op.Equal(op.unsqueeze(resolved, [1]), classes)
     seed = op.Cast(hot, to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
     return seed, resolved
-
