@@ -14,7 +14,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnx_gradcam.autodiff.builder import FLOAT_TYPES, build_gradient, head_nodes, seed_one_hot
+from onnx_gradcam.autodiff.builder import (
+    FLOAT_TYPES,
+    GradientGraph,
+    build_gradient,
+    head_nodes,
+    seed_one_hot,
+)
 from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
@@ -128,14 +134,17 @@ def replicate_head(info: GraphInfo, activation: str, score: str, rows: str, tag:
 
 
 def explainer_model(info: GraphInfo, activations: list[str], score: str,
-                    with_gradient: bool = True, rows: bool = False) -> ExplainerModel:
+                    with_gradient: bool = True, rows: bool = False,
+                    builder: str = "onnx") -> ExplainerModel:
     """The full explainer graph (see module docstring) for one or more target layers.
     ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C).
 
     With ``rows``, the graph also takes ``ogc_rows`` (int64 (M,)) and explains, for each m, the
     sample ``ogc_rows[m]`` for the target ``ogc_target[m]`` through a replicated head
     (:func:`replicate_head`): gradients and ``ogc_targets`` then have M rows, in one pass.
+    ``builder`` picks the gradient builder (:func:`gradient_builder`).
     """
+    build = gradient_builder(builder)
     dtype = info.dtype(score)
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
     score2d = op.Flatten(score, axis=1)
@@ -166,7 +175,7 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     for index, (head_info, activation, head_score) in enumerate(heads if with_gradient else []):
         seed_op = Emitter(opset=info.opset, dtype=dtype, prefix=f"ogc_seed{index}/")
         seed = seed_op.Reshape(seed2d, seed_op.Shape(head_score))
-        grad = build_gradient(head_info, activation, head_score, seed, prefix=f"ogc_grad{index}/")
+        grad = build(head_info, activation, head_score, seed, prefix=f"ogc_grad{index}/")
         name = gradient_name(index)
         nodes += [*seed_op.nodes, *grad.nodes,
                   helper.make_node("Identity", [grad.gradient], [name])]
