@@ -14,4 +14,8 @@ class OnnxGradCamError(Exception):
 
 
 class UnsupportedOpError(OnnxGradCamError):
-    """The head holds an op with no VJP rule."""
+    """The head holds an op with no VJP rule; ``node_output`` names that node's first output."""
+
+    def __init__(self, message: str, node_output: str = "") -> None:
+        super().__init__(message)
+        self.node_output = node_output

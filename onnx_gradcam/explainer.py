@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnx_gradcam.autodiff.builder import build_gradient
 from onnx_gradcam.cams import METHODS, postprocess
 from onnx_gradcam.cams.score import scorecam
-from onnx_gradcam.errors import OnnxGradCamError
+from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.explainer_graph import (
     ROWS,
     SCORES,
@@ -24,7 +25,14 @@ from onnx_gradcam.explainer_graph import (
 )
 from onnx_gradcam.images import preprocess, read_image, to_rgb8
 from onnx_gradcam.metadata import Preprocessing
-from onnx_gradcam.model import Layer, LoadedModel, detect_layer, load_model, resolve_layer
+from onnx_gradcam.model import (
+    Layer,
+    LoadedModel,
+    candidate_layers,
+    detect_layer,
+    load_model,
+    resolve_layer,
+)
 from onnx_gradcam.runtime import make_session
 
 Targets = int | Sequence[int] | np.ndarray | None
@@ -101,9 +109,30 @@ class Explainer:
         key = (digest, tuple(la.name for la in self.layers), self.score,
                self.method.needs_gradient)
         if key not in _GRAPH_CACHE:
-            _GRAPH_CACHE[key] = explainer_model(self.model.info, [la.name for la in self.layers],
-                                                self.score, self.method.needs_gradient)
+            try:
+                _GRAPH_CACHE[key] = explainer_model(
+                    self.model.info, [la.name for la in self.layers], self.score,
+                    self.method.needs_gradient)
+            except UnsupportedOpError as exc:
+                nearest = self._nearest_working_layer(exc.node_output)
+                hint = f"; the nearest layer that works: --layer {nearest}" if nearest else ""
+                raise UnsupportedOpError(f"{exc}{hint}", exc.node_output) from None
         return _GRAPH_CACHE[key]
+
+    def _nearest_working_layer(self, node_output: str) -> str | None:
+        """The first candidate layer after the failing node whose head we can differentiate."""
+        info = self.model.info
+        after = {o for i in info.descendants(node_output) for o in info.nodes[i].output}
+        after.add(node_output)
+        for layer in candidate_layers(self.model, self.score):
+            if layer.name not in after:
+                continue
+            try:
+                build_gradient(info, layer.name, self.score, self.score)
+            except OnnxGradCamError:
+                continue
+            return layer.name
+        return None
 
     @property
     def num_classes(self) -> int | None:

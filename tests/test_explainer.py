@@ -166,7 +166,8 @@ def _model_with_head_op(op_type: str, **attrs) -> onnx.ModelProto:
 
 def test_head_op_without_rule_names_op_and_node() -> None:
     model = _model_with_head_op("LpNormalization", axis=1)
-    with pytest.raises(og.OnnxGradCamError, match="LpNormalization.*the_odd_one.*--layer"):
+    with pytest.raises(og.OnnxGradCamError,
+                       match="LpNormalization.*the_odd_one.*nearest layer that works: --layer odd"):
         og.Explainer(model, layer="act")
     # a layer after the unsupported op works
     assert og.Explainer(model, layer="odd").explain(_batch(1)).cams.shape == (1, 16, 16)

@@ -66,13 +66,14 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         if rule is None or proto.domain not in ("", "ai.onnx"):
             raise UnsupportedOpError(
                 f"op {node.op_type} (node {node.name or proto.output[0]!r}) has no gradient rule; "
-                f"pick a target layer after it with --layer (see `onnx-gradcam inspect`)")
+                f"pick a target layer after it with --layer (see `onnx-gradcam inspect`)",
+                proto.output[0])
         try:
             dxs = rule(op, node, dys)
         except ValueError as exc:
             raise UnsupportedOpError(
                 f"op {node.op_type} (node {node.name or proto.output[0]!r}): {exc}; "
-                f"pick a target layer after it with --layer") from None
+                f"pick a target layer after it with --layer", proto.output[0]) from None
         for i, x in enumerate(node.inputs):
             if x not in differentiable:
                 continue
@@ -80,7 +81,8 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
             if dx is None:
                 raise UnsupportedOpError(
                     f"op {node.op_type} (node {node.name!r}): input {i} ({x!r}) lies on the path "
-                    f"from the target layer but its rule does not differentiate it")
+                    f"from the target layer but its rule does not differentiate it",
+                    proto.output[0])
             cotangents.setdefault(x, []).append(dx)
 
     total = _total(op, cotangents.get(activation))
