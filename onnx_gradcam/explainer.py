@@ -13,6 +13,7 @@ import onnx
 
 from onnx_gradcam.autodiff.builder import build_gradient
 from onnx_gradcam.cams import METHODS, postprocess
+from onnx_gradcam.cams.eigen import projection_2d
 from onnx_gradcam.cams.score import scorecam
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.explainer_graph import (
@@ -71,7 +72,8 @@ class Explainer:
                  layer: str | Sequence[str] | None = None, method: str = "gradcam",
                  providers: str | Sequence[str] | None = None, *,
                  score: str = "logits", batch_size: int = 16, scorecam_batch: int = 32,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, aug_smooth: bool = False,
+                 eigen_smooth: bool = False) -> None:
         if method not in METHODS:
             raise OnnxGradCamError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if score not in ("logits", "probabilities"):
@@ -88,6 +90,9 @@ class Explainer:
         if self.model.input_shape[0] == 1:
             self.batch_size = 1  # a model exported with a fixed batch of one
         self.scorecam_batch = max(1, int(scorecam_batch))
+        #: pytorch-grad-cam's smoothing options: average over flips × intensity scales, and/or
+        #: the first principal component of the weighted activations instead of their sum
+        self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.graph = self._graph()
         self.session = make_session(self.graph.model.SerializeToString(), providers, threads)
         self._providers, self._threads = providers, threads
@@ -203,6 +208,35 @@ class Explainer:
 
     def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC)."""
+        if self.aug_smooth:
+            return self._explain_augmented(x, targets)
+        return self._explain(x, targets)
+
+    #: aug_smooth's test-time augmentations (as pytorch-grad-cam's ttach transforms): horizontal
+    #: flip on/off × multiplying the input tensor by 0.9, 1.0, 1.1
+    AUGMENTATIONS = [(flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1)]
+
+    def _explain_augmented(self, x: np.ndarray, targets: Targets) -> Explanation:
+        """aug_smooth: the mean of the post-processed maps of the augmented inputs, each flipped
+        back (pytorch-grad-cam's forward_augmentation_smoothing; no renormalisation after)."""
+        start = time.perf_counter()
+        x = self._check_input(x)
+        width_axis = 3 if self.model.input_layout == "NCHW" else 2
+        results = []
+        for flip, factor in self.AUGMENTATIONS:
+            xa = x * np.float32(factor)
+            xa = np.ascontiguousarray(np.flip(xa, width_axis) if flip else xa)
+            res = self._explain(xa, targets)
+            if flip:
+                res.cams = np.ascontiguousarray(res.cams[:, :, ::-1])
+            results.append(res)
+        base = next(r for r, (flip, factor) in zip(results, self.AUGMENTATIONS)
+                    if not flip and factor == 1.0)
+        base.cams = np.mean([r.cams for r in results], axis=0).astype(np.float32)
+        base.seconds = time.perf_counter() - start
+        return base
+
+    def _explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         start = time.perf_counter()
         x = self._check_input(x)
         outputs = self._run(x, self.check_targets(targets, len(x)))
@@ -238,7 +272,7 @@ class Explainer:
             k = codes.shape[1]
         flat = self.check_targets(codes.reshape(-1), n * k)
         rows = np.repeat(np.arange(n, dtype=np.int64), k)
-        if not self.method.needs_gradient:  # no head to replicate: one pass per rank
+        if not self.method.needs_gradient or self.aug_smooth:  # one pass per rank
             results = [self.explain(x, codes[:, r]) for r in range(k)]
             return self._stack(results, start)
         session, graph = self._rows_session()
@@ -280,10 +314,10 @@ class Explainer:
     def _coarse(self, acts: np.ndarray, grads: np.ndarray | None, x: np.ndarray,
                 targets: np.ndarray) -> np.ndarray:
         if self.method.name == "scorecam":
-            return scorecam(acts, x, targets, self.forward, self.model.input_layout,
-                            self.scorecam_batch)
-        assert self.method.cam is not None
-        return self.method.cam(acts, grads)  # type: ignore[arg-type]
+            weighted = scorecam(acts, x, targets, self.forward, self.model.input_layout,
+                                self.scorecam_batch)
+            return projection_2d(weighted) if self.eigen_smooth else weighted.sum(axis=1)
+        return self.method.cam(acts, grads, self.eigen_smooth)  # type: ignore[arg-type]
 
     # ---- images ------------------------------------------------------------------------------
     def preprocessing(self, overrides: Preprocessing | None = None) -> Preprocessing:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnx_gradcam.cams.eigen import eigencam, eigengradcam
+from onnx_gradcam.cams.eigen import eigencam, eigengradcam, projection_2d
 from onnx_gradcam.cams.gradient import (
     gradcam,
     gradcam_elementwise,
@@ -21,11 +21,23 @@ from onnx_gradcam.cams.postprocess import min_max, postprocess, upsample
 
 @dataclass(frozen=True)
 class Method:
-    """A CAM method: ``cam(acts, grads) -> (N, h, w)``; Score-CAM is computed by the explainer."""
+    """A CAM method. ``weighted(acts, grads)`` gives the weighted activations (N, K, h, w);
+    the coarse map is their channel sum, or their first principal component where ``eigen``
+    (Eigen-CAM's own definition, or any method with ``eigen_smooth``). Score-CAM's weights come
+    from extra forward passes, so the explainer computes them."""
 
     name: str
-    cam: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+    weighted: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
     needs_gradient: bool = True
+    eigen: bool = False
+
+    def cam(self, acts: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
+        """The coarse map (N, h, w) before ReLU and normalisation."""
+        assert self.weighted is not None
+        weighted = self.weighted(acts, grads)
+        if self.eigen or eigen_smooth:
+            return projection_2d(weighted)
+        return weighted.sum(axis=1)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
@@ -36,8 +48,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("xgradcam", xgradcam),
     Method("layercam", layercam),
     Method("scorecam", None, needs_gradient=False),
-    Method("eigencam", eigencam, needs_gradient=False),
-    Method("eigengradcam", eigengradcam),
+    Method("eigencam", eigencam, needs_gradient=False, eigen=True),
+    Method("eigengradcam", eigengradcam, eigen=True),
 ]}
 
 __all__ = ["METHODS", "Method", "min_max", "postprocess", "upsample"]

@@ -7,9 +7,10 @@ import numpy as np
 
 def projection_2d(maps: np.ndarray) -> np.ndarray:
     """Per image: X = maps reshaped (h·w, K), NaN → 0, minus its per-channel mean;
-    cam = X · V₀ with V₀ the first right singular vector, sign as LAPACK returns it
-    (pytorch-grad-cam's ``get_2d_projection``; a flipped sign flips the whole map)."""
-    maps = np.nan_to_num(maps, nan=0.0)
+    cam = X · V₀ with V₀ the first right singular vector, sign as LAPACK returns it, computed in
+    float32 like pytorch-grad-cam's ``get_2d_projection`` (float64 can flip a sign, and a
+    flipped sign flips the whole map)."""
+    maps = np.nan_to_num(np.float32(maps), nan=0.0)
     out = []
     for image in maps:
         k = image.shape[0]
@@ -22,9 +23,9 @@ def projection_2d(maps: np.ndarray) -> np.ndarray:
 
 def eigencam(acts: np.ndarray, grads: np.ndarray | None = None) -> np.ndarray:
     """Eigen-CAM: cam = first principal component of A (needs no gradient)."""
-    return projection_2d(acts)
+    return acts
 
 
 def eigengradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Eigen-Grad-CAM: cam = first principal component of G ⊙ A."""
-    return projection_2d(grads * acts)
+    return grads * acts

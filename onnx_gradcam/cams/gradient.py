@@ -1,7 +1,8 @@
 """Gradient-based CAM methods: pure functions of activations ``A`` and gradients ``G``.
 
-All arrays are NCHW: ``A``, ``G`` of shape (N, K, h, w); each function returns the coarse map
-(N, h, w) *before* the ReLU and normalisation of :mod:`onnx_gradcam.cams.postprocess`.
+All arrays are NCHW (N, K, h, w). Each method returns its *weighted activations* (N, K, h, w);
+the map is their sum over channels (or, with ``eigen_smooth``, their first principal
+component), before the ReLU and normalisation of :mod:`onnx_gradcam.cams.postprocess`.
 Formulas follow pytorch-grad-cam (see shared/CAM_CONVENTIONS.md).
 """
 
@@ -10,24 +11,24 @@ from __future__ import annotations
 import numpy as np
 
 
-def weighted_sum(weights: np.ndarray, acts: np.ndarray) -> np.ndarray:
-    """cam = Σ_k w_k · A_k for weights (N, K)."""
-    return np.einsum("nk,nkhw->nhw", weights, acts)
+def channel_weighted(weights: np.ndarray, acts: np.ndarray) -> np.ndarray:
+    """w_k · A_k for weights (N, K)."""
+    return weights[:, :, None, None] * acts
 
 
 def gradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Grad-CAM: w_k = mean_ij G_kij; cam = Σ_k w_k A_k."""
-    return weighted_sum(grads.mean(axis=(2, 3)), acts)
+    return channel_weighted(grads.mean(axis=(2, 3)), acts)
 
 
 def hirescam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """HiRes-CAM: cam = Σ_k (G ⊙ A)_k (element-wise, no spatial averaging)."""
-    return (grads * acts).sum(axis=1)
+    return grads * acts
 
 
 def gradcam_elementwise(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Grad-CAM element-wise (pytorch-grad-cam's GradCAMElementWise): cam = Σ_k relu(G ⊙ A)_k."""
-    return np.maximum(grads * acts, 0).sum(axis=1)
+    return np.maximum(grads * acts, 0)
 
 
 def gradcam_plusplus(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
@@ -39,17 +40,15 @@ def gradcam_plusplus(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     sum_a = acts.sum(axis=(2, 3), keepdims=True)
     alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
     alpha = np.where(grads != 0, alpha, 0)
-    weights = (np.maximum(grads, 0) * alpha).sum(axis=(2, 3))
-    return weighted_sum(weights, acts)
+    return channel_weighted((np.maximum(grads, 0) * alpha).sum(axis=(2, 3)), acts)
 
 
 def xgradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """XGrad-CAM: w_k = Σ_ij G·A / (Σ_ab A + 1e-7); cam = Σ_k w_k A_k."""
     sum_a = acts.sum(axis=(2, 3), keepdims=True)
-    weights = (grads * acts / (sum_a + 1e-7)).sum(axis=(2, 3))
-    return weighted_sum(weights, acts)
+    return channel_weighted((grads * acts / (sum_a + 1e-7)).sum(axis=(2, 3)), acts)
 
 
 def layercam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Layer-CAM: cam = Σ_k relu(G) ⊙ A."""
-    return (np.maximum(grads, 0) * acts).sum(axis=1)
+    return np.maximum(grads, 0) * acts

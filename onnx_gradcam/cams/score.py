@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnx_gradcam.cams.gradient import weighted_sum
+from onnx_gradcam.cams.gradient import channel_weighted
 
 
 def _align_corners_matrix(n_out: int, n_in: int) -> np.ndarray:
@@ -48,8 +48,9 @@ def scorecam(acts: np.ndarray, inputs: np.ndarray, targets: np.ndarray,
              forward: Callable[[np.ndarray], np.ndarray], layout: str = "NCHW",
              batch_size: int = 32) -> np.ndarray:
     """Score-CAM: s_k = target score of x ⊙ M_k; w = softmax(s) over channels;
-    cam = Σ_k w_k A_k. ``forward`` maps an input batch to scores (B, C); the masked inputs of
-    all channels are run in batches of ``batch_size``."""
+    cam = Σ_k w_k A_k, returned as the weighted activations w_k·A_k (N, K, h, w).
+    ``forward`` maps an input batch to scores (B, C); the masked inputs of all channels are run
+    in batches of ``batch_size``."""
     size = inputs.shape[2:4] if layout == "NCHW" else inputs.shape[1:3]
     masks = score_masks(acts, size)
     n, k = acts.shape[:2]
@@ -60,4 +61,4 @@ def scorecam(acts: np.ndarray, inputs: np.ndarray, targets: np.ndarray,
             m = m[:, None] if layout == "NCHW" else m[..., None]
             batch = (inputs[i][None] * m).astype(inputs.dtype)
             scores[i, start:start + len(m)] = forward(batch)[:, targets[i]]
-    return weighted_sum(softmax(scores, axis=1).astype(np.float32), acts)
+    return channel_weighted(softmax(scores, axis=1).astype(np.float32), acts)

@@ -1,0 +1,106 @@
+"""The CAM formulas and their post-processing as standard ONNX nodes, for exported models.
+
+Each function mirrors its numpy twin in :mod:`onnx_gradcam.cams.gradient` and
+:mod:`onnx_gradcam.cams.postprocess` term by term (same epsilons, same order of operations), so
+an exported model and :class:`~onnx_gradcam.Explainer` give the same maps. Activations ``A``
+and gradients ``G`` are NCHW tensors (N, K, h, w); a method returns the coarse map (N, h, w).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from onnx_gradcam.autodiff.emitter import Emitter, Value
+
+GraphCam = Callable[[Emitter, Value, Value], Value]
+
+
+def weighted_sum(op: Emitter, weights: Value, acts: Value) -> Value:
+    """cam = Σ_k w_k · A_k for weights (N, K, 1, 1)."""
+    return op.reduce("ReduceSum", op.Mul(weights, acts), [1], keepdims=0)
+
+
+def gradcam(op: Emitter, acts: Value, grads: Value) -> Value:
+    """Grad-CAM: w_k = mean_ij G_kij; cam = Σ_k w_k A_k."""
+    return weighted_sum(op, op.reduce("ReduceMean", grads, [2, 3]), acts)
+
+
+def hirescam(op: Emitter, acts: Value, grads: Value) -> Value:
+    """HiRes-CAM: cam = Σ_k (G ⊙ A)_k."""
+    return op.reduce("ReduceSum", op.Mul(grads, acts), [1], keepdims=0)
+
+
+def gradcam_elementwise(op: Emitter, acts: Value, grads: Value) -> Value:
+    """Grad-CAM element-wise: cam = Σ_k relu(G ⊙ A)_k."""
+    return op.reduce("ReduceSum", op.Relu(op.Mul(grads, acts)), [1], keepdims=0)
+
+
+def gradcam_plusplus(op: Emitter, acts: Value, grads: Value) -> Value:
+    """Grad-CAM++ (pytorch-grad-cam's form, no exp(S)): α = G² / (2G² + (Σ_ab A)·G³ + 1e-6),
+    α = 0 where G = 0; w_k = Σ_ij relu(G)·α; cam = Σ_k w_k A_k."""
+    g2 = op.Mul(grads, grads)
+    g3 = op.Mul(g2, grads)
+    sum_a = op.reduce("ReduceSum", acts, [2, 3])
+    alpha = op.Div(g2, op.Add(op.Add(op.Mul(g2, 2.0), op.Mul(sum_a, g3)), 1e-6))
+    alpha = op.Where(op.Equal(grads, 0.0), 0.0, alpha)
+    weights = op.reduce("ReduceSum", op.Mul(op.Relu(grads), alpha), [2, 3])
+    return weighted_sum(op, weights, acts)
+
+
+def xgradcam(op: Emitter, acts: Value, grads: Value) -> Value:
+    """XGrad-CAM: w_k = Σ_ij G·A / (Σ_ab A + 1e-7); cam = Σ_k w_k A_k."""
+    sum_a = op.reduce("ReduceSum", acts, [2, 3])
+    weights = op.reduce("ReduceSum", op.Div(op.Mul(grads, acts), op.Add(sum_a, 1e-7)), [2, 3])
+    return weighted_sum(op, weights, acts)
+
+
+def layercam(op: Emitter, acts: Value, grads: Value) -> Value:
+    """Layer-CAM: cam = Σ_k relu(G) ⊙ A."""
+    return op.reduce("ReduceSum", op.Mul(op.Relu(grads), acts), [1], keepdims=0)
+
+
+#: The methods an exported model can compute: one gradient pass, then element-wise math.
+GRAPH_METHODS: dict[str, GraphCam] = {
+    "gradcam": gradcam,
+    "hirescam": hirescam,
+    "gradcam_elementwise": gradcam_elementwise,
+    "gradcam++": gradcam_plusplus,
+    "xgradcam": xgradcam,
+    "layercam": layercam,
+}
+
+#: Why the other methods cannot live in one ONNX graph.
+NOT_IN_GRAPH: dict[str, str] = {
+    "scorecam": "it runs one extra forward pass per channel of the target layer",
+    "eigencam": "it needs an SVD, and no standard ONNX op computes one",
+    "eigengradcam": "it needs an SVD, and no standard ONNX op computes one",
+}
+
+
+def min_max(op: Emitter, maps: Value) -> Value:
+    """Per map (N, h, w): m −= min; m /= (1e-7 + max). A constant map becomes zeros."""
+    shifted = op.Sub(maps, op.reduce("ReduceMin", maps, [1, 2]))
+    return op.Div(shifted, op.Add(op.reduce("ReduceMax", shifted, [1, 2]), 1e-7))
+
+
+def upsample(op: Emitter, maps: Value, size: Value) -> Value:
+    """Resize maps (N, h, w) to ``size`` (int64 [H, W]) like ``cv2.resize`` INTER_LINEAR:
+    bilinear on half-pixel centres, edges clamped, no antialiasing."""
+    maps4 = op.unsqueeze(maps, [1])
+    sizes = op.Concat(op.Slice(op.Shape(maps4), op.const([0]), op.const([2])), size, axis=0)
+    resized = op.Resize(maps4, None, None, sizes, mode="linear",
+                        coordinate_transformation_mode="half_pixel")
+    return op.squeeze(resized, [1])
+
+
+def normalise(op: Emitter, coarse: Value) -> Value:
+    """Post-processing steps 1-2 on one layer's coarse map (N, h, w): ReLU, then min-max."""
+    return min_max(op, op.Relu(coarse))
+
+
+def combine(op: Emitter, normalised: list[Value], size: Value) -> Value:
+    """Steps 3-4: upsample each layer's normalised map to ``size``; ReLU, mean over the layers
+    and min-max again (always, also for one layer, as pytorch-grad-cam does) → (N, H, W)."""
+    layers = [op.unsqueeze(upsample(op, m, size), [1]) for m in normalised]
+    stacked = op.Relu(layers[0] if len(layers) == 1 else op.Concat(*layers, axis=1))
+    return min_max(op, op.reduce("ReduceMean", stacked, [1], keepdims=0))
