@@ -15,6 +15,7 @@ import numpy as np
 
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
+from onnx_gradcam.grid import contact_sheet, grid_row
 from onnx_gradcam.images import atomic_write, list_images, overlay, save_array, save_image
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import Preprocessing
@@ -29,6 +30,7 @@ class RunOptions:
     alpha: float = 0.5
     colormap: str = "jet"
     batch_size: int = 16
+    grid: bool = False  # one method-grid picture per image and a contact sheet
 
 
 def check_outdir(outdir: Path, inputs: Sequence[Path]) -> None:
@@ -63,19 +65,23 @@ class _Names:
         return stem
 
 
-def run_job(explainer: Explainer, inputs: Sequence[Path], options: RunOptions, labels: Labels,
-            preprocessing: Preprocessing | None = None,
+def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
+            options: RunOptions, labels: Labels, preprocessing: Preprocessing | None = None,
             progress: Callable[[int], None] | None = None) -> dict:
-    """Explain every image under ``inputs``; write pictures and report.json; return the report."""
+    """Explain every image under ``inputs`` with each explainer (one per method); write the
+    pictures (and with ``options.grid`` one method grid per image plus a contact sheet) and
+    report.json; return the report."""
+    explainers = [explainers] if isinstance(explainers, Explainer) else list(explainers)
+    lead = explainers[0]
     check_outdir(options.outdir, inputs)
     paths = list_images(list(inputs))
-    pre = explainer.preprocessing(preprocessing)
+    pre = lead.preprocessing(preprocessing)
     fixed_target = None if options.target is None else labels.index(options.target)
     if fixed_target is not None:
-        explainer.check_targets(fixed_target, 1)  # fail early on an out-of-range target
+        lead.check_targets(fixed_target, 1)  # fail early on an out-of-range target
     options.outdir.mkdir(parents=True, exist_ok=True)
     names = _Names()
-    images, errors = [], []
+    images, errors, rows = [], [], []
     started = time.perf_counter()
     for first in range(0, len(paths), options.batch_size):
         chunk = paths[first:first + options.batch_size]
@@ -83,20 +89,23 @@ def run_job(explainer: Explainer, inputs: Sequence[Path], options: RunOptions, l
         for path in chunk:
             t0 = time.perf_counter()
             try:
-                batch, originals = explainer.prepare([path], pre)
+                batch, originals = lead.prepare([path], pre)
                 decoded.append((path, batch[0], originals[0], time.perf_counter() - t0))
             except OnnxGradCamError as exc:
                 errors.append({"path": str(path), "error": str(exc)})
         if decoded:
-            images += _explain_chunk(explainer, decoded, options, labels, fixed_target, names)
+            done, grids = _explain_chunk(explainers, decoded, options, labels, fixed_target,
+                                         names)
+            images += done
+            rows += grids
         if progress:
             progress(len(chunk))
     report = {
-        "model": explainer.model.source,
-        "method": explainer.method.name,
-        "layers": [layer.name for layer in explainer.layers],
-        "score": {"tensor": explainer.score, "kind": explainer.score_kind},
-        "provider": explainer.provider,
+        "model": lead.model.source,
+        "methods": [ex.method.name for ex in explainers],
+        "layers": [layer.name for layer in lead.layers],
+        "score": {"tensor": lead.score, "kind": lead.score_kind},
+        "provider": lead.provider,
         "preprocessing": {"size": list(pre.size or ()), "layout": pre.layout,
                           "color": pre.color, "scale": pre.scale, "mean": list(pre.mean),
                           "std": list(pre.std)},
@@ -104,46 +113,65 @@ def run_job(explainer: Explainer, inputs: Sequence[Path], options: RunOptions, l
         "errors": errors,
         "seconds": round(time.perf_counter() - started, 4),
     }
+    if rows:
+        sheet = options.outdir / "contact_sheet.png"
+        save_image(sheet, contact_sheet(rows))
+        report["contact_sheet"] = str(sheet)
     atomic_write(options.outdir / "report.json", json.dumps(report, indent=2).encode())
     return report
 
 
-def _explain_chunk(explainer: Explainer, decoded: list, options: RunOptions, labels: Labels,
-                   fixed_target: int | None, names: _Names) -> list[dict]:
-    batch = np.stack([d[1] for d in decoded])
-    t0 = time.perf_counter()
-    k = 1 if fixed_target is not None else max(1, options.top_k)
+def _cams(explainer: Explainer, batch: np.ndarray, k: int, fixed_target: int | None):
+    """(cams (N, k, H, W), targets (N, k), scores (N, C)) for one method."""
     if k == 1:
-        first = explainer.explain(batch, fixed_target)
-        cams, targets = first.cams[:, None], first.targets[:, None]
-    else:  # k classes per image, one backbone pass
-        first = explainer.explain_many(batch, top_k=min(k, explainer.num_classes or k))
-        cams, targets = first.cams, first.targets
-    k = cams.shape[1]
-    probs = _probabilities(first.scores, explainer.score_kind)
-    order = np.argsort(-first.scores, axis=1)
-    per_image = (time.perf_counter() - t0) / len(decoded)
-    out = []
+        res = explainer.explain(batch, fixed_target)
+        return res.cams[:, None], res.targets[:, None], res.scores
+    res = explainer.explain_many(batch, top_k=k)  # k classes per image, one backbone pass
+    return res.cams, res.targets, res.scores
+
+
+def _explain_chunk(explainers: list[Explainer], decoded: list, options: RunOptions,
+                   labels: Labels, fixed_target: int | None, names: _Names
+                   ) -> tuple[list[dict], list[np.ndarray]]:
+    batch = np.stack([d[1] for d in decoded])
+    lead = explainers[0]
+    k = 1 if fixed_target is not None else max(1, min(options.top_k, lead.num_classes or 1000))
+    per_method, seconds = [], {}
+    for ex in explainers:
+        t0 = time.perf_counter()
+        per_method.append(_cams(ex, batch, k, fixed_target))
+        seconds[ex.method.name] = (time.perf_counter() - t0) / len(decoded)
+    scores = per_method[0][2]
+    probs = _probabilities(scores, lead.score_kind)
+    order = np.argsort(-scores, axis=1)
+    out, grids = [], []
     for i, (path, _, rgb, decode_s) in enumerate(decoded):
         stem = names(path)
         top = [{"class": int(c), "label": labels.name(int(c)),
-                "score": float(first.scores[i, c]), "probability": float(probs[i, c])}
+                "score": float(scores[i, c]), "probability": float(probs[i, c])}
                for c in order[i, :max(k, 5)]]
-        explained = []
-        for rank in range(k):
-            target = int(targets[i, rank])
-            tag = labels.slug(target)
-            picture = options.outdir / f"{stem}_{explainer.method.name}_{tag}.png"
-            save_image(picture, overlay(rgb, cams[i, rank], options.alpha, options.colormap))
-            entry = {"target": target, "label": labels.name(target),
-                     "score": float(first.scores[i, target]), "overlay": str(picture)}
-            if options.save_npy:
-                array = options.outdir / f"{stem}_{explainer.method.name}_{tag}.npy"
-                save_array(array, cams[i, rank])
-                entry["npy"] = str(array)
-            explained.append(entry)
+        explained, panels = [], []
+        for ex, (cams, targets, _) in zip(explainers, per_method):
+            for rank in range(cams.shape[1]):
+                target = int(targets[i, rank])
+                name = f"{stem}_{ex.method.name}_{labels.slug(target)}"
+                picture = overlay(rgb, cams[i, rank], options.alpha, options.colormap)
+                save_image(options.outdir / f"{name}.png", picture)
+                entry = {"method": ex.method.name, "target": target,
+                         "label": labels.name(target), "score": float(scores[i, target]),
+                         "overlay": str(options.outdir / f"{name}.png")}
+                if options.save_npy:
+                    save_array(options.outdir / f"{name}.npy", cams[i, rank])
+                    entry["npy"] = str(options.outdir / f"{name}.npy")
+                explained.append(entry)
+                panels.append((f"{ex.method.name}: {labels.name(target)}", picture))
+        if options.grid:
+            row = grid_row(rgb, path.name, panels)
+            save_image(options.outdir / f"{stem}_grid.png", row)
+            grids.append(row)
         out.append({"path": str(path), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
                     "top": top, "explanations": explained,
                     "timings_ms": {"decode": round(decode_s * 1e3, 3),
-                                   "explain": round(per_image * 1e3, 3)}})
-    return out
+                                   **{f"explain_{m}": round(t * 1e3, 3)
+                                      for m, t in seconds.items()}}})
+    return out, grids

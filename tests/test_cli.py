@@ -127,3 +127,24 @@ def test_inspect_shows_layer_score_and_head(model_path):
     assert [c["name"] for c in facts["candidates"]][-2:] == ["c2", "act"]
     table = cli("inspect", model_path)
     assert table.returncode == 0 and "act" in table.stdout
+
+
+def test_method_list_with_grid_and_contact_sheet(model_path, images, tmp_path):
+    out = tmp_path / "grid"
+    proc = cli("run", model_path, images / "cat.jpg", images / "gray.png", "-o", out, "-q",
+               "--method", "gradcam,scorecam,eigencam", "--grid", "--save-npy")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["methods"] == ["gradcam", "scorecam", "eigencam"]
+    for item in report["images"]:
+        assert [e["method"] for e in item["explanations"]] == report["methods"]
+        stem = Path(item["path"]).stem
+        grid = cv2.imread(str(out / f"{stem}_grid.png"))
+        assert grid.shape[1] > 3 * grid.shape[0]  # original + three panels side by side
+    sheet = cv2.imread(report["contact_sheet"])
+    assert sheet.shape[0] >= 2 * grid.shape[0]
+    # each method's cams equal the API's
+    for method in report["methods"]:
+        api = og.Explainer(model_path, method=method).explain_images([images / "cat.jpg"])
+        entry = next(e for e in report["images"][0]["explanations"] if e["method"] == method)
+        np.testing.assert_allclose(np.load(entry["npy"]), api.cams[0], atol=1e-5)

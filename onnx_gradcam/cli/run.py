@@ -57,7 +57,8 @@ def run_command(
     paths: list[Path] = typer.Argument(..., help="[MODEL.onnx] then image files or folders "
                                        "(no model: the bundled demo model)"),
     output: Path = typer.Option(..., "-o", "--output", help="output folder"),
-    method: str = typer.Option("gradcam", "--method", "-m", help=f"one of {', '.join(METHODS)}"),
+    method: str = typer.Option("gradcam", "--method", "-m",
+                               help=f"one of {', '.join(METHODS)}; a comma list; or all"),
     layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable)"),
     target: str = typer.Option(None, "--target", help="class index or label to explain"),
     top_k: int = typer.Option(1, "--top-k", min=1, help="explain each of the top K classes"),
@@ -75,6 +76,13 @@ def run_command(
     bgr: bool = typer.Option(None, "--bgr/--rgb", help="channel order the model expects"),
     nhwc: bool = typer.Option(None, "--nhwc/--nchw", help="input layout"),
     labels: Path = typer.Option(None, "--labels", help="labels file: one per line or idx:label"),
+    grid: bool = typer.Option(False, "--grid", help="per image: original + each method's "
+                              "overlay, captioned; plus contact_sheet.png"),
+    aug_smooth: bool = typer.Option(False, "--aug-smooth", help="average over flips × scales"),
+    eigen_smooth: bool = typer.Option(False, "--eigen-smooth",
+                                      help="first principal component of weighted activations"),
+    scorecam_batch: int = typer.Option(32, "--scorecam-batch", min=1,
+                                       help="masked inputs per Score-CAM forward pass"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Explain images with a CAM method; write overlays, optional .npy and report.json."""
@@ -84,22 +92,25 @@ def run_command(
         model, images = DEMO_MODEL, paths
     if not images:
         raise OnnxGradCamError("no images given: pass image files or folders after the model")
-    explainer = Explainer(model, layer=layer or None, method=method, providers=provider,
-                          score=score, batch_size=batch_size)
+    methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
+    explainers = [Explainer(model, layer=layer or None, method=m, providers=provider, score=score,
+                            batch_size=batch_size, scorecam_batch=scorecam_batch,
+                            aug_smooth=aug_smooth, eigen_smooth=eigen_smooth) for m in methods]
+    explainer = explainers[0]
     pre = preprocessing_from_flags(explainer.model.metadata.preprocessing, preset, size, mean,
                                    std, scale, bgr, nhwc)
     meta = explainer.model.metadata
     names = Labels.from_file(labels) if labels else Labels(meta.labels, meta.label_offset)
-    options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size)
+    options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size, grid)
     total = len(list_images(images))
     console = Console(stderr=True, quiet=quiet)
     with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("run", total=total)
-        report = run_job(explainer, images, options, names, pre,
+        report = run_job(explainers, images, options, names, pre,
                          progress=lambda n: bar.advance(task, n))
     done = len(report["images"])
-    console.print(f"{done} image(s) explained with {explainer.method.name} at "
+    console.print(f"{done} image(s) explained with {', '.join(methods)} at "
                   f"{', '.join(report['layers'])} on {explainer.provider}; "
                   f"wrote {output}/ (report.json)")
     for error in report["errors"]:
