@@ -19,6 +19,7 @@ from onnx_gradcam.grid import contact_sheet, grid_row
 from onnx_gradcam.images import atomic_write, list_images, overlay, save_array, save_image
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import Preprocessing
+from onnx_gradcam.metrics import as_probabilities
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,6 @@ def check_outdir(outdir: Path, inputs: Sequence[Path]) -> None:
     for path in inputs:
         if path.is_file() and path.resolve() == resolved:
             raise OnnxGradCamError(f"{outdir}: output folder is an input file; pick another -o")
-
-
-def _probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
-    if kind != "logits":
-        return scores
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class _Names:
@@ -142,7 +136,7 @@ def _explain_chunk(explainers: list[Explainer], decoded: list, options: RunOptio
         per_method.append(_cams(ex, batch, k, fixed_target))
         seconds[ex.method.name] = (time.perf_counter() - t0) / len(decoded)
     scores = per_method[0][2]
-    probs = _probabilities(scores, lead.score_kind)
+    probs = as_probabilities(scores, lead.score_kind)
     order = np.argsort(-scores, axis=1)
     out, grids = [], []
     for i, (path, _, rgb, decode_s) in enumerate(decoded):

@@ -1,0 +1,58 @@
+"""``onnx-gradcam evaluate MODEL IMAGES... [--method ...] [--masks DIR]``: faithfulness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from onnx_gradcam.cams import METHODS
+from onnx_gradcam.errors import OnnxGradCamError
+from onnx_gradcam.evaluate import evaluate
+from onnx_gradcam.explainer import Explainer
+from onnx_gradcam.images import atomic_write, list_images
+
+
+def evaluate_command(
+    model: Path = typer.Argument(..., help="ONNX model file"),
+    images: list[Path] = typer.Argument(..., help="image files or folders"),
+    method: str = typer.Option("gradcam", "--method", "-m",
+                               help=f"one of {', '.join(METHODS)}; a comma list; or all"),
+    masks: Path = typer.Option(None, "--masks", help="folder of ground-truth masks (same stems)"),
+    layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable)"),
+    steps: int = typer.Option(20, "--steps", min=2, help="deletion/insertion steps"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    provider: str = typer.Option("auto", "--provider", help="auto, cpu or cuda"),
+    output: Path = typer.Option(None, "--json", help="also write the results as JSON here"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Average Drop, Increase in Confidence, deletion/insertion AUC and the pointing game."""
+    if masks is not None and not masks.is_dir():
+        raise OnnxGradCamError(f"{masks}: masks must be a folder")
+    methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
+    explainers = [Explainer(model, layer=layer or None, method=m, providers=provider,
+                            batch_size=batch_size) for m in methods]
+    console = Console(stderr=True, quiet=quiet)
+    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("evaluate", total=len(list_images(images)))
+        result = evaluate(explainers, images, masks, steps=steps, batch_size=batch_size,
+                          progress=lambda n: bar.advance(task, n))
+    table = Table("method", "images", "avg drop % ↓", "incr. conf. % ↑", "deletion AUC ↓",
+                  "insertion AUC ↑", "pointing % ↑")
+    for name, row in result["metrics"].items():
+        table.add_row(name, str(row["images"]), f"{row['average_drop']:.2f}",
+                      f"{row['increase_in_confidence']:.1f}", f"{row['deletion_auc']:.4f}",
+                      f"{row['insertion_auc']:.4f}",
+                      f"{row['pointing_game']:.1f}" if "pointing_game" in row else "-")
+    Console().print(table)
+    if output:
+        atomic_write(output, json.dumps(result, indent=2).encode())
+    for error in result["errors"]:
+        typer.secho(f"error: {error['error']}", fg=typer.colors.RED, err=True)
+    if result["errors"]:
+        raise typer.Exit(1)
