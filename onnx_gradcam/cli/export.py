@@ -1,0 +1,52 @@
+"""``onnx-gradcam export MODEL -o explain.onnx``: the whole explanation in one ONNX model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from onnx_gradcam.cams.graph import GRAPH_METHODS
+from onnx_gradcam.errors import OnnxGradCamError
+from onnx_gradcam.explainer import Explainer
+from onnx_gradcam.export import export_explainer, write_triton
+
+
+def export_command(
+    model: Path = typer.Argument(..., help="the ONNX classifier to explain"),
+    output: Path = typer.Option(None, "-o", "--output", help="where to write the exported model"),
+    method: str = typer.Option("gradcam", "--method", "-m",
+                               help=f"one of {', '.join(GRAPH_METHODS)}"),
+    layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable)"),
+    score: str = typer.Option("logits", "--score", help="logits (pre-softmax) or probabilities"),
+    upsample: bool = typer.Option(True, "--upsample/--no-upsample",
+                                  help="output `cam` at the input size (else only `cam_coarse`)"),
+    target_required: bool = typer.Option(
+        False, "--target-required",
+        help="make `target` a required input (onnxruntime's JavaScript API cannot set an "
+             "optional one)"),
+    triton: Path = typer.Option(None, "--triton", help="also write a Triton model repository "
+                                "entry here: NAME/config.pbtxt and NAME/1/model.onnx"),
+    triton_name: str = typer.Option(None, "--triton-name",
+                                    help="Triton model name (default: MODEL's stem + _explain)"),
+) -> None:
+    """Export MODEL + gradient + CAM as one standard ONNX model: inputs `input` and optional
+    `target` (default −1 = argmax), outputs the original scores, `cam`, `cam_coarse`,
+    `cam_target`. Runs on any ONNX Runtime (C++, C#, Java, Node, web, Triton)."""
+    if output is None and triton is None:
+        raise OnnxGradCamError("nowhere to write: pass -o FILE.onnx and/or --triton DIR")
+    explainer = Explainer(model, layer=layer or None, method=method, providers="cpu",
+                          score=score)
+    exported = export_explainer(explainer, output, upsample=upsample,
+                                target_required=target_required)
+    console = Console(stderr=True)
+    where = [str(output)] if output is not None else []
+    if triton is not None:
+        name = triton_name or f"{model.stem}_explain"
+        where.append(f"{write_triton(exported, triton, name)}/")
+    size = exported.ByteSize() / max(1, model.stat().st_size)
+    outputs = ", ".join(o.name for o in exported.graph.output)
+    console.print(f"exported {explainer.method.name} at {', '.join(explainer.graph.activations)} "
+                  f"to {' and '.join(where)}; outputs: {outputs}; {size:.2f}x the model's size",
+                  soft_wrap=True, markup=False, highlight=False)
