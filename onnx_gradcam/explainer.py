@@ -65,7 +65,9 @@ class Explainer:
     multi-layer map), ``None`` = the metadata's ``activation`` or the auto-detected last conv
     activation. ``method``: a key of :data:`onnx_gradcam.METHODS`. ``providers``: ``auto``,
     ``cpu``, ``cuda`` or ORT provider names. ``score``: ``logits`` (pre-softmax, the default)
-    or ``probabilities`` (the model's own output).
+    or ``probabilities`` (the model's own output). ``gradient_builder``: ``onnx`` (our VJP
+    rules, the default) or ``ort-training`` (onnxruntime-training's builder in its own venv,
+    lowered to standard ONNX; see :mod:`onnx_gradcam.autodiff.ort_training`).
     """
 
     def __init__(self, model: str | Path | onnx.ModelProto,
@@ -73,7 +75,7 @@ class Explainer:
                  providers: str | Sequence[str] | None = None, *,
                  score: str = "logits", batch_size: int = 16, scorecam_batch: int = 32,
                  threads: int | None = None, aug_smooth: bool = False,
-                 eigen_smooth: bool = False) -> None:
+                 eigen_smooth: bool = False, gradient_builder: str = "onnx") -> None:
         if method not in METHODS:
             raise OnnxGradCamError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if score not in ("logits", "probabilities"):
@@ -93,6 +95,7 @@ class Explainer:
         #: pytorch-grad-cam's smoothing options: average over flips × intensity scales, and/or
         #: the first principal component of the weighted activations instead of their sum
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
+        self.gradient_builder = gradient_builder
         self.graph = self._graph()
         self.session = make_session(self.graph.model.SerializeToString(), providers, threads)
         self._providers, self._threads = providers, threads
@@ -112,12 +115,12 @@ class Explainer:
     def _graph(self) -> ExplainerModel:
         digest = hashlib.sha1(self.model.proto.SerializeToString()).hexdigest()
         key = (digest, tuple(la.name for la in self.layers), self.score,
-               self.method.needs_gradient)
+               self.method.needs_gradient, self.gradient_builder)
         if key not in _GRAPH_CACHE:
             try:
                 _GRAPH_CACHE[key] = explainer_model(
                     self.model.info, [la.name for la in self.layers], self.score,
-                    self.method.needs_gradient)
+                    self.method.needs_gradient, builder=self.gradient_builder)
             except UnsupportedOpError as exc:
                 nearest = self._nearest_working_layer(exc.node_output)
                 hint = f"; the nearest layer that works: --layer {nearest}" if nearest else ""
@@ -302,7 +305,7 @@ class Explainer:
     def _rows_session(self):
         if self._rows is None:
             graph = explainer_model(self.model.info, [la.name for la in self.layers],
-                                    self.score, True, rows=True)
+                                    self.score, True, rows=True, builder=self.gradient_builder)
             self._rows = (make_session(graph.model.SerializeToString(), self._providers,
                                        self._threads), graph)
         return self._rows
