@@ -7,6 +7,10 @@ comma  := ,
 # Re-install whenever pyproject.toml (or the extras) change.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)-$(subst $(comma),_,$(EXTRAS))
 
+# onnxruntime-training (oracle 2, optional builder) lives in its own venv: it installs into the
+# same onnxruntime/ folder as onnxruntime and would break the main one. No cp312 wheels exist.
+ORT_VENV := .venv-ort-training
+
 .PHONY: demo test lint bench venv clean
 
 venv: $(STAMP)
@@ -26,7 +30,13 @@ demo: $(STAMP)
 	$(VENV)/bin/onnx-gradcam run models/demo.onnx models/samples -o demo-out --top-k 2 --save-npy
 	@echo "demo: overlays and report.json are in demo-out/"
 
-test: $(STAMP)
+$(ORT_VENV)/.installed:
+	$(PYTHON) -m venv $(ORT_VENV)
+	$(ORT_VENV)/bin/pip install -q onnxruntime-training-cpu==1.19.2
+	$(ORT_VENV)/bin/python -c "from onnxruntime.capi._pybind_state import GradientGraphBuilder"
+	@touch $@
+
+test: $(STAMP) $(ORT_VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -34,4 +44,4 @@ bench: $(STAMP)
 	$(PY) bench/overhead.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(ORT_VENV) demo-out .pytest_cache

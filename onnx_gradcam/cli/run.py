@@ -83,6 +83,8 @@ def run_command(
                                       help="first principal component of weighted activations"),
     scorecam_batch: int = typer.Option(32, "--scorecam-batch", min=1,
                                        help="masked inputs per Score-CAM forward pass"),
+    gradient_builder: str = typer.Option("onnx", "--gradient-builder",
+                                         help="onnx (ours) or ort-training (isolated venv)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Explain images with a CAM method; write overlays, optional .npy and report.json."""
@@ -95,7 +97,8 @@ def run_command(
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
     explainers = [Explainer(model, layer=layer or None, method=m, providers=provider, score=score,
                             batch_size=batch_size, scorecam_batch=scorecam_batch,
-                            aug_smooth=aug_smooth, eigen_smooth=eigen_smooth) for m in methods]
+                            aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+                            gradient_builder=gradient_builder) for m in methods]
     explainer = explainers[0]
     pre = preprocessing_from_flags(explainer.model.metadata.preprocessing, preset, size, mean,
                                    std, scale, bgr, nhwc)
