@@ -130,11 +130,12 @@ def save_array(path: Path, array: np.ndarray) -> None:
 
 
 def list_images(paths: list[Path]) -> list[Path]:
-    """Expand folders (recursively, sorted) into image files; files are kept as given."""
+    """Expand folders into the image files directly inside them (sorted; sub-folders such as
+    ``masks/`` are not entered); files are kept as given."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*")
+            out.extend(sorted(p for p in path.iterdir()
                               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
         else:
             out.append(path)
