@@ -1,7 +1,8 @@
 """Export an explanation as one standard ONNX model: forward pass, gradient and CAM in one graph.
 
-The exported model has the original input, an optional ``target`` (int64 (N,); omitted = a
-default of −1 = each sample's argmax; a single value is broadcast to the batch) and outputs:
+The exported model has the original input, an optional ``target`` (int64 (N,); a class index,
+or −r for the class ranked r-th; omitted = a default of −1 = each sample's argmax; a single
+value is broadcast to the batch) and outputs:
 
 - the original model's outputs, unchanged;
 - ``cam`` (N, H, W): the heatmap at the input size, post-processed exactly as
@@ -32,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH, combine, normalise
+from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH, combine, dims, normalise
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer_graph import TARGET, TARGETS
 from onnx_gradcam.images import atomic_write
@@ -74,7 +75,7 @@ def export_model(explainer: Explainer, upsample: bool = True,
     _check_free_names(graph.model)
     info = source.info
     op = Emitter(opset=info.opset, dtype=info.dtype(graph.activations[0]), prefix="ogc_cam/")
-    batch = op.Slice(op.Shape(source.input_name), op.const([0]), op.const([1]))
+    batch = dims(op, source.input_name, 0, 1)
     target_nodes = [*op.nodes, helper.make_node(
         "Expand", [TARGET_INPUT, batch], [TARGET], name="ogc_target_default")]
     del op.nodes[:]
@@ -86,8 +87,10 @@ def export_model(explainer: Explainer, upsample: bool = True,
     maps = [normalise(op, c) for c in coarse]
     results = [(CAM_COARSE, maps[0]), (CAM_TARGET, TARGETS)]
     if upsample:
-        hw = (2, 4) if source.input_layout == "NCHW" else (1, 3)
-        size = op.Slice(op.Shape(source.input_name), op.const([hw[0]]), op.const([hw[1]]))
+        first = 2 if source.input_layout == "NCHW" else 1
+        static = source.input_shape[first:first + 2]
+        size = (int(static[0]), int(static[1])) if None not in static else dims(  # type: ignore[arg-type]
+            op, source.input_name, first, first + 2)
         results.insert(0, (CAM, combine(op, maps, size)))
     cam_nodes = [*op.nodes, *(helper.make_node("Identity", [value], [name], name=f"{name}_out")
                               for name, value in results)]

@@ -137,6 +137,19 @@ def test_target_is_an_optional_input_unless_required() -> None:
     np.testing.assert_allclose(got["cam"], ex.explain(x).cams, atol=CAM_TOL)
 
 
+def test_symbolic_input_size_upsamples_to_each_batch_size() -> None:
+    model = small_cnn()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    ex = og.Explainer(model, providers="cpu")
+    exported = export_model(ex)
+    for h, w in [(16, 16), (24, 20)]:
+        x = np.random.default_rng(h).uniform(-1, 1, (2, 3, h, w)).astype(np.float32)
+        got = run(exported, {"input": x})
+        assert got["cam"].shape == (2, h, w)
+        np.testing.assert_allclose(got["cam"], ex.explain(x).cams, atol=CAM_TOL)
+
+
 def test_no_upsample_outputs_only_the_coarse_map() -> None:
     ex = og.Explainer(small_cnn(), providers="cpu")
     exported = export_model(ex, upsample=False)

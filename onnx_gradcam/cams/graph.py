@@ -83,11 +83,20 @@ def min_max(op: Emitter, maps: Value) -> Value:
     return op.Div(shifted, op.Add(op.reduce("ReduceMax", shifted, [1, 2]), 1e-7))
 
 
-def upsample(op: Emitter, maps: Value, size: Value) -> Value:
-    """Resize maps (N, h, w) to ``size`` (int64 [H, W]) like ``cv2.resize`` INTER_LINEAR:
-    bilinear on half-pixel centres, edges clamped, no antialiasing."""
+def dims(op: Emitter, x: Value, start: int, end: int) -> Value:
+    """Shape(x)[start:end] as int64 (one node from opset 15 on)."""
+    if op.opset >= 15:
+        return op.Shape(x, start=start, end=end)
+    return op.Slice(op.Shape(x), op.const([start]), op.const([end]))
+
+
+def upsample(op: Emitter, maps: Value, size: Value | tuple[int, int]) -> Value:
+    """Resize maps (N, h, w) to ``size`` ((H, W), or an int64 [H, W] tensor) like
+    ``cv2.resize`` INTER_LINEAR: bilinear on half-pixel centres, edges clamped, no antialias."""
     maps4 = op.unsqueeze(maps, [1])
-    sizes = op.Concat(op.Slice(op.Shape(maps4), op.const([0]), op.const([2])), size, axis=0)
+    hw = op.const([1, *size]) if isinstance(size, tuple) else op.Concat(op.const([1]), size,
+                                                                         axis=0)
+    sizes = op.Concat(dims(op, maps, 0, 1), hw, axis=0)
     resized = op.Resize(maps4, None, None, sizes, mode="linear",
                         coordinate_transformation_mode="half_pixel")
     return op.squeeze(resized, [1])
@@ -98,9 +107,12 @@ def normalise(op: Emitter, coarse: Value) -> Value:
     return min_max(op, op.Relu(coarse))
 
 
-def combine(op: Emitter, normalised: list[Value], size: Value) -> Value:
-    """Steps 3-4: upsample each layer's normalised map to ``size``; ReLU, mean over the layers
-    and min-max again (always, also for one layer, as pytorch-grad-cam does) → (N, H, W)."""
-    layers = [op.unsqueeze(upsample(op, m, size), [1]) for m in normalised]
-    stacked = op.Relu(layers[0] if len(layers) == 1 else op.Concat(*layers, axis=1))
+def combine(op: Emitter, normalised: list[Value], size: Value | tuple[int, int]) -> Value:
+    """Steps 3-4: upsample each layer's normalised map to ``size``; mean over the layers and
+    min-max again (always, also for one layer, as pytorch-grad-cam does) → (N, H, W).
+    Step 4's ReLU is left out: bilinear weights and means of maps in [0, 1] stay ≥ 0 exactly."""
+    layers = [upsample(op, m, size) for m in normalised]
+    if len(layers) == 1:
+        return min_max(op, layers[0])
+    stacked = op.Concat(*(op.unsqueeze(m, [1]) for m in layers), axis=1)
     return min_max(op, op.reduce("ReduceMean", stacked, [1], keepdims=0))
