@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnx_gradcam.images import read_image, resize
 from tests.examples_support import (
     EXAMPLES,
+    ROOT,
     exported,
     require,
     require_node,
@@ -31,6 +33,7 @@ from tests.examples_support import (
 )
 
 FOLDER = EXAMPLES / "web"
+SAMPLE = ROOT / "models" / "samples" / "2_triangle.png"  # for a telling screenshot
 SKIP = "ONNX_GRADCAM_SKIP_BROWSER"
 CHROMIUM = os.environ.get("ONNX_GRADCAM_CHROMIUM", "/usr/bin/chromium")
 
@@ -78,7 +81,8 @@ def test_page_computes_pythons_cam_in_headless_chromium(node: str, server: str,
     size = ex.preprocessing().size
     assert size is not None
     # an image already at the model's size: no resize, so any difference is the model's
-    image = write_png(tmp_path / "scene.png", scene(*size, seed=1))
+    rgb = read_image(SAMPLE) if SAMPLE.exists() else scene(*size, seed=1)
+    image = write_png(tmp_path / "scene.png", resize(rgb, size))
     shot = Path(os.environ.get("ONNX_GRADCAM_SCREENSHOT", tmp_path / "page.png"))
     url = f"{server}/web/index.html?model=/_model/{model.name}"
     proc = run_node(node, FOLDER, "e2e.mjs", "--url", url, "--image", image, "--out",
