@@ -60,8 +60,7 @@ def check_exportable(method: str) -> None:
 def export_model(explainer: Explainer, upsample: bool = True,
                  target_required: bool = False) -> onnx.ModelProto:
     """The exported model (see module docstring) for ``explainer``'s model, layers and method."""
-    method = explainer.method.name
-    check_exportable(method)
+    check_exportable(explainer.method.name)
     if explainer.eigen_smooth:
         raise OnnxGradCamError("cannot export eigen_smooth: it needs an SVD, and no standard "
                                "ONNX op computes one")
@@ -71,54 +70,19 @@ def export_model(explainer: Explainer, upsample: bool = True,
     if not upsample and len(explainer.layers) > 1:
         raise OnnxGradCamError("--no-upsample takes one target layer: maps of several layers "
                                "are combined only after upsampling")
-    source, graph = explainer.model, explainer.graph
-    _check_free_names(graph.model)
-    info = source.info
-    op = Emitter(opset=info.opset, dtype=info.dtype(graph.activations[0]), prefix="ogc_cam/")
-    batch = dims(op, source.input_name, 0, 1)
-    target_nodes = [*op.nodes, helper.make_node(
-        "Expand", [TARGET_INPUT, batch], [TARGET], name="ogc_target_default")]
-    del op.nodes[:]
-    coarse = []
-    for act, grad, layer in zip(graph.activations, graph.gradients, explainer.layers):
-        if layer.layout == "NHWC":
-            act, grad = op.Transpose(act, perm=[0, 3, 1, 2]), op.Transpose(grad, perm=[0, 3, 1, 2])
-        coarse.append(GRAPH_METHODS[method](op, act, grad))
-    maps = [normalise(op, c) for c in coarse]
-    results = [(CAM_COARSE, maps[0]), (CAM_TARGET, TARGETS)]
-    if upsample:
-        first = 2 if source.input_layout == "NCHW" else 1
-        static = source.input_shape[first:first + 2]
-        size = (int(static[0]), int(static[1])) if None not in static else dims(  # type: ignore[arg-type]
-            op, source.input_name, first, first + 2)
-        results.insert(0, (CAM, combine(op, maps, size)))
-    cam_nodes = [*op.nodes, *(helper.make_node("Identity", [value], [name], name=f"{name}_out")
-                              for name, value in results)]
-
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.model)
-    model.ir_version = max(model.ir_version, 4)  # an input with an initializer = a default
-    g = model.graph
-    nodes = [*target_nodes, *g.node, *cam_nodes]
-    del g.node[:]
-    g.node.extend(nodes)
-    g.initializer.extend(op.initializers)
-    if not target_required:
-        g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), TARGET_INPUT))
-    inputs = [i for i in g.input if i.name != TARGET]
-    del g.input[:]
-    g.input.extend([*inputs, helper.make_tensor_value_info(
-        TARGET_INPUT, onnx.TensorProto.INT64, ["target_n"])])
-    originals = [o for o in g.output if o.name in info.graph_outputs]
-    del g.output[:]
-    g.output.extend([*originals, *_output_infos(explainer, upsample)])
-    _prune(g)
+    _check_free_names(explainer.graph.model)
+    op = Emitter(opset=explainer.model.info.opset,
+                 dtype=explainer.model.info.dtype(explainer.graph.activations[0]),
+                 prefix="ogc_cam/")
+    target_nodes = _target_nodes(op, explainer)
+    outputs = _cam_outputs(op, explainer, upsample)
+    model = _assemble(explainer, target_nodes, op, outputs, upsample, target_required)
     write_metadata(model, _export_metadata(explainer, upsample, target_required))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise OnnxGradCamError(f"the exported model fails the ONNX checker: {first}") from None
+        line = str(exc).strip().splitlines()[0]
+        raise OnnxGradCamError(f"the exported model fails the ONNX checker: {line}") from None
     return model
 
 
@@ -133,6 +97,63 @@ def export_explainer(explainer: Explainer, path: str | Path | None = None, *,
 
 
 # ---- pieces ----------------------------------------------------------------------------------
+def _target_nodes(op: Emitter, explainer: Explainer) -> list[onnx.NodeProto]:
+    """``target`` (N,) or (1,) broadcast to the batch as the explainer graph's ``ogc_target``."""
+    batch = dims(op, explainer.model.input_name, 0, 1)
+    nodes = [*op.nodes, helper.make_node("Expand", [TARGET_INPUT, batch], [TARGET],
+                                         name="ogc_target_default")]
+    del op.nodes[:]
+    return nodes
+
+
+def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> list[tuple[str, str]]:
+    """Emit the method and the post-processing; [(output name, tensor)]."""
+    source, graph = explainer.model, explainer.graph
+    method = GRAPH_METHODS[explainer.method.name]
+    coarse = []
+    for act, grad, layer in zip(graph.activations, graph.gradients, explainer.layers):
+        if layer.layout == "NHWC":
+            act, grad = op.Transpose(act, perm=[0, 3, 1, 2]), op.Transpose(grad, perm=[0, 3, 1, 2])
+        coarse.append(method(op, act, grad))
+    maps = [normalise(op, c) for c in coarse]
+    outputs = [(CAM_COARSE, maps[0]), (CAM_TARGET, TARGETS)]
+    if upsample:
+        first = 2 if source.input_layout == "NCHW" else 1
+        h, w = source.input_shape[first:first + 2]
+        size = (h, w) if h is not None and w is not None else dims(
+            op, source.input_name, first, first + 2)
+        outputs.insert(0, (CAM, combine(op, maps, size)))
+    return outputs
+
+
+def _assemble(explainer: Explainer, target_nodes: list[onnx.NodeProto], op: Emitter,
+              outputs: list[tuple[str, str]], upsample: bool,
+              target_required: bool) -> onnx.ModelProto:
+    """The explainer graph with ``target`` in front, the CAM nodes behind, the original outputs
+    plus ours, and nothing no output needs."""
+    model = onnx.ModelProto()
+    model.CopyFrom(explainer.graph.model)
+    model.ir_version = max(model.ir_version, 4)  # an input with an initializer = a default
+    g = model.graph
+    nodes = [*target_nodes, *g.node, *op.nodes,
+             *(helper.make_node("Identity", [value], [name], name=f"{name}_out")
+               for name, value in outputs)]
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(op.initializers)
+    if not target_required:
+        g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), TARGET_INPUT))
+    inputs = [i for i in g.input if i.name != TARGET]
+    del g.input[:]
+    g.input.extend([*inputs, helper.make_tensor_value_info(
+        TARGET_INPUT, onnx.TensorProto.INT64, ["target_n"])])
+    originals = [o for o in g.output if o.name in explainer.model.info.graph_outputs]
+    del g.output[:]
+    g.output.extend([*originals, *_output_infos(explainer, upsample)])
+    _prune(g)
+    return model
+
+
 def _check_free_names(model: onnx.ModelProto) -> None:
     g = model.graph
     taken = {*(i.name for i in g.input), *(o.name for o in g.output),
