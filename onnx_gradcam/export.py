@@ -106,6 +106,14 @@ def _target_nodes(op: Emitter, explainer: Explainer) -> list[onnx.NodeProto]:
     return nodes
 
 
+def _spatial(explainer: Explainer) -> tuple[int, tuple[int | None, int | None]]:
+    """Where the input's H, W dims start, and their static sizes (None where symbolic): the
+    graph's own, not the metadata's, so a cam always has the size of the input it explains."""
+    source = explainer.model
+    first = 2 if source.input_layout == "NCHW" else 1
+    return first, (source.input_shape[first], source.input_shape[first + 1])
+
+
 def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> list[tuple[str, str]]:
     """Emit the method and the post-processing; [(output name, tensor)]."""
     source, graph = explainer.model, explainer.graph
@@ -118,8 +126,7 @@ def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> list[tupl
     maps = [normalise(op, c) for c in coarse]
     outputs = [(CAM_COARSE, maps[0]), (CAM_TARGET, TARGETS)]
     if upsample:
-        first = 2 if source.input_layout == "NCHW" else 1
-        h, w = source.input_shape[first:first + 2]
+        first, (h, w) = _spatial(explainer)
         size = (h, w) if h is not None and w is not None else dims(
             op, source.input_name, first, first + 2)
         outputs.insert(0, (CAM, combine(op, maps, size)))
@@ -173,9 +180,9 @@ def _output_infos(explainer: Explainer, upsample: bool) -> list[onnx.ValueInfoPr
     out = [helper.make_tensor_value_info(CAM_COARSE, elem, [n, h or "h", w or "w"]),
            helper.make_tensor_value_info(CAM_TARGET, onnx.TensorProto.INT64, [n])]
     if upsample:
-        size = explainer.input_size or (None, None)
-        out.insert(0, helper.make_tensor_value_info(CAM, elem, [n, size[0] or "H",
-                                                                size[1] or "W"]))
+        height, width = _spatial(explainer)[1]
+        out.insert(0, helper.make_tensor_value_info(CAM, elem, [n, height or "H",
+                                                                width or "W"]))
     return out
 
 

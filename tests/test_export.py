@@ -141,8 +141,11 @@ def test_symbolic_input_size_upsamples_to_each_batch_size() -> None:
     model = small_cnn()
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "H", "W"
+    onnx.helper.set_model_props(model, {"onnx_gradcam.input_size": "16,16"})
     ex = og.Explainer(model, providers="cpu")
     exported = export_model(ex)
+    cam_dims = exported.graph.output[1].type.tensor_type.shape.dim
+    assert [d.dim_param for d in cam_dims[1:]] == ["H", "W"]  # the graph's, not the metadata's
     for h, w in [(16, 16), (24, 20)]:
         x = np.random.default_rng(h).uniform(-1, 1, (2, 3, h, w)).astype(np.float32)
         got = run(exported, {"input": x})
