@@ -8,8 +8,7 @@ import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
-from onnx_gradcam.autodiff.rules.nn import transpose_window
-from onnx_gradcam.autodiff.rules.shape import scatter_add_flat
+from onnx_gradcam.autodiff.rules.nn import spatial_begin_pads, transpose_window
 
 Dys = Sequence[Value | None]
 
@@ -105,11 +104,52 @@ def global_max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]
 
 @vjp("MaxPool")
 def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """Recompute the pool with its Indices output; scatter-add dy at those flat indices."""
-    x = node.inputs[0]
-    attrs = {k: v for k, v in node.attrs.items() if k != "storage_order"}
-    _, indices = op.MaxPool(x, outputs=2, **attrs)
-    return [scatter_add_flat(op, x, indices, dys[0])]
+    """dx = dy routed to the first position (row-major within the window) where x equals the
+    window's max y — without MaxPool's Indices output, whose CUDA kernel in ONNX Runtime places
+    indices differently from the CPU one.
+
+    For each kernel offset (i, j): x_ij = the strided slice of x (padded with −inf) that offset
+    reads for every output; hit_ij = (x_ij = y) and no earlier offset hit; z_ij = dy·hit_ij.
+    One grouped ConvTranspose with one-hot kernels puts every z_ij back at its offset, and the
+    result is cropped to x as for any sliding window.
+    """
+    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
+    kernel = [int(k) for k in node.attr("kernel_shape")]
+    r = len(kernel)
+    channels = (op.shape(x) or (None, None))[1]
+    if channels is None:
+        raise ValueError(f"MaxPool {node.name!r}: channel count unknown")
+    strides = [int(v) for v in node.attr("strides", [1] * r)]
+    dilations = [int(v) for v in node.attr("dilations", [1] * r)]
+    spatial = op.const(list(range(2, 2 + r)))
+    size_x = op.Slice(op.Shape(x), op.const([2]), op.const([2 + r]))
+    size_y = op.Slice(op.Shape(y), op.const([2]), op.const([2 + r]))
+    begin = spatial_begin_pads(op, node, x, kernel)
+    reach = op.Add(op.Mul(op.Sub(size_y, 1), strides),  # last index any window reads, + 1
+                   [(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
+    end = op.Max(op.Sub(reach, op.Add(begin, size_x)), op.const([0] * r))
+    zeros = op.const([0, 0])
+    padded = op.Pad(x, op.Concat(zeros, begin, zeros, end, axis=0), op.const(-np.inf))
+    offsets = list(np.ndindex(*kernel))
+    claimed, parts = None, []
+    for offset in offsets:
+        start = [o * d for o, d in zip(offset, dilations)]
+        stop = op.Add(start, op.Add(op.Mul(op.Sub(size_y, 1), strides), 1))
+        window = op.Slice(padded, op.const(start), stop, spatial, op.const(strides))
+        hit = op.Equal(window, y)
+        if claimed is not None:
+            hit = op.And(hit, op.Not(claimed))
+        claimed = hit if claimed is None else op.Or(claimed, hit)
+        parts.append(op.unsqueeze(op.Where(hit, dy, 0.0), [2]))
+    stacked = op.Concat(*parts, axis=2)  # (N, C, k·k, h, w)
+    flat_shape = op.Concat(op.Slice(op.Shape(y), op.const([0]), op.const([1])),
+                           op.const([channels * len(offsets)]), size_y, axis=0)
+    routed = op.Reshape(stacked, flat_shape)
+    one_hot = np.zeros([channels * len(offsets), 1, *kernel], dtype=op.dtype)
+    for c in range(channels):
+        for n, offset in enumerate(offsets):
+            one_hot[(c * len(offsets) + n, 0, *offset)] = 1.0
+    return [transpose_window(op, node, routed, op.const(one_hot), x, kernel, channels)]
 
 
 @vjp("AveragePool")
