@@ -64,8 +64,9 @@ def nhwc_cnn() -> onnx.ModelProto:
 
 def models() -> dict[str, tuple[onnx.ModelProto | Path, str | None]]:
     out: dict[str, tuple[onnx.ModelProto | Path, str | None]] = {
-        "small_cnn": (small_cnn(), None), "keras": (KERAS, None), "nhwc_layer": (nhwc_cnn(),
-                                                                                  "act_nhwc")}
+        "small_cnn": (small_cnn(), None), "keras": (KERAS, None),
+        "nhwc_layer": (nhwc_cnn(), "act_nhwc"), "batch_of_one": (small_cnn(batch=1), None),
+        "softmax_opset13": (small_cnn(softmax=True, opset=13, head="mean_matmul"), None)}
     if DEMO.exists():
         out["demo"] = (DEMO, None)
     return out
@@ -98,10 +99,11 @@ def test_exported_cams_equal_explainer(name: str, method: str) -> None:
     ex = og.Explainer(source, layer=layer, method=method, providers="cpu")
     exported = export_model(ex)
     onnx.checker.check_model(exported, full_check=True)
-    x = batch_for(ex, 3)
+    n = ex.model.input_shape[0] or 3
+    x = batch_for(ex, n)
     assert_same_as_explainer(ex, exported, x, None)  # target omitted: argmax
     classes = ex.num_classes or 2
-    assert_same_as_explainer(ex, exported, x, np.arange(3, dtype=np.int64) % classes)
+    assert_same_as_explainer(ex, exported, x, np.arange(1, n + 1, dtype=np.int64) % classes)
 
 
 def test_demo_model_is_covered() -> None:
