@@ -40,8 +40,8 @@ def models(names: list[str]) -> dict[str, onnx.ModelProto]:
 
 
 def measure(model: onnx.ModelProto, batch: int, repeats: int, threads: int | None,
-            layer: str | None = None) -> tuple[float, float]:
-    explainer = og.Explainer(model, layer=layer, providers="cpu", threads=threads)
+            layer: str | None = None, method: str = "gradcam") -> tuple[float, float]:
+    explainer = og.Explainer(model, layer=layer, method=method, providers="cpu", threads=threads)
     plain = make_session(model.SerializeToString(), "cpu", threads)
     shape = [batch if not isinstance(d, int) or d <= 0 else d for d in explainer.model.input_shape]
     shape[0] = batch
@@ -67,13 +67,20 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--layer", default=None, help="target layer (default: auto)")
+    parser.add_argument("--methods", default="gradcam",
+                        help="comma list of methods, or 'gradient' for every gradient method")
     args = parser.parse_args()
-    print(f"{'model':10} {'batch':>5} {'explain ms':>11} {'plain ms':>9} {'ratio':>6}")
+    methods = ([m for m, spec in og.METHODS.items() if spec.needs_gradient]
+               if args.methods == "gradient" else args.methods.split(","))
+    print(f"{'model':10} {'method':20} {'batch':>5} {'explain ms':>11} {'plain ms':>9} "
+          f"{'ratio':>6}")
     for name, model in models(args.models.split(",")).items():
-        for batch in map(int, args.batches.split(",")):
-            explain, plain = measure(model, batch, args.repeats, args.threads, args.layer)
-            print(f"{name:10} {batch:5d} {explain * 1e3:11.2f} {plain * 1e3:9.2f} "
-                  f"{explain / plain:6.3f}")
+        for method in methods:
+            for batch in map(int, args.batches.split(",")):
+                explain, plain = measure(model, batch, args.repeats, args.threads, args.layer,
+                                         method)
+                print(f"{name:10} {method:20} {batch:5d} {explain * 1e3:11.2f} "
+                      f"{plain * 1e3:9.2f} {explain / plain:6.3f}", flush=True)
 
 
 if __name__ == "__main__":
