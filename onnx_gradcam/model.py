@@ -127,17 +127,35 @@ def logits_of(info: GraphInfo, score: str) -> str:
     return score
 
 
+#: Element-wise ops with several inputs (broadcasting): the layout follows their 4-D input.
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Where", "Pow", "PRelu"}
+#: Ops whose output is NCHW by the ONNX spec.
+CHANNELS_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "BatchNormalization",
+                  "GlobalAveragePool", "GlobalMaxPool", "InstanceNormalization", "LRN"}
+
+
 def activation_layout(info: GraphInfo, name: str) -> str:
-    """NHWC if ``name`` comes from a Transpose to channels-last (through element-wise ops)."""
-    while name in info.producer:
+    """NHWC if ``name`` comes from a Transpose to channels-last through element-wise ops (of any
+    number of inputs: the walk follows a 4-D input), NCHW if from a channels-first op."""
+    seen: set[str] = set()
+    while name in info.producer and name not in seen:
+        seen.add(name)
         node = info.nodes[info.producer[name]]
         if node.op_type == "Transpose":
             perm = [int(p) for p in next(
                 (a.ints for a in node.attribute if a.name == "perm"), [])]
             return "NHWC" if perm == [0, 2, 3, 1] else "NCHW"
-        if node.op_type not in PASS_THROUGH:
+        if node.op_type in CHANNELS_FIRST:
             return "NCHW"
-        name = node.input[0]
+        if node.op_type in PASS_THROUGH:
+            name = node.input[0]
+        elif node.op_type in ELEMENTWISE:
+            rank4 = [i for i in node.input if len(info.shapes.get(i, ())) == 4]
+            if not rank4:
+                return "NCHW"
+            name = rank4[0]
+        else:
+            return "NCHW"
     return "NCHW"
 
 

@@ -243,3 +243,26 @@ def test_many_targets_in_one_pass_equal_separate_explanations(layer_index: int) 
     onnx.checker.check_model(ex._rows_session()[1].model, full_check=True)
     chosen = ex.explain_many(x, targets=[[0, 6], [5, -1]])
     np.testing.assert_array_equal(chosen.targets, [[0, 6], [5, ranked[1, 0]]])
+
+
+def test_layout_walks_through_multi_input_elementwise_ops() -> None:
+    """tf2onnx sometimes leaves a graph NHWC (its transpose optimizer failed): x·relu6(x+3)/6
+    after a channels-last Transpose is still NHWC."""
+    from onnx_gradcam.model import activation_layout
+
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Add", ["t", "three"], ["a"]),
+             helper.make_node("Clip", ["a", "zero", "six"], ["r"]),
+             helper.make_node("Mul", ["t", "r"], ["m"]),
+             helper.make_node("Div", ["m", "six"], ["hswish"])]
+    graph = helper.make_graph(
+        nodes, "nhwc", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("hswish", TensorProto.FLOAT, [1, 8, 8, 4])],
+        [numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w"),
+         numpy_helper.from_array(np.array(3.0, np.float32), "three"),
+         numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+         numpy_helper.from_array(np.array(6.0, np.float32), "six")])
+    info = og.model.GraphInfo(helper.make_model(graph))
+    assert activation_layout(info, "hswish") == "NHWC"
+    assert activation_layout(info, "c") == "NCHW"
