@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)-
 # same onnxruntime/ folder as onnxruntime and would break the main one. No cp312 wheels exist.
 ORT_VENV := .venv-ort-training
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test test-zoo lint bench venv clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,9 @@ $(ORT_VENV)/.installed:
 test: $(STAMP) $(ORT_VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+test-zoo: $(STAMP)
+	$(PY) -m pytest -p no:cacheprovider -o addopts="" tests/zoo
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
