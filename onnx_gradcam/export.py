@@ -75,8 +75,8 @@ def export_model(explainer: Explainer, upsample: bool = True,
                  dtype=explainer.model.info.dtype(explainer.graph.activations[0]),
                  prefix="ogc_cam/")
     target_nodes = _target_nodes(op, explainer)
-    outputs = _cam_outputs(op, explainer, upsample)
-    model = _assemble(explainer, target_nodes, op, outputs, upsample, target_required)
+    _cam_outputs(op, explainer, upsample)
+    model = _assemble(explainer, target_nodes, op, upsample, target_required)
     write_metadata(model, _export_metadata(explainer, upsample, target_required))
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -114,8 +114,9 @@ def _spatial(explainer: Explainer) -> tuple[int, tuple[int | None, int | None]]:
     return first, (source.input_shape[first], source.input_shape[first + 1])
 
 
-def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> list[tuple[str, str]]:
-    """Emit the method and the post-processing; [(output name, tensor)]."""
+def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> None:
+    """Emit the method and the post-processing, ending in the outputs ``cam_coarse`` and
+    (``upsample``) ``cam``."""
     source, graph = explainer.model, explainer.graph
     method = GRAPH_METHODS[explainer.method.name]
     coarse = []
@@ -124,27 +125,31 @@ def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> list[tupl
             act, grad = op.Transpose(act, perm=[0, 3, 1, 2]), op.Transpose(grad, perm=[0, 3, 1, 2])
         coarse.append(method(op, act, grad))
     maps = [normalise(op, c) for c in coarse]
-    outputs = [(CAM_COARSE, maps[0]), (CAM_TARGET, TARGETS)]
+    _squeeze_to(op, maps[0], CAM_COARSE)
     if upsample:
         first, (h, w) = _spatial(explainer)
         size = (h, w) if h is not None and w is not None else dims(
             op, source.input_name, first, first + 2)
-        outputs.insert(0, (CAM, combine(op, maps, size)))
-    return outputs
+        _squeeze_to(op, combine(op, maps, size), CAM)
+
+
+def _squeeze_to(op: Emitter, maps: str, name: str) -> None:
+    """Maps (N, 1, …) → the graph output ``name`` (N, …)."""
+    op.squeeze(maps, [1])
+    op.nodes[-1].output[0] = name
 
 
 def _assemble(explainer: Explainer, target_nodes: list[onnx.NodeProto], op: Emitter,
-              outputs: list[tuple[str, str]], upsample: bool,
-              target_required: bool) -> onnx.ModelProto:
+              upsample: bool, target_required: bool) -> onnx.ModelProto:
     """The explainer graph with ``target`` in front, the CAM nodes behind, the original outputs
     plus ours, and nothing no output needs."""
     model = onnx.ModelProto()
     model.CopyFrom(explainer.graph.model)
     model.ir_version = max(model.ir_version, 4)  # an input with an initializer = a default
     g = model.graph
-    nodes = [*target_nodes, *g.node, *op.nodes,
-             *(helper.make_node("Identity", [value], [name], name=f"{name}_out")
-               for name, value in outputs)]
+    for node in g.node:  # the resolved targets become an output of ours
+        node.output[:] = [CAM_TARGET if o == TARGETS else o for o in node.output]
+    nodes = [*target_nodes, *g.node, *op.nodes]
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(op.initializers)

@@ -249,18 +249,19 @@ def test_in_graph_upsampling_matches_cv2_resize() -> None:
     out = upsample(op, "maps", "size")
     graph = helper.make_graph(
         [*op.nodes, helper.make_node("Identity", [out], ["y"])], "resize",
-        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["n", "h", "w"]),
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["n", 1, "h", "w"]),
          helper.make_tensor_value_info("size", TensorProto.INT64, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "H", "W"])], op.initializers)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, "H", "W"])],
+        op.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     sess = session(model)
     rng = np.random.default_rng(0)
     for h, w, height, width in SIZES:
-        maps = rng.random((2, h, w), dtype=np.float32)
+        maps = rng.random((2, 1, h, w), dtype=np.float32)
         got = sess.run(None, {"maps": maps, "size": np.array([height, width])})[0]
-        want = np.stack([cv2.resize(m, (width, height)) for m in maps])
+        want = np.stack([cv2.resize(m[0], (width, height))[None] for m in maps])
         assert np.abs(got - want).max() <= 2e-6, (h, w, height, width)
 
 

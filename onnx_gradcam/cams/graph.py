@@ -3,7 +3,8 @@
 Each function mirrors its numpy twin in :mod:`onnx_gradcam.cams.gradient` and
 :mod:`onnx_gradcam.cams.postprocess` term by term (same epsilons, same order of operations), so
 an exported model and :class:`~onnx_gradcam.Explainer` give the same maps. Activations ``A``
-and gradients ``G`` are NCHW tensors (N, K, h, w); a method returns the coarse map (N, h, w).
+and gradients ``G`` are NCHW tensors (N, K, h, w); a method returns the coarse map (N, 1, h, w),
+kept 4-D (a channel of one) so that ``Resize`` takes it as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ GraphCam = Callable[[Emitter, Value, Value], Value]
 
 def weighted_sum(op: Emitter, weights: Value, acts: Value) -> Value:
     """cam = Σ_k w_k · A_k for weights (N, K, 1, 1)."""
-    return op.reduce("ReduceSum", op.Mul(weights, acts), [1], keepdims=0)
+    return op.reduce("ReduceSum", op.Mul(weights, acts), [1])
 
 
 def gradcam(op: Emitter, acts: Value, grads: Value) -> Value:
@@ -27,12 +28,12 @@ def gradcam(op: Emitter, acts: Value, grads: Value) -> Value:
 
 def hirescam(op: Emitter, acts: Value, grads: Value) -> Value:
     """HiRes-CAM: cam = Σ_k (G ⊙ A)_k."""
-    return op.reduce("ReduceSum", op.Mul(grads, acts), [1], keepdims=0)
+    return op.reduce("ReduceSum", op.Mul(grads, acts), [1])
 
 
 def gradcam_elementwise(op: Emitter, acts: Value, grads: Value) -> Value:
     """Grad-CAM element-wise: cam = Σ_k relu(G ⊙ A)_k."""
-    return op.reduce("ReduceSum", op.Relu(op.Mul(grads, acts)), [1], keepdims=0)
+    return op.reduce("ReduceSum", op.Relu(op.Mul(grads, acts)), [1])
 
 
 def gradcam_plusplus(op: Emitter, acts: Value, grads: Value) -> Value:
@@ -56,7 +57,7 @@ def xgradcam(op: Emitter, acts: Value, grads: Value) -> Value:
 
 def layercam(op: Emitter, acts: Value, grads: Value) -> Value:
     """Layer-CAM: cam = Σ_k relu(G) ⊙ A."""
-    return op.reduce("ReduceSum", op.Mul(op.Relu(grads), acts), [1], keepdims=0)
+    return op.reduce("ReduceSum", op.Mul(op.Relu(grads), acts), [1])
 
 
 #: The methods an exported model can compute: one gradient pass, then element-wise math.
@@ -78,9 +79,9 @@ NOT_IN_GRAPH: dict[str, str] = {
 
 
 def min_max(op: Emitter, maps: Value) -> Value:
-    """Per map (N, h, w): m −= min; m /= (1e-7 + max). A constant map becomes zeros."""
-    shifted = op.Sub(maps, op.reduce("ReduceMin", maps, [1, 2]))
-    return op.Div(shifted, op.Add(op.reduce("ReduceMax", shifted, [1, 2]), 1e-7))
+    """Per map (N, 1, h, w): m −= min; m /= (1e-7 + max). A constant map becomes zeros."""
+    shifted = op.Sub(maps, op.reduce("ReduceMin", maps, [2, 3]))
+    return op.Div(shifted, op.Add(op.reduce("ReduceMax", shifted, [2, 3]), 1e-7))
 
 
 def dims(op: Emitter, x: Value, start: int, end: int) -> Value:
@@ -91,28 +92,24 @@ def dims(op: Emitter, x: Value, start: int, end: int) -> Value:
 
 
 def upsample(op: Emitter, maps: Value, size: Value | tuple[int, int]) -> Value:
-    """Resize maps (N, h, w) to ``size`` ((H, W), or an int64 [H, W] tensor) like
+    """Resize maps (N, 1, h, w) to ``size`` ((H, W), or an int64 [H, W] tensor) like
     ``cv2.resize`` INTER_LINEAR: bilinear on half-pixel centres, edges clamped, no antialias."""
-    maps4 = op.unsqueeze(maps, [1])
-    hw = op.const([1, *size]) if isinstance(size, tuple) else op.Concat(op.const([1]), size,
-                                                                         axis=0)
-    sizes = op.Concat(dims(op, maps, 0, 1), hw, axis=0)
-    resized = op.Resize(maps4, None, None, sizes, mode="linear",
-                        coordinate_transformation_mode="half_pixel")
-    return op.squeeze(resized, [1])
+    hw = op.const(list(size)) if isinstance(size, tuple) else size
+    sizes = op.Concat(dims(op, maps, 0, 2), hw, axis=0)
+    return op.Resize(maps, None, None, sizes, mode="linear",
+                     coordinate_transformation_mode="half_pixel")
 
 
 def normalise(op: Emitter, coarse: Value) -> Value:
-    """Post-processing steps 1-2 on one layer's coarse map (N, h, w): ReLU, then min-max."""
+    """Post-processing steps 1-2 on one layer's coarse map (N, 1, h, w): ReLU, then min-max."""
     return min_max(op, op.Relu(coarse))
 
 
 def combine(op: Emitter, normalised: list[Value], size: Value | tuple[int, int]) -> Value:
     """Steps 3-4: upsample each layer's normalised map to ``size``; mean over the layers and
-    min-max again (always, also for one layer, as pytorch-grad-cam does) → (N, H, W).
+    min-max again (always, also for one layer, as pytorch-grad-cam does) → (N, 1, H, W).
     Step 4's ReLU is left out: bilinear weights and means of maps in [0, 1] stay ≥ 0 exactly."""
     layers = [upsample(op, m, size) for m in normalised]
     if len(layers) == 1:
         return min_max(op, layers[0])
-    stacked = op.Concat(*(op.unsqueeze(m, [1]) for m in layers), axis=1)
-    return min_max(op, op.reduce("ReduceMean", stacked, [1], keepdims=0))
+    return min_max(op, op.reduce("ReduceMean", op.Concat(*layers, axis=1), [1]))
