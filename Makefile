@@ -11,7 +11,12 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)-
 # same onnxruntime/ folder as onnxruntime and would break the main one. No cp312 wheels exist.
 ORT_VENV := .venv-ort-training
 
-.PHONY: demo test test-zoo lint bench venv clean
+.PHONY: demo test test-zoo lint bench venv clean chromium
+
+# The Node and browser examples' tests need their npm packages (from the committed lockfiles)
+# and Debian's Chromium (a test tool's own browser download cannot work here).
+NPM_NODE := examples/node/node_modules/.package-lock.json
+NPM_WEB  := examples/web/node_modules/.package-lock.json
 
 venv: $(STAMP)
 
@@ -36,7 +41,15 @@ $(ORT_VENV)/.installed:
 	$(ORT_VENV)/bin/python -c "from onnxruntime.capi._pybind_state import GradientGraphBuilder"
 	@touch $@
 
-test: $(STAMP) $(ORT_VENV)/.installed
+$(NPM_NODE): examples/node/package-lock.json
+	cd examples/node && npm ci --no-audit --no-fund
+$(NPM_WEB): examples/web/package-lock.json
+	cd examples/web && npm ci --no-audit --no-fund
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: $(STAMP) $(ORT_VENV)/.installed $(NPM_NODE) $(NPM_WEB) chromium
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -45,6 +58,7 @@ test-zoo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
+	$(PY) bench/export_overhead.py
 
 clean:
 	rm -rf $(VENV) $(ORT_VENV) demo-out .pytest_cache

@@ -322,6 +322,14 @@ class Explainer:
             return projection_2d(weighted) if self.eigen_smooth else weighted.sum(axis=1)
         return self.method.cam(acts, grads, self.eigen_smooth)  # type: ignore[arg-type]
 
+    def export(self, path: str | Path | None = None, *, upsample: bool = True,
+               target_required: bool = False) -> onnx.ModelProto:
+        """This explainer's model, target layers and method as one standard ONNX model (forward,
+        gradient and CAM post-processing in the graph): see :mod:`onnx_gradcam.export`."""
+        from onnx_gradcam.export import export_explainer
+
+        return export_explainer(self, path, upsample=upsample, target_required=target_required)
+
     # ---- images ------------------------------------------------------------------------------
     def preprocessing(self, overrides: Preprocessing | None = None) -> Preprocessing:
         """The preprocessing in force: ``overrides`` if given, else the model's metadata;

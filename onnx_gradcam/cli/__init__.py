@@ -15,12 +15,14 @@ app = typer.Typer(
 
 def _register() -> None:
     from onnx_gradcam.cli.evaluate import evaluate_command
+    from onnx_gradcam.cli.export import export_command
     from onnx_gradcam.cli.inspect import inspect_command
     from onnx_gradcam.cli.run import run_command
 
     app.command("run")(run_command)
     app.command("inspect")(inspect_command)
     app.command("evaluate")(evaluate_command)
+    app.command("export")(export_command)
     try:
         from onnx_gradcam.cli.convert import convert_command
     except ImportError:  # the convert command is not part of this build
