@@ -38,7 +38,11 @@ def _keepdims(op: Emitter, node: Node, dy: Value) -> tuple[Value, list[int]]:
 
 
 def count_ratio(op: Emitter, x: str, y: str) -> Value:
-    """Size(x) / Size(y) in the float dtype: how many inputs each output averages."""
+    """Size(x) / Size(y) in the float dtype: how many inputs each output averages — a constant
+    when every dim but the shared batch dim is static, else computed in the graph."""
+    xs, ys = op.shape(x), op.shape(y)
+    if xs and ys and len(xs) == len(ys) and None not in xs[1:] + ys[1:]:
+        return op.const(float(np.prod(xs[1:], dtype=np.int64) // np.prod(ys[1:], dtype=np.int64)))
     return op.Cast(op.Div(op.Size(x), op.Size(y)), to=_onnx_float(op))
 
 
