@@ -33,7 +33,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/onnx-gradcam run models/demo.onnx models/samples -o demo-out --top-k 2 --save-npy
-	@echo "demo: overlays and report.json are in demo-out/"
+	$(VENV)/bin/onnx-gradcam run models/demo.onnx models/samples -o demo-out/methods --method all \
+	  --grid --quiet
+	@echo "demo: overlays and report.json are in demo-out/, the method grids in demo-out/methods/"
 
 $(ORT_VENV)/.installed:
 	$(PYTHON) -m venv $(ORT_VENV)

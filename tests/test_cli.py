@@ -148,3 +148,10 @@ def test_method_list_with_grid_and_contact_sheet(model_path, images, tmp_path):
         api = og.Explainer(model_path, method=method).explain_images([images / "cat.jpg"])
         entry = next(e for e in report["images"][0]["explanations"] if e["method"] == method)
         np.testing.assert_allclose(np.load(entry["npy"]), api.cams[0], atol=1e-5)
+
+
+def test_outputs_get_the_usual_file_mode(model_path, images, tmp_path):
+    out = tmp_path / "mode"
+    cli("run", model_path, images / "cat.jpg", "-o", out, "-q")
+    for path in out.iterdir():
+        assert path.stat().st_mode & 0o644 == 0o644, path
