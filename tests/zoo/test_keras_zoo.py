@@ -2,17 +2,26 @@
 
 For each architecture, at an early, a middle and the last conv activation (``zoo.ARCHS``):
 
-* ``test_gradient_float64``: our gradient graph, built from the real converted graph cast to
-  float64 and evaluated by ``onnx.reference``, against TF's float64 GradientTape: ≤ 1e-4 of the
-  largest entry, or no further off than TF float32 is from TF float64 (a few ReLU decisions can
-  still differ: BN folded in float32 by tf2onnx perturbs weights by ~1e-7; see float64.py).
-  A wrong rule is off by O(1).
+* ``test_gradient_float64``: our gradient graph, built from the real converted graph in float64
+  and evaluated by ``onnx.reference``, against TF's float64 GradientTape: ≤ 1e-4 of the largest
+  entry, no escape clause. The double graph is tf2onnx's conversion of the float64 Keras model
+  for the architectures in ``zoo.NATIVE64`` and the float32 conversion cast to double for the
+  others: tf2onnx folds BatchNormalization in the model's dtype, so the cast graph's weights are
+  ~1e-7 off TF's and can flip a near-zero ReLU in a deep ReLU head. DenseNet121 did: 3 ReLU
+  inputs of |x| ≤ 1.4e-6 change sign, the gradient at conv1_relu / conv4_block1_concat is 5.8e-3
+  / 6.9e-3 off; on the native double graph it is 1.6e-15 / 1.0e-15 off. A wrong rule is O(1).
 * ``test_gradient_float32``: the production path (``Explainer.explain`` on ONNX Runtime, float32)
-  against TF float32. Where TF float32 itself agrees with TF float64 (≤ 1e-5: no ReLU/MaxPool
-  decision flips between the head and the layer) we require ≤ 1e-4 of TF float32. Where it does
-  not (deep ReLU heads: TF float32 is up to ~10 % off its own float64 result), we require our
-  float32 result to be as close to the float64 truth as TF float32 is (within 3×, floor 1e-4):
-  no tolerance can make two float32 implementations flip the same ReLUs.
+  against TF. Where TF float32 itself agrees with TF float64 (≤ 1e-5: TF flips no ReLU/MaxPool
+  decision in the head) we require ≤ 1e-4 of TF float32 — unless ONNX Runtime's float32 forward
+  flips one: ORT_ENABLE_ALL's NCHWc blocked conv kernels sum in another order, and at Xception's
+  block1_conv2_act that turns one ReLU input of 7.2e-7 (max 3.7) positive, 2.9e-3 off TF. Then
+  the test asks for that evidence: ≥ 1 rounding-sized flip (|x| ≤ 1e-5 of its tensor's max) in
+  the head at ORT_ENABLE_ALL, the very same explainer graph at ORT_ENABLE_EXTENDED (no NCHWc)
+  within 1e-4 of TF float32, and the production result within 5e-2 (a plumbing error — layout,
+  target, transpose — is O(1)). Where TF float32 is not flip-free (deep ReLU heads: up to ~10 %
+  off its own float64 result), our float32 result must be as close to the float64 truth as TF
+  float32 is (within 3×, floor 1e-4): no tolerance can make two float32 implementations flip the
+  same ReLUs.
 * scores (pre-softmax logits, also for models that end in Softmax), activations, layouts.
 
 Inputs are N=2 batches through a symbolic batch dimension; ``test_symbolic_hw`` runs one model
@@ -73,9 +82,10 @@ def explanations(case, model):
 @pytest.fixture(scope="module")
 def gradients64(case, model):
     keys = [k for k in case.taps if k in case.onnx_names]
+    native = case.model64
+    model, names = native if native is not None else (model, case.onnx_names)
     try:
-        scores, grads = float64.gradients64(model, [case.onnx_names[k] for k in keys], case.x,
-                                            case.targets)
+        scores, grads = float64.gradients64(model, [names[k] for k in keys], case.x, case.targets)
     except Exception as exc:  # noqa: BLE001
         return exc
     return scores, dict(zip(keys, grads))
@@ -89,12 +99,9 @@ def _explained(explanations, key):
 
 
 def _check_layout(explainer, case: zoo.Case, key: str) -> None:
+    # MobileNetV3: tf2onnx's transpose optimizer crashes (a scalar Add) and leaves the graph
+    # NHWC; model.activation_layout walks through the element-wise ops after its Transpose
     got, want = explainer.layers[0].layout, case.onnx_layouts[key]
-    if want == "NHWC" and got != want:
-        # tf2onnx's transpose optimizer crashes on MobileNetV3 (a scalar Add) and leaves the
-        # graph NHWC; model.activation_layout only recognises NHWC right after a Transpose
-        pytest.xfail(f"{case.onnx_names[key]} is NHWC inside the graph (an elementwise Mul "
-                     f"after a Transpose); activation_layout says {got}")
     assert got == want, "layer layout misdetected"
 
 
@@ -107,9 +114,9 @@ def test_gradient_float64(case, gradients64, position) -> None:
     if case.onnx_layouts[key] == "NHWC":
         ours = ours.transpose(0, 3, 1, 2)
     tf64 = case.nchw(case.grads64[key])
-    err, noise = rel(ours, tf64), rel(case.nchw(case.grads[key]), tf64)
-    assert err <= max(STRICT, noise), (
-        f"{case.arch.name} {key}: float64 gradient off by {err:.2e} (TF float32: {noise:.2e})")
+    err = rel(ours, tf64)
+    kind = "native float64" if case.model64 is not None else "float32 cast to double"
+    assert err <= STRICT, f"{case.arch.name} {key}: {kind} graph's gradient off by {err:.2e}"
 
 
 @pytest.mark.parametrize("position", POSITIONS)
@@ -122,7 +129,18 @@ def test_gradient_float32(case, explanations, position) -> None:
     noise = rel(tf32, tf64)  # how far float32 arithmetic alone takes TF from the truth
     if noise <= FLIP_FREE:
         err = rel(ours, tf32)
-        assert err <= STRICT, f"{case.arch.name} {key}: off TF float32 by {err:.2e}"
+        if err > STRICT:  # TF flipped nothing; did ONNX Runtime? (see the module docstring)
+            layer = case.onnx_names[key]
+            model = case.model
+            flips = float64.head_relu_flips(model, layer, case.x)
+            assert flips, f"{case.arch.name} {key}: off TF float32 by {err:.2e}, no ReLU flipped"
+            assert max(f[2] for f in flips) <= 1e-5, (case.arch.name, key, flips)
+            plain = float64.explainer_gradient32(model, layer, case.x, case.targets,
+                                                 "ORT_ENABLE_EXTENDED")
+            assert rel(plain, tf32) <= STRICT, (
+                f"{case.arch.name} {key}: off TF float32 by {err:.2e} at ORT_ENABLE_ALL "
+                f"({flips}), {rel(plain, tf32):.2e} at ORT_ENABLE_EXTENDED")
+            assert err <= 5e-2, f"{case.arch.name} {key}: off TF float32 by {err:.2e}"
     else:
         err = rel(ours, tf64)
         assert err <= max(STRICT, 3 * noise), (

@@ -7,7 +7,12 @@ graph that holds each chosen Keras layer output (by value: the graph keeps it NC
 ``tf.GradientTape``'s gradient of the target logits w.r.t. those layer outputs.
 
 TF's reference is taken twice: in float32 (the model as converted) and in float64 (the same
-weights in a float64 Keras model); see ``float64.py`` for why.
+weights in a float64 Keras model); see ``float64.py`` for why. For the architectures in
+``NATIVE64`` the float64 Keras model is converted too (``<model>.f64.onnx``): tf2onnx folds
+BatchNormalization into the conv weights in the model's own dtype, so the float32 model cast to
+double carries weights ~1e-7 off TF's float64 ones, which flips a few near-zero ReLU decisions in
+a deep ReLU head (DenseNet121: 3 flips, |x| ≤ 1.4e-6, gradient 6e-3 off at conv1_relu; on the
+native double model, 1.6e-15).
 
 Everything is cached under ``.cache/zoo/<versions>-v<BUILD>-<hash of ARCHS>/``
 (``ONNX_GRADCAM_ZOO_CACHE`` overrides the root): a conversion costs 20–60 s; the cache makes a
@@ -59,6 +64,12 @@ class Arch:
     raw: bool = False  # the model rescales 0..255 itself (include_preprocessing)
     softmax: bool = False  # keep the softmax head (the explainer must find the logits)
     kwargs: dict = field(default_factory=dict)
+
+
+#: Converted in float64 as well (see the module docstring): the architectures whose float32 model
+#: cast to double is > 1e-4 off TF float64 at some tap because BN folding in float32 flips a
+#: decision. Kept out of ``Arch`` so the set can change without rebuilding every case.
+NATIVE64 = frozenset({"DenseNet121", "MobileNetV2"})
 
 
 def _t(*names: str) -> tuple[Tap, ...]:
@@ -133,6 +144,13 @@ class Case:
     def model(self) -> onnx.ModelProto:
         return onnx.load(str(self.model_path))
 
+    @property
+    def model64(self) -> tuple[onnx.ModelProto, dict[str, str]] | None:
+        """(tf2onnx's conversion of the float64 twin, tap key -> ONNX name) if built, else None."""
+        path = self.model_path.with_suffix(".f64.onnx")
+        names = self.meta.get("onnx_names64")
+        return (onnx.load(str(path)), names) if names and path.exists() else None
+
     def nchw(self, array: np.ndarray) -> np.ndarray:
         return array.transpose(0, 3, 1, 2)
 
@@ -151,17 +169,12 @@ def load_case(arch: Arch, size: int | None = None, symbolic_hw: bool = False,
     folder = cache or cache_dir()
     model_stem, stem = case_stem(arch, size, symbolic_hw)
     meta_path = folder / f"{stem}.json"
-    if not meta_path.exists():  # build in a subprocess: a conversion holds GBs it never frees
-        import subprocess
-        import sys
-
-        args = [arch.name, ",".join(map(str, sizes if symbolic_hw else (size,))),
-                "hw" if symbolic_hw else "fixed", str(folder)]
-        proc = subprocess.run([sys.executable, "-m", "tests.zoo.zoo", *args], cwd=ROOT,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"building {stem} failed:\n{proc.stderr[-3000:]}")
+    if not meta_path.exists():
+        _build(arch, size, sizes, symbolic_hw, folder, stem)
     meta = json.loads(meta_path.read_text())
+    if arch.name in NATIVE64 and "onnx_names64" not in meta:
+        _build(arch, size, sizes, symbolic_hw, folder, stem, native64_only=True)
+        meta = json.loads(meta_path.read_text())
     data = np.load(folder / f"{stem}.npz")
     keys = [k for k in meta["taps"] if k in meta["onnx_names"]]
     return Case(arch, size, folder / f"{model_stem}.onnx", meta["taps"], data["x"],
@@ -169,6 +182,20 @@ def load_case(arch: Arch, size: int | None = None, symbolic_hw: bool = False,
                 {k: data[f"act:{k}"] for k in keys}, {k: data[f"grad:{k}"] for k in keys},
                 {k: data[f"grad64:{k}"] for k in keys}, meta["onnx_names"],
                 meta["onnx_layouts"], meta)
+
+
+def _build(arch: Arch, size: int, sizes: tuple[int, ...], symbolic_hw: bool, folder: Path,
+           stem: str, native64_only: bool = False) -> None:
+    """Build in a subprocess: a conversion holds GBs it never frees."""
+    import subprocess
+    import sys
+
+    args = [arch.name, ",".join(map(str, sizes if symbolic_hw else (size,))),
+            "hw" if symbolic_hw else "fixed", str(folder)] + (["native64"] if native64_only else [])
+    proc = subprocess.run([sys.executable, "-m", "tests.zoo.zoo", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"building {stem} failed:\n{proc.stderr[-3000:]}")
 
 
 # ---- building (needs TensorFlow) ---------------------------------------------------------------
@@ -350,8 +377,10 @@ def map_tensors(proto: onnx.ModelProto, taps: list[Tap], acts: list[np.ndarray],
     return names, layouts, errors
 
 
-def build_case(arch: Arch, sizes: tuple[int, ...], symbolic_hw: bool, folder: Path) -> None:
-    """Build, convert, map and record one architecture into ``folder`` (atomically per file)."""
+def build_case(arch: Arch, sizes: tuple[int, ...], symbolic_hw: bool, folder: Path,
+               native64_only: bool = False) -> None:
+    """Build, convert, map and record one architecture into ``folder`` (atomically per file).
+    ``native64_only``: add only the float64 conversion (and its tensor names) to a built case."""
     import time
 
     start = time.perf_counter()
@@ -359,16 +388,32 @@ def build_case(arch: Arch, sizes: tuple[int, ...], symbolic_hw: bool, folder: Pa
     taps = list(arch.taps)
     if symbolic_hw:  # include_top=False: the last conv activation is the base's output
         taps[-1] = Tap(model.layers[-3].name)
-    proto = convert(model, None if symbolic_hw else sizes[0])
+    fixed = None if symbolic_hw else sizes[0]
+    proto = None if native64_only else convert(model, fixed)
     model = _logits_model(model, arch)
-    twin = float64_twin(model, arch, None if symbolic_hw else sizes[0], symbolic_hw)
+    twin = float64_twin(model, arch, fixed, symbolic_hw)
+    proto64 = convert(twin, fixed, "float64") if arch.name in NATIVE64 else None
     folder.mkdir(parents=True, exist_ok=True)
     model_stem, _ = case_stem(arch, sizes[0], symbolic_hw)
+    if proto64 is not None:
+        _atomic(folder / f"{model_stem}.f64.onnx", proto64.SerializeToString())
+    if native64_only:
+        for size in sizes:
+            _, stem = case_stem(arch, size, symbolic_hw)
+            meta = json.loads((folder / f"{stem}.json").read_text())
+            data = np.load(folder / f"{stem}.npz")
+            x64 = data["x"].astype(np.float64)
+            _, _, acts64, grads64 = tf_reference(twin, taps, x64, data["targets"])
+            for tap, g64 in zip(taps, grads64):  # the rebuilt twin is the cached one
+                assert np.array_equal(g64, data[f"grad64:{tap.key}"]), (stem, tap.key)
+            meta["onnx_names64"] = map_tensors(proto64, taps, acts64, x64)[0]
+            _atomic(folder / f"{stem}.json", json.dumps(meta, indent=1).encode())
+        return
     _atomic(folder / f"{model_stem}.onnx", proto.SerializeToString())
     for size in sizes:
         x = inputs(arch, size, BATCH, seed=2)
         logits, targets, acts, grads = tf_reference(model, taps, x, None)
-        logits64, _, _, grads64 = tf_reference(twin, taps, x.astype(np.float64), targets)
+        logits64, _, acts64, grads64 = tf_reference(twin, taps, x.astype(np.float64), targets)
         names, layouts, errors = map_tensors(proto, taps, acts, x)
         arrays = {"x": x, "targets": targets, "logits": logits, "logits64": logits64}
         for tap, a, g, g64 in zip(taps, acts, grads, grads64):
@@ -377,6 +422,8 @@ def build_case(arch: Arch, sizes: tuple[int, ...], symbolic_hw: bool, folder: Pa
         meta = {"arch": arch.name, "size": size, "taps": [t.key for t in taps],
                 "onnx_names": names, "onnx_layouts": layouts, "match_errors": errors,
                 "build_seconds": round(time.perf_counter() - start, 1)}
+        if proto64 is not None:
+            meta["onnx_names64"] = map_tensors(proto64, taps, acts64, x.astype(np.float64))[0]
         _, stem = case_stem(arch, size, symbolic_hw)
         with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as f:
             np.savez(f, **arrays)
@@ -394,4 +441,5 @@ if __name__ == "__main__":
     import sys
 
     name, sizes, kind, folder = sys.argv[1:5]
-    build_case(ARCHS[name], tuple(int(v) for v in sizes.split(",")), kind == "hw", Path(folder))
+    build_case(ARCHS[name], tuple(int(v) for v in sizes.split(",")), kind == "hw", Path(folder),
+               native64_only=sys.argv[5:] == ["native64"])
