@@ -116,6 +116,7 @@ def test_gradient_float64(case, gradients64, position) -> None:
     tf64 = case.nchw(case.grads64[key])
     err = rel(ours, tf64)
     kind = "native float64" if case.model64 is not None else "float32 cast to double"
+    print(f"ZOO64 {case.arch.name} {position} {key}: {err:.2e} ({kind})")
     assert err <= STRICT, f"{case.arch.name} {key}: {kind} graph's gradient off by {err:.2e}"
 
 
@@ -127,6 +128,8 @@ def test_gradient_float32(case, explanations, position) -> None:
     ours = res.gradients[0]
     tf32, tf64 = case.nchw(case.grads[key]), case.nchw(case.grads64[key])
     noise = rel(tf32, tf64)  # how far float32 arithmetic alone takes TF from the truth
+    print(f"ZOO32 {case.arch.name} {position} {key}: vs TF32 {rel(ours, tf32):.2e}, vs TF64 "
+          f"{rel(ours, tf64):.2e}, TF32 vs TF64 {noise:.2e}")
     if noise <= FLIP_FREE:
         err = rel(ours, tf32)
         if err > STRICT:  # TF flipped nothing; did ONNX Runtime? (see the module docstring)
