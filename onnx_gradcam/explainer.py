@@ -12,8 +12,7 @@ import numpy as np
 import onnx
 
 from onnx_gradcam.autodiff.builder import build_gradient
-from onnx_gradcam.cams import METHODS, postprocess
-from onnx_gradcam.cams.eigen import projection_2d
+from onnx_gradcam.cams import METHODS, postprocess, reduce_map
 from onnx_gradcam.cams.score import scorecam
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.explainer_graph import (
@@ -195,6 +194,8 @@ class Explainer:
         chunks = [self.session.run(names, {self.model.input_name: x[i:i + self.batch_size],
                                            TARGET: targets[i:i + self.batch_size]})
                   for i in range(0, len(x), self.batch_size)]
+        if len(chunks) == 1:
+            return chunks[0]
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
     def _nchw(self, array: np.ndarray, layer: Layer) -> np.ndarray:
@@ -317,9 +318,9 @@ class Explainer:
     def _coarse(self, acts: np.ndarray, grads: np.ndarray | None, x: np.ndarray,
                 targets: np.ndarray) -> np.ndarray:
         if self.method.name == "scorecam":
-            weighted = scorecam(acts, x, targets, self.forward, self.model.input_layout,
-                                self.scorecam_batch)
-            return projection_2d(weighted) if self.eigen_smooth else weighted.sum(axis=1)
+            weights = scorecam(acts, x, targets, self.forward, self.model.input_layout,
+                               self.scorecam_batch)
+            return reduce_map(weights, acts, channel=True, eigen=self.eigen_smooth)
         return self.method.cam(acts, grads, self.eigen_smooth)  # type: ignore[arg-type]
 
     def export(self, path: str | Path | None = None, *, upsample: bool = True,

@@ -106,7 +106,8 @@ def test_scorecam_weights_are_softmax_of_masked_scores() -> None:
     def forward(batch):
         return np.stack([batch.sum(axis=(2, 3)) @ weights[:, j] for j in range(2)], axis=1)
 
-    cam = scorecam(acts, x, np.array([1]), forward, batch_size=2).sum(axis=1)
+    channel_weights = scorecam(acts, x, np.array([1]), forward, batch_size=2)
+    cam = np.einsum("nk,nkhw->nhw", channel_weights, acts)
     scores = []
     for k in range(3):
         m = upsample_align_corners(acts[:, k:k + 1], (4, 4))[0, 0]

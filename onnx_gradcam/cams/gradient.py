@@ -1,8 +1,9 @@
 """Gradient-based CAM methods: pure functions of activations ``A`` and gradients ``G``.
 
-All arrays are NCHW (N, K, h, w). Each method returns its *weighted activations* (N, K, h, w);
-the map is their sum over channels (or, with ``eigen_smooth``, their first principal
-component), before the ReLU and normalisation of :mod:`onnx_gradcam.cams.postprocess`.
+All arrays are NCHW (N, K, h, w). A *channel* method returns its weights w (N, K); the others
+return their weighted activations (N, K, h, w). The map is Σ_k w_k·A_k or the sum of the
+weighted activations over channels (or, with ``eigen_smooth``, their first principal component),
+before the ReLU and normalisation of :mod:`onnx_gradcam.cams.postprocess`.
 Formulas follow pytorch-grad-cam (see shared/CAM_CONVENTIONS.md).
 """
 
@@ -17,8 +18,8 @@ def channel_weighted(weights: np.ndarray, acts: np.ndarray) -> np.ndarray:
 
 
 def gradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """Grad-CAM: w_k = mean_ij G_kij; cam = Σ_k w_k A_k."""
-    return channel_weighted(grads.mean(axis=(2, 3)), acts)
+    """Grad-CAM: w_k = mean_ij G_kij; cam = Σ_k w_k A_k. Returns w."""
+    return grads.mean(axis=(2, 3))
 
 
 def hirescam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
@@ -34,19 +35,19 @@ def gradcam_elementwise(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
 def gradcam_plusplus(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Grad-CAM++ as pytorch-grad-cam computes it (without the paper's exp(S) factor):
     α = G² / (2G² + (Σ_ab A_kab)·G³ + 1e-6), α = 0 where G = 0; w_k = Σ_ij relu(G)·α;
-    cam = Σ_k w_k A_k."""
+    cam = Σ_k w_k A_k. Returns w."""
     g2 = grads * grads
     g3 = g2 * grads
     sum_a = acts.sum(axis=(2, 3), keepdims=True)
     alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
     alpha = np.where(grads != 0, alpha, 0)
-    return channel_weighted((np.maximum(grads, 0) * alpha).sum(axis=(2, 3)), acts)
+    return (np.maximum(grads, 0) * alpha).sum(axis=(2, 3))
 
 
 def xgradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """XGrad-CAM: w_k = Σ_ij G·A / (Σ_ab A + 1e-7); cam = Σ_k w_k A_k."""
+    """XGrad-CAM: w_k = Σ_ij G·A / (Σ_ab A + 1e-7); cam = Σ_k w_k A_k. Returns w."""
     sum_a = acts.sum(axis=(2, 3), keepdims=True)
-    return channel_weighted((grads * acts / (sum_a + 1e-7)).sum(axis=(2, 3)), acts)
+    return (grads * acts / (sum_a + 1e-7)).sum(axis=(2, 3))
 
 
 def layercam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:

@@ -6,8 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from onnx_gradcam.cams.gradient import channel_weighted
-
 
 def _align_corners_matrix(n_out: int, n_in: int) -> np.ndarray:
     """(n_out, n_in) bilinear interpolation weights with align_corners=True."""
@@ -48,7 +46,7 @@ def scorecam(acts: np.ndarray, inputs: np.ndarray, targets: np.ndarray,
              forward: Callable[[np.ndarray], np.ndarray], layout: str = "NCHW",
              batch_size: int = 32) -> np.ndarray:
     """Score-CAM: s_k = target score of x ⊙ M_k; w = softmax(s) over channels;
-    cam = Σ_k w_k A_k, returned as the weighted activations w_k·A_k (N, K, h, w).
+    cam = Σ_k w_k A_k. Returns the channel weights w (N, K).
     ``forward`` maps an input batch to scores (B, C); the masked inputs of all channels are run
     in batches of ``batch_size``."""
     size = inputs.shape[2:4] if layout == "NCHW" else inputs.shape[1:3]
@@ -61,4 +59,4 @@ def scorecam(acts: np.ndarray, inputs: np.ndarray, targets: np.ndarray,
             m = m[:, None] if layout == "NCHW" else m[..., None]
             batch = (inputs[i][None] * m).astype(inputs.dtype)
             scores[i, start:start + len(m)] = forward(batch)[:, targets[i]]
-    return channel_weighted(softmax(scores, axis=1).astype(np.float32), acts)
+    return softmax(scores, axis=1).astype(np.float32)

@@ -68,14 +68,14 @@ def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         return [dys[0], None]
     x, y = node.inputs[0], node.outputs[0]
     dy, _ = _keepdims(op, node, dys[0])
-    return [op.Div(op.Expand(dy, op.Shape(x)), count_ratio(op, x, y)), None]
+    return [op.Expand(op.Div(dy, count_ratio(op, x, y)), op.Shape(x)), None]
 
 
 @vjp("GlobalAveragePool")
 def global_average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = Expand(dy, Shape(x)) / (h·w)"""
+    """dx = Expand(dy / (h·w), Shape(x)) (divide first: the small tensor)"""
     x, y = node.inputs[0], node.outputs[0]
-    return [op.Div(op.Expand(dys[0], op.Shape(x)), count_ratio(op, x, y))]
+    return [op.Expand(op.Div(dys[0], count_ratio(op, x, y)), op.Shape(x))]
 
 
 def _max_vjp(op: Emitter, x: str, y_kept: Value, dy_kept: Value, axes: list[int]) -> Value:
