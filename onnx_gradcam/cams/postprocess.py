@@ -17,7 +17,10 @@ def min_max(maps: np.ndarray) -> np.ndarray:
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize each (h, w) map to ``size`` = (H, W) with cv2.resize INTER_LINEAR."""
     height, width = size
-    return np.stack([cv2.resize(np.float32(m), (width, height)) for m in maps])
+    out = np.empty((len(maps), height, width), dtype=np.float32)
+    for i, m in enumerate(maps):
+        out[i] = cv2.resize(np.float32(m), (width, height))
+    return out
 
 
 def postprocess(per_layer: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -25,5 +28,7 @@ def postprocess(per_layer: list[np.ndarray], size: tuple[int, int]) -> np.ndarra
     ReLU, min-max, upsample per layer; then ReLU, mean over layers, min-max again (always, also
     for one layer, as pytorch-grad-cam does)."""
     layers = [upsample(min_max(np.maximum(coarse, 0)), size) for coarse in per_layer]
+    if len(layers) == 1:  # bilinear resizing keeps [0, 1] maps ≥ 0, and a mean of one is itself
+        return min_max(layers[0])
     stacked = np.maximum(np.stack(layers, axis=1), 0)
     return min_max(stacked.mean(axis=1))
