@@ -166,7 +166,9 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     else:
         base_nodes = []
     seed_scores = op.Flatten(heads[0][2], axis=1) if rows and with_gradient else score2d
-    seed2d, resolved = seed_one_hot(op, seed_scores, TARGET)
+    static = [d for d in (info.shapes.get(score) or (None, None))[1:] if d != 1]
+    classes = static[0] if len(static) == 1 and static[0] else None
+    seed2d, resolved = seed_one_hot(op, seed_scores, TARGET, classes)
     nodes = base_nodes + list(op.nodes)
     inits = list(op.initializers)
     outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]

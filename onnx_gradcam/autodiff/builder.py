@@ -120,24 +120,29 @@ def _prune(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], output: s
     return kept, [t for t in inits if t.name in needed]
 
 
-def resolve_targets(op: Emitter, score2d: str, target: str) -> str:
+def resolve_targets(op: Emitter, score2d: str, target: str, classes: int | None = None) -> str:
     """Class indices (M,) for int64 ``target`` (M,) over scores (M, C): a target ≥ 0 is a class;
-    −r picks the class ranked r-th by score (−1 = argmax, −2 = runner-up, …)."""
-    classes = op.Gather(op.Shape(score2d), op.const([1]))
-    _, ranked = op.TopK(score2d, classes, axis=1, largest=1, sorted=1, outputs=2)
-    rank = op.Sub(op.Neg(target), op.const(1))
+    −r picks the class ranked r-th by score (−1 = argmax, −2 = runner-up, …). A static class
+    count ``classes`` saves the shape arithmetic."""
+    count = op.const([classes]) if classes else op.Gather(op.Shape(score2d), op.const([1]))
+    _, ranked = op.TopK(score2d, count, axis=1, largest=1, sorted=1, outputs=2)
+    rank = op.Sub(op.const(-1), target)  # −1 → 0, −2 → 1, …
     by_rank = op.squeeze(op.GatherElements(ranked, op.unsqueeze(op.Max(rank, op.const(0)), [1]),
                                            axis=1), [1])
     return op.Where(op.Less(target, op.const(0)), by_rank, target)
 
 
-def seed_one_hot(op: Emitter, score2d: str, target: str) -> tuple[str, str]:
+def seed_one_hot(op: Emitter, score2d: str, target: str, classes: int | None = None
+                 ) -> tuple[str, str]:
     """One-hot cotangent (M, C) for the targets of :func:`resolve_targets`.
 
     Returns (seed, resolved targets).
     """
-    resolved = resolve_targets(op, score2d, target)
-    classes = op.Range(op.const(0), op.Gather(op.Shape(score2d), op.const(1)), op.const(1))
-    hot = op.Equal(op.unsqueeze(resolved, [1]), classes)
+    resolved = resolve_targets(op, score2d, target, classes)
+    if classes:
+        indices = op.const(np.arange(classes, dtype=np.int64))
+    else:
+        indices = op.Range(op.const(0), op.Gather(op.Shape(score2d), op.const(1)), op.const(1))
+    hot = op.Equal(op.unsqueeze(resolved, [1]), indices)
     seed = op.Cast(hot, to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
     return seed, resolved
