@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnx_gradcam as og  # noqa: E402
 from bench.nets import resnet  # noqa: E402
+from bench.timing import interleaved_medians  # noqa: E402
 from onnx_gradcam.runtime import make_session  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "torch"
@@ -47,17 +46,7 @@ def timing(model, layer, x, provider, repeats=10):
     ex = og.Explainer(model, layer=layer, providers=provider)
     plain = make_session(model.SerializeToString(), provider)
     feed = {ex.model.input_name: x}
-    ex.explain(x)
-    plain.run(None, feed)
-    te, tp = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        plain.run(None, feed)
-        tp.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ex.explain(x)
-        te.append(time.perf_counter() - t0)
-    return statistics.median(te), statistics.median(tp)
+    return interleaved_medians(lambda: ex.explain(x), lambda: plain.run(None, feed), repeats)
 
 
 def main() -> None:

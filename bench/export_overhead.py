@@ -12,9 +12,7 @@ interleaved so load drift on a shared machine hits both alike; also the file-siz
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnx_gradcam as og  # noqa: E402
 from bench.overhead import models  # noqa: E402
+from bench.timing import interleaved_medians  # noqa: E402
 from onnx_gradcam.export import export_model  # noqa: E402
 from onnx_gradcam.runtime import PROVIDER_NAMES  # noqa: E402
 
@@ -53,18 +52,9 @@ def measure(model: onnx.ModelProto, method: str, batches: list[int], repeats: in
         shape = [batch, *(d or 1 for d in explainer.model.input_shape[1:])]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         feed = {explainer.model.input_name: x}
-        for _ in range(2):  # warm-up both
-            plain.run(None, feed)
-            explain.run(None, feed)
-        t_plain, t_explain = [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            plain.run(None, feed)
-            t_plain.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            explain.run(None, feed)
-            t_explain.append(time.perf_counter() - t0)
-        out.append((batch, statistics.median(t_explain), statistics.median(t_plain), size))
+        t_explain, t_plain = interleaved_medians(lambda f=feed: explain.run(None, f),
+                                                 lambda f=feed: plain.run(None, f), repeats, 2)
+        out.append((batch, t_explain, t_plain, size))
     return out
 
 

@@ -11,9 +11,7 @@ machine hits both alike.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnx_gradcam as og  # noqa: E402
 from bench.nets import resnet  # noqa: E402
+from bench.timing import interleaved_medians  # noqa: E402
 from onnx_gradcam.runtime import make_session  # noqa: E402
 
 
@@ -47,17 +46,8 @@ def measure(model: onnx.ModelProto, batch: int, repeats: int, threads: int | Non
     shape[0] = batch
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     feed = {explainer.model.input_name: x}
-    explainer.explain(x)  # warm-up both
-    plain.run(None, feed)
-    t_explain, t_plain = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        plain.run(None, feed)
-        t_plain.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        explainer.explain(x)
-        t_explain.append(time.perf_counter() - t0)
-    return statistics.median(t_explain), statistics.median(t_plain)
+    return interleaved_medians(lambda: explainer.explain(x), lambda: plain.run(None, feed),
+                               repeats)
 
 
 def main() -> None:

@@ -135,23 +135,26 @@ def _softmax_frame(op: Emitter, node: Node) -> tuple[int, bool]:
     return axis, axis != rank - 1
 
 
+def _softmax_like(op: Emitter, node: Node, dy: Value, grad) -> list[Value | None]:
+    """Apply ``grad(y, dy, axis)`` on the frame Softmax/LogSoftmax work in (the input flattened
+    to 2-D at ``axis`` before opset 13) and reshape back."""
+    axis, coerced = _softmax_frame(op, node)
+    x, y = node.inputs[0], node.outputs[0]
+    if coerced:
+        y, dy, axis = op.Flatten(y, axis=axis), op.Flatten(dy, axis=axis), 1
+    dx = grad(y, dy, axis)
+    return [op.reshape_like(dx, x) if coerced else dx]
+
+
 @vjp("Softmax")
 def softmax_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = y·(dy − Σ_axis dy·y)"""
-    axis, coerced = _softmax_frame(op, node)
-    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
-    if coerced:
-        y, dy, axis = op.Flatten(y, axis=axis), op.Flatten(dy, axis=axis), 1
-    dx = op.Mul(y, op.Sub(dy, op.reduce("ReduceSum", op.Mul(dy, y), [axis])))
-    return [op.reshape_like(dx, x) if coerced else dx]
+    return _softmax_like(op, node, dys[0], lambda y, dy, axis: op.Mul(
+        y, op.Sub(dy, op.reduce("ReduceSum", op.Mul(dy, y), [axis]))))
 
 
 @vjp("LogSoftmax")
 def log_softmax_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = dy − exp(y)·Σ_axis dy"""
-    axis, coerced = _softmax_frame(op, node)
-    x, y, dy = node.inputs[0], node.outputs[0], dys[0]
-    if coerced:
-        y, dy, axis = op.Flatten(y, axis=axis), op.Flatten(dy, axis=axis), 1
-    dx = op.Sub(dy, op.Mul(op.Exp(y), op.reduce("ReduceSum", dy, [axis])))
-    return [op.reshape_like(dx, x) if coerced else dx]
+    return _softmax_like(op, node, dys[0], lambda y, dy, axis: op.Sub(
+        dy, op.Mul(op.Exp(y), op.reduce("ReduceSum", dy, [axis]))))
