@@ -108,7 +108,11 @@ elif mode != "base":
     e = og.Explainer(path, layer=layer, providers="cpu", threads=threads, batch_size=batch)
     for _ in range(2):
         e.explain(x)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec from the parent (which holds
+# TensorFlow and the converted models), so every mode read the parent's ~10 GB
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(json.dumps(int(hwm[0].split()[1]) / 1024 if hwm else
+                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 """
 
 
