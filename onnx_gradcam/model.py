@@ -129,6 +129,8 @@ def logits_of(info: GraphInfo, score: str) -> str:
 
 #: Element-wise ops with several inputs (broadcasting): the layout follows their 4-D input.
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Where", "Pow", "PRelu"}
+#: Reductions (with keepdims) keep their input's layout: an NHWC mean is (N, 1, 1, C).
+KEEPDIMS_REDUCTIONS = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"}
 #: Ops whose output is NCHW by the ONNX spec.
 CHANNELS_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "BatchNormalization",
                   "GlobalAveragePool", "GlobalMaxPool", "InstanceNormalization", "LRN"}
@@ -147,7 +149,7 @@ def activation_layout(info: GraphInfo, name: str) -> str:
             return "NHWC" if perm == [0, 2, 3, 1] else "NCHW"
         if node.op_type in CHANNELS_FIRST:
             return "NCHW"
-        if node.op_type in PASS_THROUGH:
+        if node.op_type in PASS_THROUGH or node.op_type in KEEPDIMS_REDUCTIONS:
             name = node.input[0]
         elif node.op_type in ELEMENTWISE:
             rank4 = [i for i in node.input if len(info.shapes.get(i, ())) == 4]

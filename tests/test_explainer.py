@@ -266,3 +266,19 @@ def test_layout_walks_through_multi_input_elementwise_ops() -> None:
     info = og.model.GraphInfo(helper.make_model(graph))
     assert activation_layout(info, "hswish") == "NHWC"
     assert activation_layout(info, "c") == "NCHW"
+
+
+def test_nhwc_global_mean_is_not_a_candidate_layer() -> None:
+    """A keepdims ReduceMean over H, W of an NHWC tensor is (N, 1, 1, C): 1×1, not a layer."""
+    from onnx_gradcam.model import activation_layout
+
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"]),
+             helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("ReduceMean", ["t"], ["m"], axes=[1, 2], keepdims=1)]
+    graph = helper.make_graph(
+        nodes, "nhwc", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 1, 1, 576])],
+        [numpy_helper.from_array(np.ones((576, 3, 1, 1), np.float32), "w")])
+    info = og.model.GraphInfo(helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", 17)]))
+    assert activation_layout(info, "m") == "NHWC"
