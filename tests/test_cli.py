@@ -155,3 +155,9 @@ def test_outputs_get_the_usual_file_mode(model_path, images, tmp_path):
     cli("run", model_path, images / "cat.jpg", "-o", out, "-q")
     for path in out.iterdir():
         assert path.stat().st_mode & 0o644 == 0o644, path
+
+
+def test_usage_errors_exit_2_without_a_traceback(model_path):
+    proc = cli("run", model_path, "--no-such-option")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "no-such-option" in proc.stderr

@@ -43,12 +43,11 @@ def main() -> None:
     except typer.Abort:
         typer.secho("aborted", fg=typer.colors.RED, err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors keep their own exit code (2)
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # usage errors (typer's vendored click) keep their exit code, 2
+        show = getattr(exc, "show", None)
+        if callable(show) and isinstance(getattr(exc, "exit_code", None), int):
+            show()
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         raise
     if isinstance(code, int) and code:
         sys.exit(code)
