@@ -111,6 +111,7 @@ def convert(src: Path | str | None, output: Path | str, options: ConvertOptions)
     model = export.graph_to_onnx(
         source.graph_def, source.inputs, [score, tf_act], opset=opset, nchw=options.nchw
     )
+    _refuse_unconverted_ops(model)
     activation = export.expose_nchw_activation(model, tf_act)
 
     stage("writing metadata")
@@ -168,3 +169,18 @@ def _metadata(
         props = {k: v for k, v in props.items()
                  if not k.endswith((".color", ".scale", ".mean", ".std"))}
     return props
+
+
+def _refuse_unconverted_ops(model: onnx.ModelProto) -> None:
+    """tf2onnx leaves TF ops it cannot convert in the graph as they are; name them in one line
+    (e.g. Keras 3's ConvNeXt keeps StatefulPartitionedCall and Erfc) instead of a checker trace."""
+    from collections import Counter
+
+    left = Counter(n.op_type for n in model.graph.node
+                   if not onnx.defs.has(n.op_type, n.domain or ""))
+    if left:
+        ops = ", ".join(f"{op} ×{count}" for op, count in left.most_common())
+        raise OnnxGradCamError(f"tf2onnx could not convert these TensorFlow ops: {ops}; this "
+                               "model cannot be converted (try another --opset, or a SavedModel "
+                               "/ frozen graph of it)")
+

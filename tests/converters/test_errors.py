@@ -127,3 +127,21 @@ def test_tensorflow_not_installed(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "pip install 'onnx-gradcam[tf]'" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_ops_tf2onnx_cannot_convert_are_named(tmp_path):
+    """tf2onnx leaves ops it cannot convert (here Erfc, as in Keras 3's ConvNeXt) in the graph;
+    convert names them in one line instead of failing in the ONNX checker."""
+    import numpy as np
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 16, 16, 3], name="input")
+        kernel = tf.constant(np.random.default_rng(0).standard_normal((3, 3, 3, 4)), tf.float32)
+        act = tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME"), name="act")
+        pooled = tf.reduce_mean(tf.math.erfc(act), [1, 2])
+        tf.matmul(pooled, tf.ones((4, 3)), name="logits")
+    src = tmp_path / "erfc.pb"
+    src.write_bytes(graph.as_graph_def().SerializeToString())
+    message = _error(src, tmp_path, verify=False)
+    assert "could not convert these TensorFlow ops: Erfc" in message
