@@ -6,6 +6,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ class Explainer:
             return layer.name
         return None
 
-    @property
+    @cached_property
     def num_classes(self) -> int | None:
         shape = self.model.info.shapes.get(self.score)
         dims = [d for d in (shape or ())[1:] if d != 1]

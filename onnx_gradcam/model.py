@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import onnx
@@ -41,7 +42,7 @@ class LoadedModel:
     score_output: str  # the graph output the user sees as scores
     logits: str  # the tensor differentiated by default (pre-softmax where there is one)
 
-    @property
+    @cached_property
     def input_layout(self) -> str:
         """NCHW or NHWC: the metadata's word if it has one, else guessed from the input shape."""
         if any(p.key == "onnx_gradcam.layout" for p in self.proto.metadata_props):

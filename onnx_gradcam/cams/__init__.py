@@ -46,7 +46,8 @@ def reduce_map(weighted: np.ndarray, acts: np.ndarray, channel: bool, eigen: boo
     if channel:
         if eigen:
             return projection_2d(channel_weighted(weighted, acts))
-        return np.einsum("nk,nkhw->nhw", weighted, acts)
+        n, k, h, w = acts.shape
+        return np.matmul(weighted[:, None, :], acts.reshape(n, k, h * w)).reshape(n, h, w)
     return projection_2d(weighted) if eigen else weighted.sum(axis=1)
 
 

@@ -19,7 +19,7 @@ def channel_weighted(weights: np.ndarray, acts: np.ndarray) -> np.ndarray:
 
 def gradcam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """Grad-CAM: w_k = mean_ij G_kij; cam = Σ_k w_k A_k. Returns w."""
-    return grads.mean(axis=(2, 3))
+    return grads.reshape(*grads.shape[:2], -1).mean(axis=2)
 
 
 def hirescam(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:

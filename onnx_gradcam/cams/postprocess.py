@@ -8,10 +8,10 @@ import numpy as np
 
 def min_max(maps: np.ndarray) -> np.ndarray:
     """Per map: m −= min; m /= (1e-7 + max). A constant map becomes all zeros, never NaN."""
-    flat = maps.reshape(len(maps), -1)
-    flat = flat - flat.min(axis=1, keepdims=True)
-    flat = flat / (1e-7 + flat.max(axis=1, keepdims=True))
-    return flat.reshape(maps.shape).astype(np.float32)
+    flat = np.array(maps, dtype=np.float32).reshape(len(maps), -1)  # a copy, worked in place
+    flat -= flat.min(axis=1, keepdims=True)
+    flat /= 1e-7 + flat.max(axis=1, keepdims=True)
+    return flat.reshape(maps.shape)
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
