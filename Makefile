@@ -56,7 +56,7 @@ test: $(STAMP) $(ORT_VENV)/.installed $(NPM_NODE) $(NPM_WEB) chromium
 	$(PY) -m pytest
 
 test-zoo: $(STAMP)
-	$(PY) -m pytest -p no:cacheprovider -o addopts="" tests/zoo
+	$(PY) -m pytest -p no:cacheprovider tests/zoo
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py
