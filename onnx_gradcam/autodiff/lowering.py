@@ -19,6 +19,7 @@ import onnx
 from onnx import helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.registry import registrar
 from onnx_gradcam.autodiff.rules.nn import transpose_window
 from onnx_gradcam.autodiff.rules.reduce import average_pool_vjp
 from onnx_gradcam.errors import OnnxGradCamError
@@ -29,17 +30,8 @@ LOWERINGS: dict[str, Lowering] = {}
 STANDARD = ("", "ai.onnx")
 
 
-def lowers(*op_types: str) -> Callable[[Lowering], Lowering]:
-    """Register a lowering for each contrib op type; registering one twice raises."""
-
-    def register(fn: Lowering) -> Lowering:
-        for op_type in op_types:
-            if op_type in LOWERINGS:
-                raise ValueError(f"a lowering for {op_type} is registered twice")
-            LOWERINGS[op_type] = fn
-        return fn
-
-    return register
+#: ``@lowers("ReluGrad", ...)`` registers a lowering for each contrib op type.
+lowers = registrar(LOWERINGS, "lowering")
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ forward graph; they only emit new nodes through ``op``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 
 Rule = Callable[[Emitter, Node, Sequence[Value | None]], Sequence[Value | None]]
+F = TypeVar("F", bound=Callable)
 
 VJP_RULES: dict[str, Rule] = {}
 
@@ -24,17 +26,24 @@ NON_DIFFERENTIABLE: frozenset[str] = frozenset({
 })
 
 
-def vjp(*op_types: str) -> Callable[[Rule], Rule]:
-    """Register ``rule`` for each op type; registering an op twice raises."""
+def registrar(table: dict[str, F], what: str) -> Callable[..., Callable[[F], F]]:
+    """A decorator factory filling ``table`` by op type; registering an op twice raises."""
 
-    def register(rule: Rule) -> Rule:
-        for op_type in op_types:
-            if op_type in VJP_RULES:
-                raise ValueError(f"a VJP rule for {op_type} is registered twice")
-            VJP_RULES[op_type] = rule
-        return rule
+    def by_op_types(*op_types: str) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            for op_type in op_types:
+                if op_type in table:
+                    raise ValueError(f"a {what} for {op_type} is registered twice")
+                table[op_type] = fn
+            return fn
 
-    return register
+        return register
+
+    return by_op_types
+
+
+#: ``@vjp("Relu", ...)`` registers a rule for each op type.
+vjp = registrar(VJP_RULES, "VJP rule")
 
 
 def unary_vjp(op_type: str, derivative: Callable[[Emitter, Value, Value], Value]) -> None:
