@@ -190,8 +190,8 @@ class Explainer:
         dtype = self.model.info.dtype(self.model.input_name)
         return np.ascontiguousarray(x, dtype=dtype)
 
-    def _run(self, x: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
-        names = [SCORES, TARGETS, *self.graph.activations, *self.graph.gradients]
+    def _run(self, names: list[str], x: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
+        """Fetch ``names`` for a batch, in chunks of ``batch_size``."""
         chunks = [self.session.run(names, {self.model.input_name: x[i:i + self.batch_size],
                                            TARGET: targets[i:i + self.batch_size]})
                   for i in range(0, len(x), self.batch_size)]
@@ -199,17 +199,21 @@ class Explainer:
             return chunks[0]
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
+    def _unpack(self, outputs: list[np.ndarray]) -> tuple:
+        """(scores, resolved targets, activations, gradients) from an explainer graph's outputs
+        [scores, targets, *activations, *gradients], layer tensors made NCHW."""
+        k = len(self.layers)
+        acts = [self._nchw(a, la) for a, la in zip(outputs[2:2 + k], self.layers)]
+        grads = [self._nchw(g, la) for g, la in zip(outputs[2 + k:], self.layers)]
+        return outputs[0], outputs[1], acts, grads
+
     def _nchw(self, array: np.ndarray, layer: Layer) -> np.ndarray:
         return array.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else array
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Scores (N, C) of a preprocessed batch (used by Score-CAM's masked passes)."""
         x = self._check_input(x)
-        targets = np.full(len(x), -1, dtype=np.int64)
-        return np.concatenate([
-            self.session.run([SCORES], {self.model.input_name: x[i:i + self.batch_size],
-                                        TARGET: targets[i:i + self.batch_size]})[0]
-            for i in range(0, len(x), self.batch_size)])
+        return self._run([SCORES], x, np.full(len(x), -1, dtype=np.int64))[0]
 
     def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC)."""
@@ -244,13 +248,11 @@ class Explainer:
     def _explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         start = time.perf_counter()
         x = self._check_input(x)
-        outputs = self._run(x, self.check_targets(targets, len(x)))
-        scores, resolved = outputs[0], outputs[1]
-        k = len(self.layers)
-        acts = [self._nchw(a, la) for a, la in zip(outputs[2:2 + k], self.layers)]
-        grads = [self._nchw(g, la) for g, la in zip(outputs[2 + k:], self.layers)]
+        names = [SCORES, TARGETS, *self.graph.activations, *self.graph.gradients]
+        outputs = self._run(names, x, self.check_targets(targets, len(x)))
+        scores, resolved, acts, grads = self._unpack(outputs)
         coarse = [self._coarse(a, g, x, resolved) for a, g in
-                  zip(acts, grads or [None] * k)]
+                  zip(acts, grads or [None] * len(acts))]
         cams = postprocess(coarse, self._size(x))
         return Explanation(cams, coarse[0].astype(np.float32), resolved.astype(np.int64),
                            scores.astype(np.float32), acts, grads, self.method.name,
@@ -283,11 +285,7 @@ class Explainer:
         session, graph = self._rows_session()
         names = [SCORES, TARGETS, *graph.activations, *graph.gradients]
         feeds = {self.model.input_name: x, TARGET: flat, ROWS: rows}
-        outputs = session.run(names, feeds)
-        scores, resolved = outputs[0], outputs[1]
-        m = len(self.layers)
-        acts = [self._nchw(a, la) for a, la in zip(outputs[2:2 + m], self.layers)]
-        grads = [self._nchw(g, la) for g, la in zip(outputs[2 + m:], self.layers)]
+        scores, resolved, acts, grads = self._unpack(session.run(names, feeds))
         coarse = [self._coarse(a[rows], g, x[rows], resolved) for a, g in zip(acts, grads)]
         size = self._size(x)
         cams = postprocess(coarse, size).reshape(n, k, *size)
@@ -297,12 +295,16 @@ class Explainer:
                            self.provider, time.perf_counter() - start)
 
     def _stack(self, results: list[Explanation], start: float) -> Explanation:
+        """One result per rank → explain_many's shapes; gradients image-major (row i·k + r),
+        the order the one-pass path returns."""
         first = results[0]
+        grads = [np.stack(g, axis=1).reshape(-1, *g[0].shape[1:])
+                 for g in zip(*[r.gradients for r in results])]
         return Explanation(
             np.stack([r.cams for r in results], 1), np.stack([r.coarse for r in results], 1),
             np.stack([r.targets for r in results], 1), first.scores, first.activations,
-            [np.concatenate(g) for g in zip(*[r.gradients for r in results])], first.method,
-            first.layers, first.score_kind, first.provider, time.perf_counter() - start)
+            grads, first.method, first.layers, first.score_kind, first.provider,
+            time.perf_counter() - start)
 
     def _rows_session(self):
         if self._rows is None:

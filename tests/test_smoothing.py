@@ -37,3 +37,17 @@ def test_aug_smooth_is_the_mean_over_flips_and_intensity_scales(targets) -> None
             maps.append(cams[:, :, ::-1] if flip else cams)
     np.testing.assert_allclose(smooth.cams, np.mean(maps, axis=0), atol=1e-6)
     assert not np.allclose(smooth.cams, plain.explain(X, targets).cams, atol=1e-3)
+
+
+def test_explain_many_orders_gradients_image_major_on_every_path() -> None:
+    """explain_many's gradients are (N·k, …) with row i·k + r for image i, rank r — on the
+    one-pass path and when stacked from one explain() per rank (aug_smooth's path)."""
+    ex = og.Explainer(MODELS["gap"], layer=tensor("gap", "last"))
+    one_pass = ex.explain_many(X, top_k=2)
+    per_rank = ex._stack([ex.explain(X, -(r + 1)) for r in range(2)], 0.0)
+    np.testing.assert_array_equal(one_pass.targets, per_rank.targets)
+    np.testing.assert_allclose(per_rank.gradients[0], one_pass.gradients[0], atol=1e-6)
+    for i in range(len(X)):
+        for r in range(2):
+            want = ex.explain(X[i:i + 1], [int(one_pass.targets[i, r])]).gradients[0][0]
+            np.testing.assert_allclose(one_pass.gradients[0][i * 2 + r], want, atol=1e-6)
