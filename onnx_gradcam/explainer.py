@@ -144,9 +144,7 @@ class Explainer:
 
     @cached_property
     def num_classes(self) -> int | None:
-        shape = self.model.info.shapes.get(self.score)
-        dims = [d for d in (shape or ())[1:] if d != 1]
-        return dims[0] if len(dims) == 1 and dims[0] is not None else None
+        return self.model.info.class_count(self.score)
 
     @property
     def input_size(self) -> tuple[int, int] | None:

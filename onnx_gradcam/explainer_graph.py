@@ -152,23 +152,20 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     heads: list[tuple[GraphInfo, str, str]] = [(info, a, score) for a in activations]
     if rows and with_gradient:
         extra_inputs.append(_value(ROWS, np.dtype(np.int64), ["M"]))
-        copies, heads = [], []
+        copies, replicated = [], []
         for index, activation in enumerate(activations):
             nodes, act_rep, score_rep = replicate_head(info, activation, score, ROWS,
                                                        f"__ogc_rep{index}")
             copies += nodes
-            heads.append((None, act_rep, score_rep))  # type: ignore[arg-type]
-        augmented = _assemble(info, copies, [], extra_inputs, [])
-        rep_info = GraphInfo(augmented)
-        heads = [(rep_info, a, s) for _, a, s in heads]
+            replicated.append((act_rep, score_rep))
+        rep_info = GraphInfo(_assemble(info, copies, [], extra_inputs, []))
+        heads = [(rep_info, a, s) for a, s in replicated]
         op.shapes = rep_info.shapes
         base_nodes = copies
     else:
         base_nodes = []
     seed_scores = op.Flatten(heads[0][2], axis=1) if rows and with_gradient else score2d
-    static = [d for d in (info.shapes.get(score) or (None, None))[1:] if d != 1]
-    classes = static[0] if len(static) == 1 and static[0] else None
-    seed2d, resolved = seed_one_hot(op, seed_scores, TARGET, classes)
+    seed2d, resolved = seed_one_hot(op, seed_scores, TARGET, info.class_count(score))
     nodes = base_nodes + list(op.nodes)
     inits = list(op.initializers)
     outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]

@@ -101,6 +101,11 @@ class GraphInfo:
             raise ValueError(f"element type of tensor {name!r} is unknown")
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
 
+    def class_count(self, score: str) -> int | None:
+        """C of a score tensor shaped (N, C), (N, 1, 1, C) or (N, C, 1, 1), if static."""
+        dims = [d for d in (self.shapes.get(score) or ())[1:] if d != 1]
+        return dims[0] if len(dims) == 1 and dims[0] is not None else None
+
     def op_of(self, name: str) -> str:
         index = self.producer.get(name)
         return "input" if index is None else self.nodes[index].op_type
