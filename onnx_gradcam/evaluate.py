@@ -13,6 +13,7 @@ from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
 from onnx_gradcam.images import IMAGE_SUFFIXES, list_images
 from onnx_gradcam.metadata import Preprocessing
+from onnx_gradcam.runner import decoded_chunks
 
 
 def find_mask(masks: Path, image: Path) -> np.ndarray | None:
@@ -47,20 +48,9 @@ def evaluate(explainers: Sequence[Explainer], inputs: Sequence[Path],
         ex.method.name: {"full": [], "masked": [], "deletion": [], "insertion": [], "hits": []}
         for ex in explainers}
     errors = []
-    for first in range(0, len(paths), batch_size):
-        chunk, batch = [], []
-        for path in paths[first:first + batch_size]:
-            try:
-                x, _ = lead.prepare([path], pre)
-                chunk.append(path)
-                batch.append(x[0])
-            except OnnxGradCamError as exc:
-                errors.append({"path": str(path), "error": str(exc)})
-        if chunk:
-            _score_chunk(explainers, chunk, np.stack(batch), per, probabilities, masks, steps,
-                         channel_axis)
-        if progress:
-            progress(len(paths[first:first + batch_size]))
+    for decoded in decoded_chunks(lead, paths, pre, batch_size, errors, progress):
+        _score_chunk(explainers, [d.path for d in decoded], np.stack([d.x for d in decoded]),
+                     per, probabilities, masks, steps, channel_axis)
     summary = {}
     for method, values in per.items():
         if not values["full"]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +59,37 @@ class _Names:
         return stem
 
 
+@dataclass
+class Decoded:
+    """One image that decoded: its path, model input, RGB original and decode seconds."""
+
+    path: Path
+    x: np.ndarray
+    rgb: np.ndarray
+    seconds: float
+
+
+def decoded_chunks(explainer: Explainer, paths: Sequence[Path], pre: Preprocessing,
+                   batch_size: int, errors: list[dict],
+                   progress: Callable[[int], None] | None = None) -> Iterator[list[Decoded]]:
+    """Decode and preprocess ``paths`` in chunks of ``batch_size``; an image that fails goes to
+    ``errors`` ({path, error}) and the chunk goes on without it (empty chunks are skipped)."""
+    for first in range(0, len(paths), batch_size):
+        chunk = paths[first:first + batch_size]
+        decoded = []
+        for path in chunk:
+            t0 = time.perf_counter()
+            try:
+                batch, originals = explainer.prepare([path], pre)
+                decoded.append(Decoded(path, batch[0], originals[0], time.perf_counter() - t0))
+            except OnnxGradCamError as exc:
+                errors.append({"path": str(path), "error": str(exc)})
+        if decoded:
+            yield decoded
+        if progress:
+            progress(len(chunk))
+
+
 def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
             options: RunOptions, labels: Labels, preprocessing: Preprocessing | None = None,
             progress: Callable[[int], None] | None = None) -> dict:
@@ -77,23 +108,10 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
     names = _Names()
     images, errors, rows = [], [], []
     started = time.perf_counter()
-    for first in range(0, len(paths), options.batch_size):
-        chunk = paths[first:first + options.batch_size]
-        decoded = []
-        for path in chunk:
-            t0 = time.perf_counter()
-            try:
-                batch, originals = lead.prepare([path], pre)
-                decoded.append((path, batch[0], originals[0], time.perf_counter() - t0))
-            except OnnxGradCamError as exc:
-                errors.append({"path": str(path), "error": str(exc)})
-        if decoded:
-            done, grids = _explain_chunk(explainers, decoded, options, labels, fixed_target,
-                                         names)
-            images += done
-            rows += grids
-        if progress:
-            progress(len(chunk))
+    for decoded in decoded_chunks(lead, paths, pre, options.batch_size, errors, progress):
+        done, grids = _explain_chunk(explainers, decoded, options, labels, fixed_target, names)
+        images += done
+        rows += grids
     report = {
         "model": lead.model.source,
         "methods": [ex.method.name for ex in explainers],
@@ -127,7 +145,7 @@ def _cams(explainer: Explainer, batch: np.ndarray, k: int, fixed_target: int | N
 def _explain_chunk(explainers: list[Explainer], decoded: list, options: RunOptions,
                    labels: Labels, fixed_target: int | None, names: _Names
                    ) -> tuple[list[dict], list[np.ndarray]]:
-    batch = np.stack([d[1] for d in decoded])
+    batch = np.stack([d.x for d in decoded])
     lead = explainers[0]
     k = 1 if fixed_target is not None else max(1, min(options.top_k, lead.num_classes or 1000))
     per_method, seconds = [], {}
@@ -139,7 +157,8 @@ def _explain_chunk(explainers: list[Explainer], decoded: list, options: RunOptio
     probs = as_probabilities(scores, lead.score_kind)
     order = np.argsort(-scores, axis=1)
     out, grids = [], []
-    for i, (path, _, rgb, decode_s) in enumerate(decoded):
+    for i, item in enumerate(decoded):
+        path, rgb, decode_s = item.path, item.rgb, item.seconds
         stem = names(path)
         top = [{"class": int(c), "label": labels.name(int(c)),
                 "score": float(scores[i, c]), "probability": float(probs[i, c])}
