@@ -7,10 +7,11 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import onnx
 from onnx import helper
 
-from converters import _tf
+from converters import _tf, tfgraph
 from onnx_gradcam.errors import OnnxGradCamError
 
 
@@ -22,9 +23,12 @@ def graph_to_onnx(
     opset: int,
     nchw: bool,
 ) -> onnx.ModelProto:
-    """Convert a frozen GraphDef with tf2onnx; output names stay the TF tensor names."""
+    """Convert a frozen GraphDef with tf2onnx; output names stay the TF tensor names. Calls of
+    library functions are inlined first (tf2onnx leaves them as they are) and ops tf2onnx has no
+    handler for are written with ``CUSTOM_OP_HANDLERS``."""
     tf2onnx = _tf.require("tf2onnx")
     check_memory(graph_def)
+    graph_def = tfgraph.inline_functions(graph_def)
     try:
         with _lean_optimizer():
             model, _ = tf2onnx.convert.from_graph_def(
@@ -33,6 +37,7 @@ def graph_to_onnx(
                 output_names=list(outputs),
                 opset=opset,
                 inputs_as_nchw=list(inputs[:1]) if nchw else None,
+                custom_op_handlers=CUSTOM_OP_HANDLERS,
             )
     except MemoryError:
         raise OnnxGradCamError("tf2onnx ran out of memory converting the graph") from None
@@ -40,6 +45,21 @@ def graph_to_onnx(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxGradCamError(f"tf2onnx could not convert the graph: {first}") from None
     return model
+
+
+def _erfc(ctx: object, node: object, name: str, args: list) -> None:
+    """Erfc(x) = 1 − Erf(x): Keras 3 writes its exact GELU with erfc, tf2onnx has no handler."""
+    dtype = helper.tensor_dtype_to_np_dtype(ctx.get_dtype(node.input[0]))
+    one = ctx.make_const(f"{name}/one", np.array(1, dtype))
+    erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=name)
+    shapes, dtypes = node.output_shapes, node.output_dtypes
+    ctx.remove_node(name)
+    ctx.make_node("Sub", [one.output[0], erf.output[0]], outputs=node.output, name=name,
+                  shapes=shapes, dtypes=dtypes)
+
+
+#: tf2onnx's ``custom_op_handlers``: TF op type → (handler, args)
+CUSTOM_OP_HANDLERS = {"Erfc": (_erfc, [])}
 
 
 #: peak RSS per byte of graph constants, measured: resnet_v1_50 (102 MB of weights) peaked at
