@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from onnx_gradcam.autodiff.builder import build_gradient
 from onnx_gradcam.cams import METHODS, postprocess, reduce_map
+from onnx_gradcam.cams.graph import GRAPH_METHODS, GraphCam
 from onnx_gradcam.cams.score import scorecam
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.explainer_graph import (
@@ -37,25 +39,47 @@ from onnx_gradcam.model import (
 from onnx_gradcam.runtime import make_session
 
 Targets = int | Sequence[int] | np.ndarray | None
+Fetch = Callable[[ort.InferenceSession, list[str]], list[np.ndarray]]
 _GRAPH_CACHE: dict[tuple, ExplainerModel] = {}
+
+
+LayerTensors = tuple[list[np.ndarray], list[np.ndarray]]
 
 
 @dataclass
 class Explanation:
-    """The result of explaining a batch (arrays are per sample, NCHW for layer tensors)."""
+    """The result of explaining a batch (arrays are per sample, NCHW for layer tensors).
+
+    ``activations`` and ``gradients`` (per layer, (N, K, h, w); gradients empty for
+    gradient-free methods) are fetched on first access where the map was computed inside the
+    explainer graph: most callers want only the map, and copying 2·K·h·w numbers per image out
+    of ONNX Runtime costs more than the map itself. The fetch re-runs the explainer graph on the
+    same batch and resolved targets."""
 
     cams: np.ndarray  # (N, H, W) float32 in [0, 1]
     coarse: np.ndarray  # (N, h, w) float32, the first layer's map before ReLU/normalisation
     targets: np.ndarray  # (N,) int64
     scores: np.ndarray  # (N, C) float32: the score the targets index into
-    activations: list[np.ndarray]  # per layer (N, K, h, w)
-    gradients: list[np.ndarray]  # per layer (N, K, h, w); empty for gradient-free methods
+    tensors: LayerTensors | Callable[[], LayerTensors] = field(repr=False)
     method: str
     layers: list[str]
     score_kind: str  # "logits" or "probabilities"
     provider: str
     seconds: float
     images: list[np.ndarray] = field(default_factory=list)  # explain_images: the RGB originals
+
+    def _tensors(self) -> LayerTensors:
+        if callable(self.tensors):
+            self.tensors = self.tensors()
+        return self.tensors
+
+    @property
+    def activations(self) -> list[np.ndarray]:
+        return self._tensors()[0]
+
+    @property
+    def gradients(self) -> list[np.ndarray]:
+        return self._tensors()[1]
 
 
 class Explainer:
@@ -97,9 +121,10 @@ class Explainer:
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.gradient_builder = gradient_builder
         self.graph = self._graph()
-        self.session = make_session(self.graph.model.SerializeToString(), providers, threads)
         self._providers, self._threads = providers, threads
-        self._rows: tuple | None = None  # the many-targets session, built on first use
+        self._sessions: dict[tuple[int, bool], ort.InferenceSession] = {}
+        self.session = self._session(self.graph)
+        self._rows: ExplainerModel | None = None  # the many-targets graph, built on first use
         self.provider: str = self.session.get_providers()[0]
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -112,15 +137,27 @@ class Explainer:
         names = [layer] if isinstance(layer, str) else list(layer)
         return [resolve_layer(self.model, n, self.score) for n in names]
 
+    @property
+    def graph_cam(self) -> GraphCam | None:
+        """The method as graph nodes, when the map is computed inside the explainer graph."""
+        if self.eigen_smooth:
+            return None
+        return GRAPH_METHODS.get(self.method.name)
+
+    def _build(self, rows: bool = False) -> ExplainerModel:
+        return explainer_model(
+            self.model.info, [la.name for la in self.layers], self.score,
+            self.method.needs_gradient, rows=rows, builder=self.gradient_builder,
+            cam=self.graph_cam, layouts=[la.layout for la in self.layers])
+
     def _graph(self) -> ExplainerModel:
         digest = hashlib.sha1(self.model.proto.SerializeToString()).hexdigest()
+        cam = self.method.name if self.graph_cam else None
         key = (digest, tuple(la.name for la in self.layers), self.score,
-               self.method.needs_gradient, self.gradient_builder)
+               self.method.needs_gradient, self.gradient_builder, cam)
         if key not in _GRAPH_CACHE:
             try:
-                _GRAPH_CACHE[key] = explainer_model(
-                    self.model.info, [la.name for la in self.layers], self.score,
-                    self.method.needs_gradient, builder=self.gradient_builder)
+                _GRAPH_CACHE[key] = self._build()
             except UnsupportedOpError as exc:
                 nearest = self._nearest_working_layer(exc.node_output)
                 hint = f"; the nearest layer that works: --layer {nearest}" if nearest else ""
@@ -188,22 +225,54 @@ class Explainer:
         dtype = self.model.info.dtype(self.model.input_name)
         return np.ascontiguousarray(x, dtype=dtype)
 
-    def _run(self, names: list[str], x: np.ndarray, targets: np.ndarray) -> list[np.ndarray]:
+    def _session(self, graph: ExplainerModel, tensors: bool = False) -> ort.InferenceSession:
+        """A session of ``graph``'s maps model, or (``tensors``) of the full graph, whose layer
+        tensors are fetched only on demand; each built on first use."""
+        key = (id(graph), tensors or not graph.coarse)
+        if key not in self._sessions:
+            model = graph.model if key[1] else graph.maps_model()
+            self._sessions[key] = make_session(model.SerializeToString(), self._providers,
+                                               self._threads)
+        return self._sessions[key]
+
+    def _run(self, names: list[str], x: np.ndarray, targets: np.ndarray,
+             session: ort.InferenceSession | None = None) -> list[np.ndarray]:
         """Fetch ``names`` for a batch, in chunks of ``batch_size``."""
-        chunks = [self.session.run(names, {self.model.input_name: x[i:i + self.batch_size],
-                                           TARGET: targets[i:i + self.batch_size]})
+        session = session or self.session
+        chunks = [session.run(names, {self.model.input_name: x[i:i + self.batch_size],
+                                      TARGET: targets[i:i + self.batch_size]})
                   for i in range(0, len(x), self.batch_size)]
         if len(chunks) == 1:
             return chunks[0]
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
-    def _unpack(self, outputs: list[np.ndarray]) -> tuple:
-        """(scores, resolved targets, activations, gradients) from an explainer graph's outputs
-        [scores, targets, *activations, *gradients], layer tensors made NCHW."""
+    def _maps(self, graph: ExplainerModel, fetch: Fetch, x: np.ndarray,
+              rows: np.ndarray | None = None) -> tuple:
+        """(scores, resolved targets, coarse maps per layer, layer tensors) from ``graph`` run
+        by ``fetch(session, names)``. Where the graph computes the map, only the maps are
+        fetched and the layer tensors are a function that fetches them from the full graph;
+        else the maps are computed here (``rows``: the sample each gradient row explains)."""
+        names = [*graph.activations, *graph.gradients]
+        if graph.coarse:
+            scores, resolved, *coarse = fetch(self._session(graph), [SCORES, TARGETS,
+                                                                    *graph.coarse])
+
+            def tensors() -> LayerTensors:
+                return self._layer_tensors(fetch(self._session(graph, tensors=True), names))
+
+            return scores, resolved, [c.reshape(len(c), *c.shape[2:]) for c in coarse], tensors
+        scores, resolved, *rest = fetch(self._session(graph), [SCORES, TARGETS, *names])
+        acts, grads = self._layer_tensors(rest)
+        xs = x if rows is None else x[rows]
+        coarse = [self._coarse(a if rows is None else a[rows], g, xs, resolved)
+                  for a, g in zip(acts, grads or [None] * len(acts))]
+        return scores, resolved, coarse, (acts, grads)
+
+    def _layer_tensors(self, outputs: Sequence[np.ndarray]) -> LayerTensors:
+        """(activations, gradients) from the fetched [*activations, *gradients], made NCHW."""
         k = len(self.layers)
-        acts = [self._nchw(a, la) for a, la in zip(outputs[2:2 + k], self.layers)]
-        grads = [self._nchw(g, la) for g, la in zip(outputs[2 + k:], self.layers)]
-        return outputs[0], outputs[1], acts, grads
+        return ([self._nchw(a, la) for a, la in zip(outputs[:k], self.layers)],
+                [self._nchw(g, la) for g, la in zip(outputs[k:], self.layers)])
 
     def _nchw(self, array: np.ndarray, layer: Layer) -> np.ndarray:
         return array.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else array
@@ -246,14 +315,13 @@ class Explainer:
     def _explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         start = time.perf_counter()
         x = self._check_input(x)
-        names = [SCORES, TARGETS, *self.graph.activations, *self.graph.gradients]
-        outputs = self._run(names, x, self.check_targets(targets, len(x)))
-        scores, resolved, acts, grads = self._unpack(outputs)
-        coarse = [self._coarse(a, g, x, resolved) for a, g in
-                  zip(acts, grads or [None] * len(acts))]
+        graph = self.graph
+        checked = self.check_targets(targets, len(x))
+        scores, resolved, coarse, tensors = self._maps(
+            graph, lambda session, names: self._run(names, x, checked, session), x)
         cams = postprocess(coarse, self._size(x))
         return Explanation(cams, coarse[0].astype(np.float32), resolved.astype(np.int64),
-                           scores.astype(np.float32), acts, grads, self.method.name,
+                           scores.astype(np.float32), tensors, self.method.name,
                            [la.name for la in self.layers], self.score_kind, self.provider,
                            time.perf_counter() - start)
 
@@ -280,36 +348,36 @@ class Explainer:
         if not self.method.needs_gradient or self.aug_smooth:  # one pass per rank
             results = [self.explain(x, codes[:, r]) for r in range(k)]
             return self._stack(results, start)
-        session, graph = self._rows_session()
-        names = [SCORES, TARGETS, *graph.activations, *graph.gradients]
         feeds = {self.model.input_name: x, TARGET: flat, ROWS: rows}
-        scores, resolved, acts, grads = self._unpack(session.run(names, feeds))
-        coarse = [self._coarse(a[rows], g, x[rows], resolved) for a, g in zip(acts, grads)]
+        scores, resolved, coarse, tensors = self._maps(
+            self.rows_graph, lambda session, names: session.run(names, feeds), x, rows)
         size = self._size(x)
         cams = postprocess(coarse, size).reshape(n, k, *size)
         return Explanation(cams, coarse[0].reshape(n, k, *coarse[0].shape[1:]).astype(np.float32),
-                           resolved.reshape(n, k), scores.astype(np.float32), acts, grads,
+                           resolved.reshape(n, k), scores.astype(np.float32), tensors,
                            self.method.name, [la.name for la in self.layers], self.score_kind,
                            self.provider, time.perf_counter() - start)
 
     def _stack(self, results: list[Explanation], start: float) -> Explanation:
         """One result per rank → explain_many's shapes; gradients image-major (row i·k + r),
-        the order the one-pass path returns."""
+        the order the one-pass path returns (fetched, like each result's, on first access)."""
         first = results[0]
-        grads = [np.stack(g, axis=1).reshape(-1, *g[0].shape[1:])
-                 for g in zip(*[r.gradients for r in results])]
+
+        def tensors() -> LayerTensors:
+            grads = [np.stack(g, axis=1).reshape(-1, *g[0].shape[1:])
+                     for g in zip(*[r.gradients for r in results])]
+            return first.activations, grads
+
         return Explanation(
             np.stack([r.cams for r in results], 1), np.stack([r.coarse for r in results], 1),
-            np.stack([r.targets for r in results], 1), first.scores, first.activations,
-            grads, first.method, first.layers, first.score_kind, first.provider,
-            time.perf_counter() - start)
+            np.stack([r.targets for r in results], 1), first.scores, tensors, first.method,
+            first.layers, first.score_kind, first.provider, time.perf_counter() - start)
 
-    def _rows_session(self):
+    @property
+    def rows_graph(self) -> ExplainerModel:
+        """The many-targets explainer graph (:func:`explainer_model` with ``rows``)."""
         if self._rows is None:
-            graph = explainer_model(self.model.info, [la.name for la in self.layers],
-                                    self.score, True, rows=True, builder=self.gradient_builder)
-            self._rows = (make_session(graph.model.SerializeToString(), self._providers,
-                                       self._threads), graph)
+            self._rows = self._build(rows=True)
         return self._rows
 
     def _size(self, x: np.ndarray) -> tuple[int, int]:

@@ -2,13 +2,15 @@
 
 Inputs: the model's own inputs and ``ogc_target`` (int64 (N,), −1 = argmax per sample).
 Outputs: the model's outputs, ``ogc_scores`` (N, C), ``ogc_targets`` (N,), the target layer's
-activation and ``ogc_gradient`` (its gradient, laid out like the activation).
+activation, ``ogc_gradient`` (its gradient, laid out like the activation) and, when built for a
+method that lives in the graph, ``ogc_coarse`` (N, 1, h, w): the method's map before ReLU and
+normalisation, so a caller that wants only the map fetches h·w numbers, not 2·K·h·w.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -22,6 +24,7 @@ from onnx_gradcam.autodiff.builder import (
     seed_one_hot,
 )
 from onnx_gradcam.autodiff.emitter import Emitter
+from onnx_gradcam.cams.graph import GraphCam, layer_coarse
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
 
@@ -29,6 +32,7 @@ TARGET = "ogc_target"
 SCORES = "ogc_scores"
 TARGETS = "ogc_targets"
 GRADIENT = "ogc_gradient"
+COARSE = "ogc_coarse"
 SEED = "ogc_seed"
 ROWS = "ogc_rows"
 
@@ -39,6 +43,20 @@ class ExplainerModel:
     activations: list[str]
     gradients: list[str]  # one per activation; empty when built without gradients
     head_ops: list[str]
+    coarse: list[str] = field(default_factory=list)  # per layer (N, 1, h, w), with ``cam``
+
+    def maps_model(self) -> onnx.ModelProto:
+        """The graph with only the outputs a map needs (scores, targets, coarse maps), so ONNX
+        Runtime drops what only the layer tensors' outputs need; the full model where the map
+        is not computed in the graph."""
+        if not self.coarse:
+            return self.model
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        keep = [o for o in model.graph.output if o.name in {SCORES, TARGETS, *self.coarse}]
+        del model.graph.output[:]
+        model.graph.output.extend(keep)
+        return model
 
 
 def gradient_builder(name: str) -> Callable[..., GradientGraph]:
@@ -52,8 +70,9 @@ def gradient_builder(name: str) -> Callable[..., GradientGraph]:
     raise OnnxGradCamError(f"unknown gradient builder {name!r}; choose onnx or ort-training")
 
 
-def gradient_name(index: int) -> str:
-    return GRADIENT if index == 0 else f"{GRADIENT}_{index}"
+def indexed(name: str, index: int) -> str:
+    """``name`` for the first layer, ``name_<index>`` for the others."""
+    return name if index == 0 else f"{name}_{index}"
 
 
 def _value(name: str, dtype: np.dtype | int, shape: list) -> onnx.ValueInfoProto:
@@ -83,6 +102,13 @@ def _assemble(info: GraphInfo, nodes: list[onnx.NodeProto], inits: list[onnx.Ten
             graph.output.append(_value(name, dtype, _symbolic(shape, name)))
             existing.add(name)
     return model
+
+
+def _coarse_shape(shape: Shape | None, layout: str) -> Shape | None:
+    """(N, 1, h, w) of a layer's map, from the layer's NCHW or NHWC shape."""
+    if shape is None or len(shape) != 4:
+        return None
+    return (shape[0], 1, *(shape[2:4] if layout == "NCHW" else shape[1:3]))
 
 
 def gradient_model(info: GraphInfo, activation: str, score: str,
@@ -135,14 +161,17 @@ def replicate_head(info: GraphInfo, activation: str, score: str, rows: str, tag:
 
 def explainer_model(info: GraphInfo, activations: list[str], score: str,
                     with_gradient: bool = True, rows: bool = False,
-                    builder: str = "onnx") -> ExplainerModel:
+                    builder: str = "onnx", cam: GraphCam | None = None,
+                    layouts: Sequence[str] = ()) -> ExplainerModel:
     """The full explainer graph (see module docstring) for one or more target layers.
     ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C).
 
     With ``rows``, the graph also takes ``ogc_rows`` (int64 (M,)) and explains, for each m, the
     sample ``ogc_rows[m]`` for the target ``ogc_target[m]`` through a replicated head
     (:func:`replicate_head`): gradients and ``ogc_targets`` then have M rows, in one pass.
-    ``builder`` picks the gradient builder (:func:`gradient_builder`).
+    ``builder`` picks the gradient builder (:func:`gradient_builder`). With ``cam`` (a method
+    of :data:`onnx_gradcam.cams.graph.GRAPH_METHODS`) and the activations' ``layouts``, the
+    graph also outputs each layer's coarse map (``ogc_coarse``, ``ogc_coarse_1``, …).
     """
     build = gradient_builder(builder)
     dtype = info.dtype(score)
@@ -170,19 +199,29 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     inits = list(op.initializers)
     outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
     outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in activations]
-    gradients, head = [], []
+    gradients, head, coarse = [], [], []
     for index, (head_info, activation, head_score) in enumerate(heads if with_gradient else []):
         seed_op = Emitter(opset=info.opset, dtype=dtype, prefix=f"ogc_seed{index}/")
         seed = seed_op.Reshape(seed2d, seed_op.Shape(head_score))
         grad = build(head_info, activation, head_score, seed, prefix=f"ogc_grad{index}/")
-        name = gradient_name(index)
+        name = indexed(GRADIENT, index)
         nodes += [*seed_op.nodes, *grad.nodes,
                   helper.make_node("Identity", [grad.gradient], [name])]
         inits += [*seed_op.initializers, *grad.initializers]
         outputs.append((name, info.dtype(activations[index]), info.shapes.get(activations[index])))
         gradients.append(name)
         head = head or grad.head
+        if cam is not None:
+            cam_op = Emitter(opset=info.opset, dtype=info.dtype(activations[index]),
+                             shapes=dict(head_info.shapes), prefix=f"ogc_cam{index}/")
+            coarse.append(indexed(COARSE, index))
+            layer_coarse(cam_op, cam, activation, grad.gradient, layouts[index])
+            nodes += [*cam_op.nodes, helper.make_node("Identity", [cam_op.nodes[-1].output[0]],
+                                                      [coarse[-1]])]
+            inits += cam_op.initializers
+            outputs.append((coarse[-1], info.dtype(activations[index]),
+                            _coarse_shape(info.shapes.get(activations[index]), layouts[index])))
     nodes += [helper.make_node("Identity", [score2d], [SCORES]),
               helper.make_node("Identity", [resolved], [TARGETS])]
     model = _assemble(info, nodes, inits, extra_inputs, outputs)
-    return ExplainerModel(model, list(activations), gradients, head)
+    return ExplainerModel(model, list(activations), gradients, head, coarse)

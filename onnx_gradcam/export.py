@@ -115,16 +115,10 @@ def _spatial(explainer: Explainer) -> tuple[int, tuple[int | None, int | None]]:
 
 
 def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> None:
-    """Emit the method and the post-processing, ending in the outputs ``cam_coarse`` and
-    (``upsample``) ``cam``."""
-    source, graph = explainer.model, explainer.graph
-    method = GRAPH_METHODS[explainer.method.name]
-    coarse = []
-    for act, grad, layer in zip(graph.activations, graph.gradients, explainer.layers):
-        if layer.layout == "NHWC":
-            act, grad = op.Transpose(act, perm=[0, 3, 1, 2]), op.Transpose(grad, perm=[0, 3, 1, 2])
-        coarse.append(method(op, act, grad))
-    maps = [normalise(op, c) for c in coarse]
+    """Post-process the explainer graph's coarse maps, ending in the outputs ``cam_coarse``
+    and (``upsample``) ``cam``."""
+    source = explainer.model
+    maps = [normalise(op, c) for c in explainer.graph.coarse]
     _squeeze_to(op, maps[0], CAM_COARSE)
     if upsample:
         first, (h, w) = _spatial(explainer)

@@ -240,7 +240,7 @@ def test_many_targets_in_one_pass_equal_separate_explanations(layer_index: int) 
         single = ex.explain(x, ranked[:, rank])
         np.testing.assert_allclose(many.cams[:, rank], single.cams, atol=1e-6)
         np.testing.assert_allclose(many.gradients[0][rank::3], single.gradients[0], atol=1e-6)
-    onnx.checker.check_model(ex._rows_session()[1].model, full_check=True)
+    onnx.checker.check_model(ex.rows_graph.model, full_check=True)
     chosen = ex.explain_many(x, targets=[[0, 6], [5, -1]])
     np.testing.assert_array_equal(chosen.targets, [[0, 6], [5, ranked[1, 0]]])
 

@@ -37,10 +37,13 @@ def _keepdims(op: Emitter, node: Node, dy: Value) -> tuple[Value, list[int]]:
     return dy, axes
 
 
-def count_ratio(op: Emitter, x: str, y: str) -> Value:
+def count_ratio(op: Emitter, x: str, y: str, axes: list[int] | None = None) -> Value:
     """Size(x) / Size(y) in the float dtype: how many inputs each output averages — a constant
-    when every dim but the shared batch dim is static, else computed in the graph."""
+    when the reduced ``axes`` of ``x`` are static (or every dim but the shared batch dim is),
+    else computed in the graph."""
     xs, ys = op.shape(x), op.shape(y)
+    if xs and axes is not None and all(xs[a] is not None for a in axes):
+        return op.const(float(np.prod([xs[a] for a in axes], dtype=np.int64)))
     if xs and ys and len(xs) == len(ys) and None not in xs[1:] + ys[1:]:
         return op.const(float(np.prod(xs[1:], dtype=np.int64) // np.prod(ys[1:], dtype=np.int64)))
     return op.Cast(op.Div(op.Size(x), op.Size(y)), to=_onnx_float(op))
@@ -67,15 +70,16 @@ def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     if reduce_axes(op, node) == []:
         return [dys[0], None]
     x, y = node.inputs[0], node.outputs[0]
-    dy, _ = _keepdims(op, node, dys[0])
-    return [op.Expand(op.Div(dy, count_ratio(op, x, y)), op.Shape(x)), None]
+    dy, axes = _keepdims(op, node, dys[0])
+    return [op.Expand(op.Div(dy, count_ratio(op, x, y, axes)), op.Shape(x)), None]
 
 
 @vjp("GlobalAveragePool")
 def global_average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = Expand(dy / (h·w), Shape(x)) (divide first: the small tensor)"""
     x, y = node.inputs[0], node.outputs[0]
-    return [op.Expand(op.Div(dys[0], count_ratio(op, x, y)), op.Shape(x))]
+    axes = list(range(2, op.rank(x)))
+    return [op.Expand(op.Div(dys[0], count_ratio(op, x, y, axes)), op.Shape(x))]
 
 
 def _max_vjp(op: Emitter, x: str, y_kept: Value, dy_kept: Value, axes: list[int]) -> Value:
