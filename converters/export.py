@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,16 +30,26 @@ def graph_to_onnx(
     tf2onnx = _tf.require("tf2onnx")
     check_memory(graph_def)
     graph_def = tfgraph.inline_functions(graph_def)
+
+    def run() -> onnx.ModelProto:
+        return tf2onnx.convert.from_graph_def(
+            graph_def,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            opset=opset,
+            inputs_as_nchw=list(inputs[:1]) if nchw else None,
+            custom_op_handlers=CUSTOM_OP_HANDLERS,
+        )[0]
+
     try:
-        with _lean_optimizer():
-            model, _ = tf2onnx.convert.from_graph_def(
-                graph_def,
-                input_names=list(inputs),
-                output_names=list(outputs),
-                opset=opset,
-                inputs_as_nchw=list(inputs[:1]) if nchw else None,
-                custom_op_handlers=CUSTOM_OP_HANDLERS,
-            )
+        try:
+            with _lean_optimizer():
+                model = run()
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - an optimizer crashed (Keras 3's MobileNetV3: the
+            with _quiet("tf2onnx.optimizer"):  # transpose one); tf2onnx's default skips it
+                model = run()
     except MemoryError:
         raise OnnxGradCamError("tf2onnx ran out of memory converting the graph") from None
     except Exception as exc:  # tf2onnx raises bare ValueError/KeyError/RuntimeError
@@ -120,6 +131,18 @@ def _lean_optimizer() -> Iterator[None]:
         else:
             os.environ["TF2ONNX_CATCH_ERRORS"] = old_env
         gc.collect()
+
+
+@contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silence ``logger`` below ERROR (tf2onnx logs each optimizer it skips with a traceback)."""
+    log = logging.getLogger(logger)
+    old = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
 
 
 def expose_nchw_activation(model: onnx.ModelProto, activation: str) -> str:
