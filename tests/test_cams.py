@@ -115,3 +115,26 @@ def test_scorecam_weights_are_softmax_of_masked_scores() -> None:
         scores.append(forward(x * m)[0, 1])
     w = np.exp(scores) / np.exp(scores).sum()
     np.testing.assert_allclose(cam[0], np.einsum("k,khw->hw", w, acts[0]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(49, 2048), (25, 512), (9, 64), (196, 256),  # wide: X = L·Q
+                                   (3136, 64), (784, 128), (300, 16),  # tall: X = Q·R
+                                   (49, 64), (36, 49)])  # neither: plain SVD
+def test_first_component_keeps_lapacks_sign(shape: tuple[int, int]) -> None:
+    """The cheap first principal component equals X·V₀ from pytorch-grad-cam's own call,
+    ``np.linalg.svd(X, full_matrices=True)`` in float32, sign included (a flipped sign would
+    flip the whole Eigen-CAM map), on activation-like and gradient×activation-like data."""
+    from onnx_gradcam.cams.eigen import first_component
+
+    rng = np.random.default_rng(shape[0] * 7919 + shape[1])
+    m, n = shape
+    for trial in range(12):
+        acts = np.maximum(rng.standard_normal((m, n)) * rng.random((1, n)) * 3
+                          + rng.standard_normal((m, 1)), 0)
+        x = (acts * rng.standard_normal((m, n)) if trial % 2 else acts).astype(np.float32)
+        x = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x, full_matrices=True)
+        want = x @ vt[0]
+        got = first_component(x)
+        assert np.dot(got, want) > 0, f"sign flipped (trial {trial})"
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
