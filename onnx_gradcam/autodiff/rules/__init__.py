@@ -5,5 +5,6 @@ from onnx_gradcam.autodiff.rules import (  # noqa: F401  (imported for registrat
     linalg,
     nn,
     reduce,
+    resample,
     shape,
 )
