@@ -172,8 +172,9 @@ def _metadata(
 
 
 def _refuse_unconverted_ops(model: onnx.ModelProto) -> None:
-    """tf2onnx leaves TF ops it cannot convert in the graph as they are; name them in one line
-    (e.g. Keras 3's ConvNeXt keeps StatefulPartitionedCall and Erfc) instead of a checker trace."""
+    """tf2onnx leaves TF ops it has no handler for in the graph as they are (e.g. Lgamma; Erfc
+    and function calls are handled in ``export.graph_to_onnx``); name them in one line instead
+    of a checker trace."""
     from collections import Counter
 
     left = Counter(n.op_type for n in model.graph.node

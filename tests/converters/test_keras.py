@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from tests.converters.conftest import assert_cams_close, reference_gradcam
@@ -123,6 +124,30 @@ def test_keras_layer_option(tmp_path):
     x = np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     res = og.Explainer(str(result.output)).explain(x)
     assert res.activations[0].shape == (2, 8, 30, 30)  # NCHW, conv_a's channels
+    assert_cams_close(res.cams, tape_gradcam(model, "conv_a", _conv_a_head(model), x,
+                                             res.targets))
+
+
+def test_grouped_conv_and_exact_gelu(tmp_path):
+    """ConvNeXt's two obstacles in a small net: Keras 3 runs grouped convs on CPU as a
+    ``_noinline`` XLA function (a StatefulPartitionedCall tf2onnx does not convert) and
+    tf.nn.gelu's exact form uses Erfc (no tf2onnx handler). Both convert to standard ONNX and
+    Grad-CAM through them matches the tape."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_a")(inp)
+    x = keras.layers.Conv2D(8, 3, groups=8, activation="gelu", name="conv_b")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(5, name="logits")(x))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    result = convert(path, tmp_path / "m.onnx", ConvertOptions(layer="conv_a"))
+    nodes = og.load_model(str(result.output)).proto.graph.node
+    ops = {(n.op_type, n.domain) for n in nodes}
+    assert all(onnx.defs.has(op, domain) for op, domain in ops), ops
+    assert [n.op_type for n in nodes].count("Conv") == 2 and ("Erf", "") in ops, ops
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    res = og.Explainer(str(result.output)).explain(x)
     assert_cams_close(res.cams, tape_gradcam(model, "conv_a", _conv_a_head(model), x,
                                              res.targets))
 
