@@ -8,18 +8,32 @@ from collections.abc import Callable
 
 
 def interleaved_medians(first: Callable[[], object], second: Callable[[], object],
-                        repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """Median seconds of ``first`` and of ``second``, run alternately so that load drift hits
-    both alike (after ``warmup`` untimed calls of each)."""
+                        repeats: int, warmup: int = 1, block: int | None = None
+                        ) -> tuple[float, float]:
+    """Median seconds of ``first`` and of ``second`` over ``repeats`` calls each, run in
+    alternating blocks so that load drift hits both alike.
+
+    Each block starts with ``warmup`` untimed calls: two ONNX Runtime sessions each own a
+    thread pool whose threads spin for a while after a run, so a call made right after the
+    *other* session's run competes with those spinning threads (on 2 cores this added up to
+    40 % to a 0.5 ms inference, and which side it hit depended on the order). ``block``
+    defaults to enough calls for ~50 ms per block, at least one."""
     for _ in range(warmup):
         first()
         second()
-    a, b = [], []
-    for _ in range(repeats):
+    if block is None:
         t0 = time.perf_counter()
         first()
-        a.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        second()
-        b.append(time.perf_counter() - t0)
+        block = max(1, min(repeats, int(0.05 / max(time.perf_counter() - t0, 1e-6))))
+    a: list[float] = []
+    b: list[float] = []
+    while len(a) < repeats:
+        count = min(block, repeats - len(a))
+        for fn, out in ((first, a), (second, b)):
+            for _ in range(warmup):
+                fn()
+            for _ in range(count):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
     return statistics.median(a), statistics.median(b)

@@ -144,20 +144,23 @@ class Explainer:
             return None
         return GRAPH_METHODS.get(self.method.name)
 
-    def _build(self, rows: bool = False) -> ExplainerModel:
+    def _build(self, rows: bool = False, ranks: bool = False) -> ExplainerModel:
         return explainer_model(
             self.model.info, [la.name for la in self.layers], self.score,
             self.method.needs_gradient, rows=rows, builder=self.gradient_builder,
-            cam=self.graph_cam, layouts=[la.layout for la in self.layers])
+            cam=self.graph_cam, layouts=[la.layout for la in self.layers], ranks=ranks or rows)
 
-    def _graph(self) -> ExplainerModel:
+    def _graph(self, ranks: bool = False) -> ExplainerModel:
+        """The explainer graph (cached per model, layers, score, method and builder); with
+        ``ranks`` its target input also takes rank codes −2, −3, … (a full sort of the scores
+        per sample, so the default graph understands only −1 = argmax and class indices)."""
         digest = hashlib.sha1(self.model.proto.SerializeToString()).hexdigest()
         cam = self.method.name if self.graph_cam else None
         key = (digest, tuple(la.name for la in self.layers), self.score,
-               self.method.needs_gradient, self.gradient_builder, cam)
+               self.method.needs_gradient, self.gradient_builder, cam, ranks)
         if key not in _GRAPH_CACHE:
             try:
-                _GRAPH_CACHE[key] = self._build()
+                _GRAPH_CACHE[key] = self._build(ranks=ranks)
             except UnsupportedOpError as exc:
                 nearest = self._nearest_working_layer(exc.node_output)
                 hint = f"; the nearest layer that works: --layer {nearest}" if nearest else ""
@@ -196,13 +199,12 @@ class Explainer:
     # ---- running -----------------------------------------------------------------------------
     def check_targets(self, targets: Targets, n: int) -> np.ndarray:
         if targets is None:
-            out = np.full(n, -1, dtype=np.int64)
-        else:
-            out = np.atleast_1d(np.asarray(targets, dtype=np.int64))
-            if out.size == 1 and n > 1:
-                out = np.repeat(out, n)
-            if out.shape != (n,):
-                raise OnnxGradCamError(f"got {out.size} targets for a batch of {n}")
+            return np.full(n, -1, dtype=np.int64)  # each sample's argmax
+        out = np.atleast_1d(np.asarray(targets, dtype=np.int64))
+        if out.size == 1 and n > 1:
+            out = np.repeat(out, n)
+        if out.shape != (n,):
+            raise OnnxGradCamError(f"got {out.size} targets for a batch of {n}")
         classes = self.num_classes
         bad = out[(out < -classes) | (out >= classes)] if classes else out[out < -1]
         if bad.size:
@@ -222,8 +224,11 @@ class Explainer:
             if want is not None and got != want:
                 raise OnnxGradCamError(f"input batch has shape {x.shape}; the model's input "
                                        f"{self.model.input_name!r} is {expected}")
-        dtype = self.model.info.dtype(self.model.input_name)
-        return np.ascontiguousarray(x, dtype=dtype)
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
+
+    @cached_property
+    def input_dtype(self) -> np.dtype:
+        return self.model.info.dtype(self.model.input_name)
 
     def _session(self, graph: ExplainerModel, tensors: bool = False) -> ort.InferenceSession:
         """A session of ``graph``'s maps model, or (``tensors``) of the full graph, whose layer
@@ -315,13 +320,14 @@ class Explainer:
     def _explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         start = time.perf_counter()
         x = self._check_input(x)
-        graph = self.graph
         checked = self.check_targets(targets, len(x))
+        graph = self.ranked_graph if (checked < -1).any() else self.graph
         scores, resolved, coarse, tensors = self._maps(
             graph, lambda session, names: self._run(names, x, checked, session), x)
         cams = postprocess(coarse, self._size(x))
-        return Explanation(cams, coarse[0].astype(np.float32), resolved.astype(np.int64),
-                           scores.astype(np.float32), tensors, self.method.name,
+        return Explanation(cams, coarse[0].astype(np.float32, copy=False),
+                           resolved.astype(np.int64, copy=False),
+                           scores.astype(np.float32, copy=False), tensors, self.method.name,
                            [la.name for la in self.layers], self.score_kind, self.provider,
                            time.perf_counter() - start)
 
@@ -372,6 +378,11 @@ class Explainer:
             np.stack([r.cams for r in results], 1), np.stack([r.coarse for r in results], 1),
             np.stack([r.targets for r in results], 1), first.scores, tensors, first.method,
             first.layers, first.score_kind, first.provider, time.perf_counter() - start)
+
+    @property
+    def ranked_graph(self) -> ExplainerModel:
+        """The explainer graph whose target input also takes rank codes (:meth:`_graph`)."""
+        return self._graph(ranks=True)
 
     @property
     def rows_graph(self) -> ExplainerModel:

@@ -56,6 +56,7 @@ class ExplainerModel:
         keep = [o for o in model.graph.output if o.name in {SCORES, TARGETS, *self.coarse}]
         del model.graph.output[:]
         model.graph.output.extend(keep)
+        prune(model.graph)
         return model
 
 
@@ -102,6 +103,34 @@ def _assemble(info: GraphInfo, nodes: list[onnx.NodeProto], inits: list[onnx.Ten
             graph.output.append(_value(name, dtype, _symbolic(shape, name)))
             existing.add(name)
     return model
+
+
+def _names_used(node: onnx.NodeProto) -> set[str]:
+    """The node's inputs and every name its subgraphs (If/Loop/Scan bodies) read."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for inner in sub.node:
+                names |= _names_used(inner)
+    return names
+
+
+def prune(g: onnx.GraphProto) -> None:
+    """Drop nodes, initializers and value infos no graph output depends on (ONNX Runtime runs
+    every node of a graph, needed or not)."""
+    needed = {o.name for o in g.output}
+    keep = []
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed |= _names_used(node)
+    del g.node[:]
+    g.node.extend(reversed(keep))
+    inputs = {i.name for i in g.input}
+    for items in (g.initializer, g.value_info):
+        kept = [t for t in items if t.name in needed or t.name in inputs]
+        del items[:]
+        items.extend(kept)
 
 
 def _coarse_shape(shape: Shape | None, layout: str) -> Shape | None:
@@ -162,7 +191,7 @@ def replicate_head(info: GraphInfo, activation: str, score: str, rows: str, tag:
 def explainer_model(info: GraphInfo, activations: list[str], score: str,
                     with_gradient: bool = True, rows: bool = False,
                     builder: str = "onnx", cam: GraphCam | None = None,
-                    layouts: Sequence[str] = ()) -> ExplainerModel:
+                    layouts: Sequence[str] = (), ranks: bool = True) -> ExplainerModel:
     """The full explainer graph (see module docstring) for one or more target layers.
     ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C).
 
@@ -172,6 +201,8 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     ``builder`` picks the gradient builder (:func:`gradient_builder`). With ``cam`` (a method
     of :data:`onnx_gradcam.cams.graph.GRAPH_METHODS`) and the activations' ``layouts``, the
     graph also outputs each layer's coarse map (``ogc_coarse``, ``ogc_coarse_1``, …).
+    Without ``ranks``, ``ogc_target`` takes only −1 (argmax) and class indices
+    (:func:`~onnx_gradcam.autodiff.builder.resolve_targets`).
     """
     build = gradient_builder(builder)
     dtype = info.dtype(score)
@@ -194,7 +225,7 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     else:
         base_nodes = []
     seed_scores = op.Flatten(heads[0][2], axis=1) if rows and with_gradient else score2d
-    seed2d, resolved = seed_one_hot(op, seed_scores, TARGET, info.class_count(score))
+    seed2d, resolved = seed_one_hot(op, seed_scores, TARGET, info.class_count(score), ranks)
     nodes = base_nodes + list(op.nodes)
     inits = list(op.initializers)
     outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
@@ -215,7 +246,7 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
             cam_op = Emitter(opset=info.opset, dtype=info.dtype(activations[index]),
                              shapes=dict(head_info.shapes), prefix=f"ogc_cam{index}/")
             coarse.append(indexed(COARSE, index))
-            layer_coarse(cam_op, cam, activation, grad.gradient, layouts[index])
+            layer_coarse(cam_op, cam, activation, grad.gradient, layouts[index], grad.pooled)
             nodes += [*cam_op.nodes, helper.make_node("Identity", [cam_op.nodes[-1].output[0]],
                                                       [coarse[-1]])]
             inits += cam_op.initializers

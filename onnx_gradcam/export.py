@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper
 from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH, combine, dims, normalise
 from onnx_gradcam.errors import OnnxGradCamError
-from onnx_gradcam.explainer_graph import TARGET, TARGETS
+from onnx_gradcam.explainer_graph import TARGET, TARGETS, prune
 from onnx_gradcam.images import atomic_write
 from onnx_gradcam.metadata import PREFIX, write_metadata
 
@@ -70,9 +70,9 @@ def export_model(explainer: Explainer, upsample: bool = True,
     if not upsample and len(explainer.layers) > 1:
         raise OnnxGradCamError("--no-upsample takes one target layer: maps of several layers "
                                "are combined only after upsampling")
-    _check_free_names(explainer.graph.model)
+    _check_free_names(explainer.ranked_graph.model)
     op = Emitter(opset=explainer.model.info.opset,
-                 dtype=explainer.model.info.dtype(explainer.graph.activations[0]),
+                 dtype=explainer.model.info.dtype(explainer.ranked_graph.activations[0]),
                  prefix="ogc_cam/")
     target_nodes = _target_nodes(op, explainer)
     _cam_outputs(op, explainer, upsample)
@@ -118,7 +118,7 @@ def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> None:
     """Post-process the explainer graph's coarse maps, ending in the outputs ``cam_coarse``
     and (``upsample``) ``cam``."""
     source = explainer.model
-    maps = [normalise(op, c) for c in explainer.graph.coarse]
+    maps = [normalise(op, c) for c in explainer.ranked_graph.coarse]
     _squeeze_to(op, maps[0], CAM_COARSE)
     if upsample:
         first, (h, w) = _spatial(explainer)
@@ -138,7 +138,7 @@ def _assemble(explainer: Explainer, target_nodes: list[onnx.NodeProto], op: Emit
     """The explainer graph with ``target`` in front, the CAM nodes behind, the original outputs
     plus ours, and nothing no output needs."""
     model = onnx.ModelProto()
-    model.CopyFrom(explainer.graph.model)
+    model.CopyFrom(explainer.ranked_graph.model)
     model.ir_version = max(model.ir_version, 4)  # an input with an initializer = a default
     g = model.graph
     for node in g.node:  # the resolved targets become an output of ours
@@ -156,7 +156,7 @@ def _assemble(explainer: Explainer, target_nodes: list[onnx.NodeProto], op: Emit
     originals = [o for o in g.output if o.name in explainer.model.info.graph_outputs]
     del g.output[:]
     g.output.extend([*originals, *_output_infos(explainer, upsample)])
-    _prune(g)
+    prune(g)
     return model
 
 
@@ -172,7 +172,7 @@ def _check_free_names(model: onnx.ModelProto) -> None:
 
 def _output_infos(explainer: Explainer, upsample: bool) -> list[onnx.ValueInfoProto]:
     source = explainer.model
-    elem = helper.np_dtype_to_tensor_dtype(source.info.dtype(explainer.graph.activations[0]))
+    elem = helper.np_dtype_to_tensor_dtype(source.info.dtype(explainer.layers[0].name))
     n = source.input_shape[0] or "N"
     layer = explainer.layers[0]
     h, w = layer.shape[2:4] if layer.layout == "NCHW" else layer.shape[1:3]
@@ -183,34 +183,6 @@ def _output_infos(explainer: Explainer, upsample: bool) -> list[onnx.ValueInfoPr
         out.insert(0, helper.make_tensor_value_info(CAM, elem, [n, height or "H",
                                                                 width or "W"]))
     return out
-
-
-def _names_used(node: onnx.NodeProto) -> set[str]:
-    """The node's inputs and every name its subgraphs (If/Loop/Scan bodies) read."""
-    names = {i for i in node.input if i}
-    for attr in node.attribute:
-        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for inner in sub.node:
-                names |= _names_used(inner)
-    return names
-
-
-def _prune(g: onnx.GraphProto) -> None:
-    """Drop nodes, initializers and value infos no output depends on (the explainer graph's
-    debugging outputs: scores, activations, gradients)."""
-    needed = {o.name for o in g.output}
-    keep = []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed |= _names_used(node)
-    del g.node[:]
-    g.node.extend(reversed(keep))
-    inputs = {i.name for i in g.input}
-    for field in (g.initializer, g.value_info):
-        kept = [t for t in field if t.name in needed or t.name in inputs]
-        del field[:]
-        field.extend(kept)
 
 
 def _export_metadata(explainer: Explainer, upsample: bool,

@@ -243,6 +243,11 @@ def test_many_targets_in_one_pass_equal_separate_explanations(layer_index: int) 
     onnx.checker.check_model(ex.rows_graph.model, full_check=True)
     chosen = ex.explain_many(x, targets=[[0, 6], [5, -1]])
     np.testing.assert_array_equal(chosen.targets, [[0, 6], [5, ranked[1, 0]]])
+    # rank codes in explain() itself (the argmax-only default graph hands them to a ranked one)
+    by_code = ex.explain(x, [-2, -3])
+    np.testing.assert_array_equal(by_code.targets, [ranked[0, 1], ranked[1, 2]])
+    np.testing.assert_allclose(by_code.cams[0], many.cams[0, 1], atol=1e-6)
+    np.testing.assert_allclose(by_code.cams[1], many.cams[1, 2], atol=1e-6)
 
 
 def test_layout_walks_through_multi_input_elementwise_ops() -> None:

@@ -34,12 +34,13 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 GAP_CASES = {"add_self", "dropout", "prelu", "softplus", "elu", "hard_sigmoid", "hard_swish",
              "gelu_tanh", "pow_base", "sum3", "matmul_vec", "reduce_max", "reduce_min",
              "global_max_pool", "max_pool_symbolic_hw", "batch_norm", "instance_norm",
-             "layer_norm", "layer_norm_axis1", "split_unused_output", "pad_reflect", "pad_edge"}
+             "layer_norm", "layer_norm_axis1", "split_unused_output", "pad_reflect", "pad_edge",
+             *(c.id for c in CASES if c.id.startswith("resize_"))}
 RULE_CASES = [c for c in CASES if c.id not in GAP_CASES]
 #: the gaps the project promises to refuse with one clear message, by known_gap
 PROMISED_GAPS = {"hard_swish": "HardSwish", "global_max_pool": "GlobalMaxPool",
                  "batch_norm": "BatchNormalization", "dropout": "Dropout",
-                 "max_pool_symbolic_hw": "MaxPool"}
+                 "max_pool_symbolic_hw": "MaxPool", "resize_nearest_scales": "Resize"}
 
 
 def _torch_heads() -> list[tuple[str, str, str]]:

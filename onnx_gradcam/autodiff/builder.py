@@ -29,6 +29,9 @@ class GradientGraph:
     initializers: list[onnx.TensorProto]
     gradient: str
     head: list[str]  # op types of the differentiated head, in forward order
+    #: where ``gradient`` is a broadcast of a smaller tensor of its rank (a pooling head's
+    #: gradient), that tensor: reductions of the gradient can be taken from it
+    pooled: str | None = None
 
 
 def head_nodes(info: GraphInfo, activation: str, score: str) -> list[int]:
@@ -90,7 +93,8 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         raise OnnxGradCamError(f"the score {score!r} does not depend on tensor {activation!r}")
     gradient = op.Identity(total)
     nodes, inits = _prune(op.nodes, op.initializers, gradient)
-    return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head])
+    return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
+                         op.broadcasts.get(total))
 
 
 def _is_float(info: GraphInfo, name: str) -> bool:
@@ -120,10 +124,15 @@ def _prune(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], output: s
     return kept, [t for t in inits if t.name in needed]
 
 
-def resolve_targets(op: Emitter, score2d: str, target: str, classes: int | None = None) -> str:
+def resolve_targets(op: Emitter, score2d: str, target: str, classes: int | None = None,
+                    ranks: bool = True) -> str:
     """Class indices (M,) for int64 ``target`` (M,) over scores (M, C): a target ≥ 0 is a class;
     −r picks the class ranked r-th by score (−1 = argmax, −2 = runner-up, …). A static class
-    count ``classes`` saves the shape arithmetic."""
+    count ``classes`` saves the shape arithmetic. Without ``ranks`` only −1 (argmax) and class
+    indices are understood: one ArgMax instead of a full sort and a gather."""
+    if not ranks:
+        best = op.ArgMax(score2d, axis=1, keepdims=0)
+        return op.Where(op.Less(target, op.const(0)), best, target)
     count = op.const([classes]) if classes else op.Gather(op.Shape(score2d), op.const([1]))
     _, ranked = op.TopK(score2d, count, axis=1, largest=1, sorted=1, outputs=2)
     rank = op.Sub(op.const(-1), target)  # −1 → 0, −2 → 1, …
@@ -132,13 +141,16 @@ def resolve_targets(op: Emitter, score2d: str, target: str, classes: int | None 
     return op.Where(op.Less(target, op.const(0)), by_rank, target)
 
 
-def seed_one_hot(op: Emitter, score2d: str, target: str, classes: int | None = None
-                 ) -> tuple[str, str]:
+def seed_one_hot(op: Emitter, score2d: str, target: str, classes: int | None = None,
+                 ranks: bool = True) -> tuple[str, str]:
     """One-hot cotangent (M, C) for the targets of :func:`resolve_targets`.
 
     Returns (seed, resolved targets).
     """
-    resolved = resolve_targets(op, score2d, target, classes)
+    resolved = resolve_targets(op, score2d, target, classes, ranks)
+    if classes and op.dtype == np.float32:  # ONNX Runtime's OneHot has float32 values only
+        values = op.const(np.array([0, 1], dtype=np.float32))
+        return op.OneHot(resolved, op.const(classes), values, axis=-1), resolved
     if classes:
         indices = op.const(np.arange(classes, dtype=np.int64))
     else:

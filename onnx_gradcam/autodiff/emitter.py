@@ -60,6 +60,8 @@ class Emitter:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     _count: int = 0
     _const_cache: dict[tuple, str] = field(default_factory=dict)
+    #: results of :meth:`broadcast` → the tensor they broadcast (same rank, size-1 axes)
+    broadcasts: dict[str, str] = field(default_factory=dict)
 
     # ---- naming and constants -------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -145,6 +147,13 @@ class Emitter:
 
     def reshape_like(self, x: Operand, like: str) -> Value:
         return self.emit("Reshape", x, self.emit("Shape", like))
+
+    def broadcast(self, x: Value, like: str) -> Value:
+        """``Expand(x, Shape(like))`` for an ``x`` of ``like``'s rank, remembered so that a
+        consumer that only needs a reduction of the result can reduce ``x`` instead."""
+        out = self.emit("Expand", x, self.emit("Shape", like))
+        self.broadcasts[out] = x
+        return out
 
     def zeros_like(self, like: str) -> Value:
         return self.emit("Expand", self.const(0.0), self.emit("Shape", like))

@@ -61,7 +61,7 @@ def reduce_sum_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     if reduce_axes(op, node) == []:
         return [dys[0], None]
     dy, _ = _keepdims(op, node, dys[0])
-    return [op.Expand(dy, op.Shape(node.inputs[0])), None]
+    return [op.broadcast(dy, node.inputs[0]), None]
 
 
 @vjp("ReduceMean")
@@ -71,7 +71,7 @@ def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         return [dys[0], None]
     x, y = node.inputs[0], node.outputs[0]
     dy, axes = _keepdims(op, node, dys[0])
-    return [op.Expand(op.Div(dy, count_ratio(op, x, y, axes)), op.Shape(x)), None]
+    return [op.broadcast(op.Div(dy, count_ratio(op, x, y, axes)), x), None]
 
 
 @vjp("GlobalAveragePool")
@@ -79,7 +79,7 @@ def global_average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | N
     """dx = Expand(dy / (h·w), Shape(x)) (divide first: the small tensor)"""
     x, y = node.inputs[0], node.outputs[0]
     axes = list(range(2, op.rank(x)))
-    return [op.Expand(op.Div(dys[0], count_ratio(op, x, y, axes)), op.Shape(x))]
+    return [op.broadcast(op.Div(dys[0], count_ratio(op, x, y, axes)), x)]
 
 
 def _max_vjp(op: Emitter, x: str, y_kept: Value, dy_kept: Value, axes: list[int]) -> Value:
