@@ -56,6 +56,13 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
+def freeze_model(model: object, spec: object, what: str) -> tuple[object, list[str], list[str]]:
+    """GraphDef, input and output tensor names of ``model``'s inference call on ``spec``."""
+    tf = _tf.tensorflow()
+    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    return freeze_concrete(concrete, what)
+
+
 def load(src: Path, options: ConvertOptions) -> Source:
     """Freeze the model's inference call into a GraphDef."""
     tf = _tf.tensorflow()
@@ -69,8 +76,7 @@ def load(src: Path, options: ConvertOptions) -> Source:
     if options.input_size is not None and len(shape) == 4:
         shape[1:3] = options.input_size
     spec = tf.TensorSpec([None, *shape[1:]], tf.float32, name="input")
-    concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-    graph_def, tf_inputs, outputs = freeze_concrete(concrete, str(src))
+    graph_def, tf_inputs, outputs = freeze_model(model, spec, str(src))
     if len(outputs) != 1:
         raise OnnxGradCamError(f"{src}: expected one class-score output, found {len(outputs)}")
     mode = application_mode(model)

@@ -46,13 +46,7 @@ def rel(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max())
 
 
-#: Not convertible today: tf2onnx 1.17 with Keras 3.15 leaves ConvNeXtTiny's depthwise convs as
-#: StatefulPartitionedCall and its Gelu's Erfc unconverted (`onnx-gradcam convert` names them:
-#: tests/converters/test_errors.py). Its gradient oracle is therefore missing, not passing.
-UNCONVERTIBLE = {"ConvNeXtTiny"}
-
-
-@pytest.fixture(scope="module", params=[a for a in zoo.ARCHS if a not in UNCONVERTIBLE])
+@pytest.fixture(scope="module", params=list(zoo.ARCHS))
 def case(request, tf_available) -> zoo.Case:
     return zoo.load_case(zoo.ARCHS[request.param])
 

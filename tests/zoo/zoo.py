@@ -2,9 +2,10 @@
 
 For each architecture: build it with ``weights=None`` at a small input size, give its
 BatchNormalization layers sane statistics (so activations neither vanish nor explode), convert it
-with ``tf2onnx.convert.from_keras`` (opset 17, symbolic batch), find the ONNX tensor inside the
-graph that holds each chosen Keras layer output (by value: the graph keeps it NCHW) and record
-``tf.GradientTape``'s gradient of the target logits w.r.t. those layer outputs.
+with tf2onnx the way ``onnx-gradcam convert`` does (``converters.export.graph_to_onnx``, opset
+17, symbolic batch), find the ONNX tensor inside the graph that holds each chosen Keras layer
+output (by value: the graph keeps it NCHW) and record ``tf.GradientTape``'s gradient of the
+target logits w.r.t. those layer outputs.
 
 TF's reference is taken twice: in float32 (the model as converted) and in float64 (the same
 weights in a float64 Keras model); see ``float64.py`` for why. For the architectures in
@@ -41,7 +42,7 @@ INSTALL_HINT = "pip install 'onnx-gradcam[tf]'"
 SKIP_ENV = "ONNX_GRADCAM_SKIP_TF"
 OPSET = 17
 BATCH = 2
-BUILD = 7
+BUILD = 8  # 8: converted through converters/ (was tf2onnx.convert.from_keras)
 
 
 @dataclass(frozen=True)
@@ -308,10 +309,16 @@ def float64_twin(model, arch: Arch, size: int | None, symbolic_hw: bool):
 
 
 def convert(model, size: int | None, dtype: str = "float32") -> onnx.ModelProto:
-    tf, _, tf2onnx = _tf()
-    spec = [tf.TensorSpec((None, size, size, 3), getattr(tf, dtype), name="input")]
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
-    return proto
+    """tf2onnx's conversion as ``onnx-gradcam convert`` runs it (``converters``: the frozen
+    inference call, library-function calls inlined, Erfc written as 1 − Erf), without the
+    activation output and metadata that ``convert`` adds."""
+    tf, _, _ = _tf()
+    from converters import export
+    from converters.keras import freeze_model
+
+    spec = tf.TensorSpec((None, size, size, 3), getattr(tf, dtype), name="input")
+    graph_def, inputs, outputs = freeze_model(model, spec, model.name)
+    return export.graph_to_onnx(graph_def, inputs, outputs, opset=OPSET, nchw=False)
 
 
 def map_tensors(proto: onnx.ModelProto, taps: list[Tap], acts: list[np.ndarray],
