@@ -47,10 +47,15 @@ def _conv_cases():
         ("conv_same_upper_s2", dict(auto_pad="SAME_UPPER", strides=[2, 2]), (4, 3, 3, 3)),
         ("conv_same_lower_s2", dict(auto_pad="SAME_LOWER", strides=[2, 2]), (4, 3, 2, 2)),
         ("conv_valid_1x1", dict(auto_pad="VALID"), (5, 3, 1, 1)),
+        ("conv_pointwise", dict(pads=[0, 0, 0, 0]), (5, 3, 1, 1)),  # MatMul, not ConvTranspose
+        ("conv_pointwise_padded", dict(pads=[1, 0, 0, 1]), (5, 3, 1, 1)),
+        ("conv_pointwise_stride2", dict(strides=[2, 2]), (5, 3, 1, 1)),
     ]:
         cases.append(Case(name, [N("Conv", ["x", "W", "B"], ["y"], **attrs)], ["N", 3, 7, 7],
                           {"W": w(*wshape, dtype=F32), "B": w(wshape[0], dtype=F32)},
                           dtype=F32))
+    cases.append(Case("conv_pointwise_dense", [N("Conv", ["x", "W"], ["y"])], ["N", 6, 1, 1],
+                      {"W": w(4, 6, 1, 1, dtype=F32)}, dtype=F32))  # a 1×1 map: one GEMM
     return cases
 
 

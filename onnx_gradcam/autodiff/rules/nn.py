@@ -53,17 +53,41 @@ def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
     return op.Slice(full, begin, end, op.const(list(range(2, 2 + r))))
 
 
+def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequence[int],
+              group: int) -> Value | None:
+    """A 1×1 conv with stride 1, no padding and one group is a matrix product over channels:
+    dX = Wᵀ·dY as one batched MatMul ((Cin, Cout) × (N, Cout, H·W)), or, where the map is
+    1×1 (a conv used as a dense layer), one GEMM (N, Cout) × (Cout, Cin) that reads W once for
+    the whole batch. ONNX Runtime's ConvTranspose took ~6× as long on MobileNetV3's head.
+    None where the conv is not of that kind."""
+    r = len(kernel)
+    strides = node.attr("strides", [1] * r)
+    padded = node.attr("auto_pad", "NOTSET") == "NOTSET" and any(node.attr("pads", [0] * 2 * r))
+    if group != 1 or any(k != 1 for k in kernel) or any(s != 1 for s in strides) or padded:
+        return None
+    w2d = op.Reshape(w, op.const([0, -1]))
+    shape = op.shape(x)
+    if shape is not None and all(d == 1 for d in shape[2:]):
+        return op.Reshape(op.MatMul(op.Reshape(dy, op.const([0, -1])), w2d), op.Shape(x))
+    w_t = op.Transpose(w2d, perm=[1, 0])
+    return op.Reshape(op.MatMul(w_t, op.Reshape(dy, op.const([0, 0, -1]))), op.Shape(x))
+
+
 @vjp("Conv")
 def conv_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dX = ConvTranspose(dY, W) with the forward strides/dilations/group, cropped to X;
-    dB = Σ dY over batch and spatial axes. (W is a weight: not differentiated.)"""
+    """dX = ConvTranspose(dY, W) with the forward strides/dilations/group, cropped to X (a
+    MatMul for pointwise convs, :func:`pointwise`); dB = Σ dY over batch and spatial axes.
+    (W is a weight: not differentiated.)"""
     x, w = node.inputs[0], node.inputs[1]
     dy = dys[0]
     w_shape = op.shape(w)
     kernel = node.attr("kernel_shape") or (list(w_shape[2:]) if w_shape else None)
     if not kernel or any(k is None for k in kernel):
         raise ValueError(f"Conv {node.name!r}: kernel shape unknown")
-    dx = transpose_window(op, node, dy, w, x, kernel, int(node.attr("group", 1)))
+    group = int(node.attr("group", 1))
+    dx = pointwise(op, node, dy, w, x, kernel, group)
+    if dx is None:
+        dx = transpose_window(op, node, dy, w, x, kernel, group)
     db = None
     if node.input(2) is not None:
         db = op.reduce("ReduceSum", dy, [0] + list(range(2, 2 + len(kernel))), keepdims=0)
