@@ -233,8 +233,13 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     gradients, head, coarse = [], [], []
     for index, (head_info, activation, head_score) in enumerate(heads if with_gradient else []):
         seed_op = Emitter(opset=info.opset, dtype=dtype, prefix=f"ogc_seed{index}/")
-        seed = seed_op.Reshape(seed2d, seed_op.Shape(head_score))
-        grad = build(head_info, activation, head_score, seed, prefix=f"ogc_grad{index}/")
+        score_shape = head_info.shapes.get(head_score)
+        if score_shape is not None and len(score_shape) == 2:  # (N, C) already
+            seed, classes = seed2d, None if ranks else resolved
+        else:
+            seed, classes = seed_op.Reshape(seed2d, seed_op.Shape(head_score)), None
+        grad = build(head_info, activation, head_score, seed, prefix=f"ogc_grad{index}/",
+                     seed_classes=classes)
         name = indexed(GRADIENT, index)
         nodes += [*seed_op.nodes, *grad.nodes,
                   helper.make_node("Identity", [grad.gradient], [name])]

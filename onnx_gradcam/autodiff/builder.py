@@ -42,15 +42,18 @@ def head_nodes(info: GraphInfo, activation: str, score: str) -> list[int]:
 
 
 def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
-                   prefix: str = "ogc_grad/") -> GradientGraph:
+                   prefix: str = "ogc_grad/", seed_classes: str | None = None) -> GradientGraph:
     """Emit the VJP graph of ``score`` w.r.t. ``activation`` for the cotangent tensor ``seed``.
 
-    ``seed`` must be shaped like ``score``. Raises :class:`UnsupportedOpError` naming the op and
-    node when a head op has no rule.
+    ``seed`` must be shaped like ``score``. ``seed_classes``: where ``seed`` is one-hot (M, C),
+    its class indices (M,), all within 0..C−1 (products with it become row gathers). Raises
+    :class:`UnsupportedOpError` naming the op and node when a head op has no rule.
     """
     dtype = info.dtype(activation)
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, constants=info.constants,
                  prefix=prefix)
+    if seed_classes is not None:
+        op.one_hot[seed] = seed_classes
     head = head_nodes(info, activation, score)
     if score != activation and not head:
         raise OnnxGradCamError(f"tensor {activation!r} does not feed the score {score!r}")

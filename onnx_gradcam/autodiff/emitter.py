@@ -62,6 +62,8 @@ class Emitter:
     _const_cache: dict[tuple, str] = field(default_factory=dict)
     #: results of :meth:`broadcast` → the tensor they broadcast (same rank, size-1 axes)
     broadcasts: dict[str, str] = field(default_factory=dict)
+    #: 2-D tensors (M, C) known to be one-hot rows → their int64 class indices (M,) in 0..C−1
+    one_hot: dict[str, str] = field(default_factory=dict)
 
     # ---- naming and constants -------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -147,6 +149,16 @@ class Emitter:
 
     def reshape_like(self, x: Operand, like: str) -> Value:
         return self.emit("Reshape", x, self.emit("Shape", like))
+
+    def rows_product(self, dy: Value, matrix: Value) -> Value:
+        """``dy · matrix`` for a 2-D ``dy`` (M, C) and ``matrix`` (C, K); where ``dy`` is known
+        one-hot (:attr:`one_hot`) that product is exactly the selected rows, so it is emitted
+        as a ``Gather`` that reads M rows instead of the whole matrix (a classifier's last
+        weight: 5 MB read per image for MobileNet's 1280 × 1000)."""
+        indices = self.one_hot.get(dy)
+        if indices is not None:
+            return self.emit("Gather", matrix, indices, axis=0)
+        return self.emit("MatMul", dy, matrix)
 
     def broadcast(self, x: Value, like: str) -> Value:
         """``Expand(x, Shape(like))`` for an ``x`` of ``like``'s rank, remembered so that a

@@ -240,7 +240,8 @@ def _describe(info: GraphInfo, head: list[int], activation: str) -> str:
 
 
 def build_gradient_ort(info: GraphInfo, activation: str, score: str, seed: str,
-                       prefix: str = "ogc_ort/") -> GradientGraph:
+                       prefix: str = "ogc_ort/", seed_classes: str | None = None
+                       ) -> GradientGraph:
     """Like :func:`~onnx_gradcam.autodiff.builder.build_gradient`, with onnxruntime-training's
     builder and our lowering of its contrib ops; raises :class:`OnnxGradCamError` on known gaps
     (before starting the builder), crashes and contrib ops we cannot lower."""

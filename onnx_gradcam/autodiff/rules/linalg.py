@@ -21,6 +21,9 @@ def gemm_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     ta, tb = int(node.attr("transA", 0)), int(node.attr("transB", 0))
     if ta:
         da = op.Gemm(b, dy, alpha=alpha, transA=tb, transB=1)
+    elif dy in op.one_hot:  # a one-hot seed: dA = α·(rows of B'ᵀ)
+        da = op.rows_product(dy, b if tb else op.Transpose(b, perm=[1, 0]))
+        da = da if alpha == 1.0 else op.Mul(da, alpha)
     else:
         da = op.Gemm(dy, b, alpha=alpha, transA=0, transB=1 - tb)
     if tb:
@@ -54,7 +57,10 @@ def matmul_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         db = op.reduce("ReduceSum", op.Mul(a, dy_col), list(range(rank_a - 1)), keepdims=0)
         return [da, db]
     rank_y = op.rank(y)
-    da = op.MatMul(dy, _swap_last(op, b, rank_b))
+    if rank_y == 2 and rank_b == 2:
+        da = op.rows_product(dy, _swap_last(op, b, rank_b))
+    else:
+        da = op.MatMul(dy, _swap_last(op, b, rank_b))
     db = op.MatMul(_swap_last(op, a, rank_a), dy)
     return [_unbroadcast_batch(op, da, a, rank_y), _unbroadcast_batch(op, db, b, rank_y)]
 

@@ -68,7 +68,7 @@ def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequen
     w2d = op.Reshape(w, op.const([0, -1]))
     shape = op.shape(x)
     if shape is not None and all(d == 1 for d in shape[2:]):
-        return op.Reshape(op.MatMul(op.Reshape(dy, op.const([0, -1])), w2d), op.Shape(x))
+        return op.Reshape(op.rows_product(op.Reshape(dy, op.const([0, -1])), w2d), op.Shape(x))
     w_t = op.Transpose(w2d, perm=[1, 0])
     return op.Reshape(op.MatMul(w_t, op.Reshape(dy, op.const([0, 0, -1]))), op.Shape(x))
 
