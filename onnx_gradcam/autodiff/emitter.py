@@ -160,6 +160,20 @@ class Emitter:
             return self.emit("Gather", matrix, indices, axis=0)
         return self.emit("MatMul", dy, matrix)
 
+    def carry_one_hot(self, src: Value, dst: Value, *forward: str) -> Value:
+        """Returns ``dst``, the values of ``src`` reshaped or transposed between the forward
+        tensors ``forward``; where each of those holds at most one non-unit axis besides the
+        batch ((N, C), (N, C, 1, 1), (N, 1, 1, C)), every row keeps its order, so a one-hot
+        ``src`` makes ``dst`` one-hot too (as its (N, −1) flattening)."""
+        def one_axis(name: str) -> bool:
+            shape = self.shape(name)
+            return (shape is not None and None not in shape[1:]
+                    and sum(d != 1 for d in shape[1:]) <= 1)
+
+        if src in self.one_hot and all(one_axis(t) for t in forward):
+            self.one_hot[dst] = self.one_hot[src]
+        return dst
+
     def broadcast(self, x: Value, like: str) -> Value:
         """``Expand(x, Shape(like))`` for an ``x`` of ``like``'s rank, remembered so that a
         consumer that only needs a reduction of the result can reduce ``x`` instead."""

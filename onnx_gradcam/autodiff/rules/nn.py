@@ -68,7 +68,8 @@ def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequen
     w2d = op.Reshape(w, op.const([0, -1]))
     shape = op.shape(x)
     if shape is not None and all(d == 1 for d in shape[2:]):
-        return op.Reshape(op.rows_product(op.Reshape(dy, op.const([0, -1])), w2d), op.Shape(x))
+        rows = op.carry_one_hot(dy, op.Reshape(dy, op.const([0, -1])), node.outputs[0])
+        return op.Reshape(op.rows_product(rows, w2d), op.Shape(x))
     w_t = op.Transpose(w2d, perm=[1, 0])
     return op.Reshape(op.MatMul(w_t, op.Reshape(dy, op.const([0, 0, -1]))), op.Shape(x))
 

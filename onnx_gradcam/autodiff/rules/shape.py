@@ -43,14 +43,18 @@ def scatter_add_flat(op: Emitter, x: str, indices: Value, dy: Value, spare: bool
 @vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = Reshape(dy, Shape(x))"""
-    return [op.reshape_like(dys[0], node.inputs[0])] + [None] * (len(node.inputs) - 1)
+    x, y = node.inputs[0], node.outputs[0]
+    dx = op.carry_one_hot(dys[0], op.reshape_like(dys[0], x), x, y)
+    return [dx] + [None] * (len(node.inputs) - 1)
 
 
 @vjp("Transpose")
 def transpose_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = Transpose(dy, perm⁻¹)"""
-    perm = node.attr("perm") or list(reversed(range(op.rank(node.inputs[0]))))
-    return [op.Transpose(dys[0], perm=[int(i) for i in np.argsort(perm)])]
+    x, y = node.inputs[0], node.outputs[0]
+    perm = node.attr("perm") or list(reversed(range(op.rank(x))))
+    dx = op.Transpose(dys[0], perm=[int(i) for i in np.argsort(perm)])
+    return [op.carry_one_hot(dys[0], dx, x, y) if perm[0] == 0 else dx]
 
 
 @vjp("Expand")
