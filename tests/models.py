@@ -54,3 +54,22 @@ def small_cnn(classes: int = 5, size: int = 16, channels: int = 8, seed: int = 0
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def nhwc_cnn() -> onnx.ModelProto:
+    """small_cnn with NHWC input and its head after a Transpose to NHWC (as tf2onnx emits): the
+    internal layer ``act`` is NCHW, ``act_nhwc`` is channels-last."""
+    base = small_cnn()
+    nodes = [helper.make_node("Transpose", ["input_nhwc"], ["input"], perm=[0, 3, 1, 2]),
+             *list(base.graph.node)[:4],
+             helper.make_node("Transpose", ["act"], ["act_nhwc"], perm=[0, 2, 3, 1]),
+             helper.make_node("ReduceMean", ["act_nhwc"], ["gap"], axes=[1, 2], keepdims=0),
+             helper.make_node("MatMul", ["gap", "wfc"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "nhwc", [helper.make_tensor_value_info("input_nhwc", TensorProto.FLOAT,
+                                                      ["N", 16, 16, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        list(base.graph.initializer))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnx_gradcam as og
 from onnx_gradcam.explainer_graph import explainer_model
 from onnx_gradcam.model import load_model
-from tests.models import small_cnn
+from tests.models import nhwc_cnn, small_cnn
 
 
 def _weights(model: onnx.ModelProto, name: str) -> np.ndarray:
@@ -197,20 +197,7 @@ def test_missing_and_non_onnx_files(tmp_path) -> None:
 
 def test_nhwc_model_through_transpose() -> None:
     """An NHWC model (as tf2onnx emits): the layer is the internal NCHW tensor, inputs NHWC."""
-    base = small_cnn()
-    graph = base.graph
-    nodes = [helper.make_node("Transpose", ["input_nhwc"], ["input"], perm=[0, 3, 1, 2])]
-    nodes += list(graph.node)[:4]
-    nodes += [helper.make_node("Transpose", ["act"], ["act_nhwc"], perm=[0, 2, 3, 1]),
-              helper.make_node("ReduceMean", ["act_nhwc"], ["gap"], axes=[1, 2], keepdims=0),
-              helper.make_node("MatMul", ["gap", "wfc"], ["logits"])]
-    new = helper.make_graph(
-        nodes, "nhwc", [helper.make_tensor_value_info("input_nhwc", TensorProto.FLOAT,
-                                                      ["N", 16, 16, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
-        list(graph.initializer))
-    model = helper.make_model(new, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = nhwc_cnn()
     ex = og.Explainer(model)
     assert ex.layers[0].name == "act" and ex.model.input_layout == "NHWC"
     x = _batch(2).transpose(0, 2, 3, 1)

@@ -18,7 +18,7 @@ from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.cams import min_max
 from onnx_gradcam.cams.graph import GRAPH_METHODS, upsample
 from onnx_gradcam.export import export_explainer, export_model, triton_config, write_triton
-from tests.models import small_cnn
+from tests.models import nhwc_cnn, small_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo.onnx"
@@ -41,25 +41,6 @@ def run(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
 def batch_for(ex: og.Explainer, n: int, seed: int = 0) -> np.ndarray:
     shape = [n, *(d for d in ex.model.input_shape[1:])]
     return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
-
-
-def nhwc_cnn() -> onnx.ModelProto:
-    """small_cnn with NHWC input and its head after a Transpose to NHWC (as tf2onnx emits), so
-    the layer ``act_nhwc`` is channels-last and the export has to transpose it."""
-    base = small_cnn()
-    nodes = [helper.make_node("Transpose", ["input_nhwc"], ["input"], perm=[0, 3, 1, 2]),
-             *list(base.graph.node)[:4],
-             helper.make_node("Transpose", ["act"], ["act_nhwc"], perm=[0, 2, 3, 1]),
-             helper.make_node("ReduceMean", ["act_nhwc"], ["gap"], axes=[1, 2], keepdims=0),
-             helper.make_node("MatMul", ["gap", "wfc"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "nhwc", [helper.make_tensor_value_info("input_nhwc", TensorProto.FLOAT,
-                                                      ["N", 16, 16, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
-        list(base.graph.initializer))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
 
 
 def models() -> dict[str, tuple[onnx.ModelProto | Path, str | None]]:
