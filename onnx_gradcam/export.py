@@ -33,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH, combine, dims, normalise
+from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH, combine, normalise
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer_graph import TARGET, TARGETS, prune
 from onnx_gradcam.images import atomic_write
@@ -99,7 +99,7 @@ def export_explainer(explainer: Explainer, path: str | Path | None = None, *,
 # ---- pieces ----------------------------------------------------------------------------------
 def _target_nodes(op: Emitter, explainer: Explainer) -> list[onnx.NodeProto]:
     """``target`` (N,) or (1,) broadcast to the batch as the explainer graph's ``ogc_target``."""
-    batch = dims(op, explainer.model.input_name, 0, 1)
+    batch = op.dims(explainer.model.input_name, 0, 1)
     nodes = [*op.nodes, helper.make_node("Expand", [TARGET_INPUT, batch], [TARGET],
                                          name="ogc_target_default")]
     del op.nodes[:]
@@ -122,8 +122,8 @@ def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> None:
     _squeeze_to(op, maps[0], CAM_COARSE)
     if upsample:
         first, (h, w) = _spatial(explainer)
-        size = (h, w) if h is not None and w is not None else dims(
-            op, source.input_name, first, first + 2)
+        size = (h, w) if h is not None and w is not None else op.dims(
+            source.input_name, first, first + 2)
         _squeeze_to(op, combine(op, maps, size), CAM)
 
 

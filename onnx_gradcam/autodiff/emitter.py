@@ -137,6 +137,12 @@ class Emitter:
             return self.emit(op_type, x, self.const(axes), keepdims=keepdims)
         return self.emit(op_type, x, axes=axes, keepdims=keepdims)
 
+    def dims(self, x: Operand, start: int, end: int) -> Value:
+        """Shape(x)[start:end] as int64 (one node from opset 15 on)."""
+        if self.opset >= 15:
+            return self.emit("Shape", x, start=start, end=end)
+        return self.emit("Slice", self.emit("Shape", x), self.const([start]), self.const([end]))
+
     def unsqueeze(self, x: Operand, axes: Sequence[int]) -> Value:
         if self.opset >= 13:
             return self.emit("Unsqueeze", x, self.const(list(axes)))

@@ -24,7 +24,7 @@ def weighted_sum(op: Emitter, weights: Value, acts: Value) -> Value:
     shape = op.shape(acts)
     if shape is not None and None not in shape[2:]:
         return op.Reshape(flat, op.const([0, 1, *shape[2:]]))
-    return op.Reshape(flat, op.Concat(dims(op, acts, 0, 1), op.const([1]), dims(op, acts, 2, 4),
+    return op.Reshape(flat, op.Concat(op.dims(acts, 0, 1), op.const([1]), op.dims(acts, 2, 4),
                                       axis=0))
 
 
@@ -111,18 +111,11 @@ def min_max(op: Emitter, maps: Value) -> Value:
     return op.Div(shifted, op.Add(op.reduce("ReduceMax", shifted, [2, 3]), 1e-7))
 
 
-def dims(op: Emitter, x: Value, start: int, end: int) -> Value:
-    """Shape(x)[start:end] as int64 (one node from opset 15 on)."""
-    if op.opset >= 15:
-        return op.Shape(x, start=start, end=end)
-    return op.Slice(op.Shape(x), op.const([start]), op.const([end]))
-
-
 def upsample(op: Emitter, maps: Value, size: Value | tuple[int, int]) -> Value:
     """Resize maps (N, 1, h, w) to ``size`` ((H, W), or an int64 [H, W] tensor) like
     ``cv2.resize`` INTER_LINEAR: bilinear on half-pixel centres, edges clamped, no antialias."""
     hw = op.const(list(size)) if isinstance(size, tuple) else size
-    sizes = op.Concat(dims(op, maps, 0, 2), hw, axis=0)
+    sizes = op.Concat(op.dims(maps, 0, 2), hw, axis=0)
     return op.Resize(maps, None, None, sizes, mode="linear",
                      coordinate_transformation_mode="half_pixel")
 

@@ -28,7 +28,7 @@ def spatial_begin_pads(op: Emitter, node: Node, x: str, kernel: Sequence[int]) -
         return op.const(pads[:r])
     k_eff = np.array([(k - 1) * d + 1 for k, d in zip(kernel, dilations)], dtype=np.int64)
     s = np.array(strides, dtype=np.int64)
-    size = op.Slice(op.Shape(x), op.const([2]), op.const([2 + r]))
+    size = op.dims(x, 2, 2 + r)
     out = op.Div(op.Sub(op.Add(size, s), 1), s)  # ⌈X / s⌉
     total = op.Max(op.Sub(op.Add(op.Mul(op.Sub(out, 1), s), k_eff), size), op.const([0] * r))
     if auto_pad == "SAME_LOWER":
@@ -49,7 +49,7 @@ def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
         dy, w, strides=strides, dilations=list(node.attr("dilations", [1] * r)), group=group,
         pads=[0] * 2 * r, output_padding=[s - 1 for s in strides], kernel_shape=list(kernel))
     begin = spatial_begin_pads(op, node, x, kernel)
-    end = op.Add(begin, op.Slice(op.Shape(x), op.const([2]), op.const([2 + r])))
+    end = op.Add(begin, op.dims(x, 2, 2 + r))
     return op.Slice(full, begin, end, op.const(list(range(2, 2 + r))))
 
 

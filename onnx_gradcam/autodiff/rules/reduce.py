@@ -130,8 +130,7 @@ def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     strides = [int(v) for v in node.attr("strides", [1] * r)]
     dilations = [int(v) for v in node.attr("dilations", [1] * r)]
     spatial = op.const(list(range(2, 2 + r)))
-    size_x = op.Slice(op.Shape(x), op.const([2]), op.const([2 + r]))
-    size_y = op.Slice(op.Shape(y), op.const([2]), op.const([2 + r]))
+    size_x, size_y = op.dims(x, 2, 2 + r), op.dims(y, 2, 2 + r)
     begin = spatial_begin_pads(op, node, x, kernel)
     reach = op.Add(op.Mul(op.Sub(size_y, 1), strides),  # last index any window reads, + 1
                    [(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
@@ -150,7 +149,7 @@ def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         claimed = hit if claimed is None else op.Or(claimed, hit)
         parts.append(op.unsqueeze(op.Where(hit, dy, 0.0), [2]))
     stacked = op.Concat(*parts, axis=2)  # (N, C, k·k, h, w)
-    flat_shape = op.Concat(op.Slice(op.Shape(y), op.const([0]), op.const([1])),
+    flat_shape = op.Concat(op.dims(y, 0, 1),
                            op.const([channels * len(offsets)]), size_y, axis=0)
     routed = op.Reshape(stacked, flat_shape)
     one_hot = np.zeros([channels * len(offsets), 1, *kernel], dtype=op.dtype)

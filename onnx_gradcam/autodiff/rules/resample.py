@@ -17,11 +17,6 @@ INTERPOLATION = ("mode", "coordinate_transformation_mode", "cubic_coeff_a", "exc
                  "nearest_mode", "antialias")
 
 
-def _dim(op: Emitter, x: str, axis: int) -> Value:
-    """Shape(x)[axis] as int64 (1,)."""
-    return op.Slice(op.Shape(x), op.const([axis]), op.const([axis + 1]))
-
-
 def _scales(op: Emitter, node: Node) -> str | None:
     """The node's ``scales`` input, or None where it resizes by ``sizes`` (scales absent or
     an empty tensor, as older exporters write it)."""
@@ -46,7 +41,7 @@ def interpolation_matrix(op: Emitter, node: Node, axis: int, index: int) -> Valu
     """R (out, in) with y = R·x along ``axis``: the node's own interpolation applied to an
     identity matrix (as a (1, 1, in, in) image resized along its third axis only)."""
     x, y = node.inputs[0], node.outputs[0]
-    size_in, size_out = _dim(op, x, axis), _dim(op, y, axis)
+    size_in, size_out = op.dims(x, axis, axis + 1), op.dims(y, axis, axis + 1)
     zero = numpy_helper.from_array(np.zeros(1, dtype=op.dtype))
     eye = op.EyeLike(op.ConstantOfShape(op.Concat(size_in, size_in, axis=0), value=zero))
     probe = op.Reshape(eye, op.Concat(op.const([1, 1]), size_in, size_in, axis=0))

@@ -67,8 +67,7 @@ def expand_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 def concat_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx_i = the slice of dy that x_i filled: Split(dy, sizes along axis)"""
     axis = int(node.attr("axis")) % op.rank(node.outputs[0])
-    sizes = op.Concat(*[op.Slice(op.Shape(x), op.const([axis]), op.const([axis + 1]))
-                        for x in node.inputs], axis=0)
+    sizes = op.Concat(*[op.dims(x, axis, axis + 1) for x in node.inputs], axis=0)
     if len(node.inputs) == 1:
         return [dys[0]]
     parts = op.Split(dys[0], sizes, axis=axis, outputs=len(node.inputs))
