@@ -54,7 +54,7 @@ class Explanation:
     gradient-free methods) are fetched on first access where the map was computed inside the
     explainer graph: most callers want only the map, and copying 2·K·h·w numbers per image out
     of ONNX Runtime costs more than the map itself. The fetch re-runs the explainer graph on the
-    same batch and resolved targets."""
+    same batch and targets."""
 
     cams: np.ndarray  # (N, H, W) float32 in [0, 1]
     coarse: np.ndarray  # (N, h, w) float32, the first layer's map before ReLU/normalisation
@@ -154,9 +154,8 @@ class Explainer:
         """The explainer graph (cached per model, layers, score, method and builder); with
         ``ranks`` its target input also takes rank codes −2, −3, … (a full sort of the scores
         per sample, so the default graph understands only −1 = argmax and class indices)."""
-        digest = hashlib.sha1(self.model.proto.SerializeToString()).hexdigest()
         cam = self.method.name if self.graph_cam else None
-        key = (digest, tuple(la.name for la in self.layers), self.score,
+        key = (self._digest, tuple(la.name for la in self.layers), self.score,
                self.method.needs_gradient, self.gradient_builder, cam, ranks)
         if key not in _GRAPH_CACHE:
             try:
@@ -166,6 +165,11 @@ class Explainer:
                 hint = f"; the nearest layer that works: --layer {nearest}" if nearest else ""
                 raise UnsupportedOpError(f"{exc}{hint}", exc.node_output) from None
         return _GRAPH_CACHE[key]
+
+    @cached_property
+    def _digest(self) -> str:
+        """The model's identity in the graph cache (hashed once: it serializes every weight)."""
+        return hashlib.sha1(self.model.proto.SerializeToString()).hexdigest()
 
     def _nearest_working_layer(self, node_output: str) -> str | None:
         """The first candidate layer after the failing node whose head we can differentiate."""

@@ -251,9 +251,9 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
             cam_op = Emitter(opset=info.opset, dtype=info.dtype(activations[index]),
                              shapes=dict(head_info.shapes), prefix=f"ogc_cam{index}/")
             coarse.append(indexed(COARSE, index))
-            layer_coarse(cam_op, cam, activation, grad.gradient, layouts[index], grad.pooled)
-            nodes += [*cam_op.nodes, helper.make_node("Identity", [cam_op.nodes[-1].output[0]],
-                                                      [coarse[-1]])]
+            layer_map = layer_coarse(cam_op, cam, activation, grad.gradient, layouts[index],
+                                     grad.pooled)
+            nodes += [*cam_op.nodes, helper.make_node("Identity", [layer_map], [coarse[-1]])]
             inits += cam_op.initializers
             outputs.append((coarse[-1], info.dtype(activations[index]),
                             _coarse_shape(info.shapes.get(activations[index]), layouts[index])))

@@ -151,7 +151,7 @@ def seed_one_hot(op: Emitter, score2d: str, target: str, classes: int | None = N
     Returns (seed, resolved targets).
     """
     resolved = resolve_targets(op, score2d, target, classes, ranks)
-    if classes and op.dtype == np.float32:  # ONNX Runtime's OneHot has float32 values only
+    if classes and op.dtype == np.float32:  # one node; ORT has no double OneHot kernel
         values = op.const(np.array([0, 1], dtype=np.float32))
         return op.OneHot(resolved, op.const(classes), values, axis=-1), resolved
     if classes:
