@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -44,6 +45,19 @@ _GRAPH_CACHE: dict[tuple, ExplainerModel] = {}
 
 
 LayerTensors = tuple[list[np.ndarray], list[np.ndarray]]
+
+
+class Maps(NamedTuple):
+    """What one run of an explainer graph gives (see :meth:`Explainer._maps`)."""
+
+    scores: np.ndarray
+    targets: np.ndarray
+    coarse: list[np.ndarray]
+    cams: np.ndarray | None  # (N, H, W), where the graph post-processes
+    tensors: LayerTensors | Callable[[], LayerTensors]
+
+    def heatmaps(self, size: tuple[int, int]) -> np.ndarray:
+        return self.cams if self.cams is not None else postprocess(self.coarse, size)
 
 
 @dataclass
@@ -125,6 +139,7 @@ class Explainer:
         self._sessions: dict[tuple[int, bool], ort.InferenceSession] = {}
         self.session = self._session(self.graph)
         self._rows: ExplainerModel | None = None  # the many-targets graph, built on first use
+        self._argmax: dict[int, np.ndarray] = {}  # read-only all −1 targets per batch size
         self.provider: str = self.session.get_providers()[0]
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -137,6 +152,10 @@ class Explainer:
         names = [layer] if isinstance(layer, str) else list(layer)
         return [resolve_layer(self.model, n, self.score) for n in names]
 
+    @cached_property
+    def layer_names(self) -> list[str]:
+        return [la.name for la in self.layers]
+
     @property
     def graph_cam(self) -> GraphCam | None:
         """The method as graph nodes, when the map is computed inside the explainer graph."""
@@ -148,7 +167,8 @@ class Explainer:
         return explainer_model(
             self.model.info, [la.name for la in self.layers], self.score,
             self.method.needs_gradient, rows=rows, builder=self.gradient_builder,
-            cam=self.graph_cam, layouts=[la.layout for la in self.layers], ranks=ranks or rows)
+            cam=self.graph_cam, layouts=[la.layout for la in self.layers], ranks=ranks or rows,
+            input_layout=self.model.input_layout)
 
     def _graph(self, ranks: bool = False) -> ExplainerModel:
         """The explainer graph (cached per model, layers, score, method and builder); with
@@ -202,8 +222,11 @@ class Explainer:
 
     # ---- running -----------------------------------------------------------------------------
     def check_targets(self, targets: Targets, n: int) -> np.ndarray:
-        if targets is None:
-            return np.full(n, -1, dtype=np.int64)  # each sample's argmax
+        if targets is None:  # each sample's argmax
+            if n not in self._argmax:
+                self._argmax[n] = np.full(n, -1, dtype=np.int64)
+                self._argmax[n].flags.writeable = False
+            return self._argmax[n]
         out = np.atleast_1d(np.asarray(targets, dtype=np.int64))
         if out.size == 1 and n > 1:
             out = np.repeat(out, n)
@@ -224,10 +247,9 @@ class Explainer:
             raise OnnxGradCamError(f"input batch has shape {x.shape}; expected 4-D in the model's "
                                    f"{self.model.input_layout} layout")
         expected = self.model.input_shape
-        for got, want in zip(x.shape[1:], expected[1:]):
-            if want is not None and got != want:
-                raise OnnxGradCamError(f"input batch has shape {x.shape}; the model's input "
-                                       f"{self.model.input_name!r} is {expected}")
+        if any(want is not None and got != want for got, want in zip(x.shape[1:], expected[1:])):
+            raise OnnxGradCamError(f"input batch has shape {x.shape}; the model's input "
+                                   f"{self.model.input_name!r} is {expected}")
         return np.ascontiguousarray(x, dtype=self.input_dtype)
 
     @cached_property
@@ -248,6 +270,8 @@ class Explainer:
              session: ort.InferenceSession | None = None) -> list[np.ndarray]:
         """Fetch ``names`` for a batch, in chunks of ``batch_size``."""
         session = session or self.session
+        if len(x) <= self.batch_size:
+            return session.run(names, {self.model.input_name: x, TARGET: targets})
         chunks = [session.run(names, {self.model.input_name: x[i:i + self.batch_size],
                                       TARGET: targets[i:i + self.batch_size]})
                   for i in range(0, len(x), self.batch_size)]
@@ -256,26 +280,28 @@ class Explainer:
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
     def _maps(self, graph: ExplainerModel, fetch: Fetch, x: np.ndarray,
-              rows: np.ndarray | None = None) -> tuple:
-        """(scores, resolved targets, coarse maps per layer, layer tensors) from ``graph`` run
-        by ``fetch(session, names)``. Where the graph computes the map, only the maps are
-        fetched and the layer tensors are a function that fetches them from the full graph;
-        else the maps are computed here (``rows``: the sample each gradient row explains)."""
+              rows: np.ndarray | None = None) -> Maps:
+        """Scores, resolved targets, coarse maps per layer, heatmaps and layer tensors from
+        ``graph`` run by ``fetch(session, names)``. Where the graph computes the map, only the
+        maps are fetched and the layer tensors are a function that fetches them from the full
+        graph; else the maps are computed here (``rows``: the sample each gradient row
+        explains) and the heatmaps are left to :func:`postprocess` (None)."""
         names = [*graph.activations, *graph.gradients]
         if graph.coarse:
-            scores, resolved, *coarse = fetch(self._session(graph), [SCORES, TARGETS,
-                                                                    *graph.coarse])
+            scores, resolved, *coarse, cams = fetch(self._session(graph), [
+                SCORES, TARGETS, *graph.coarse, graph.cams])
 
             def tensors() -> LayerTensors:
                 return self._layer_tensors(fetch(self._session(graph, tensors=True), names))
 
-            return scores, resolved, [c.reshape(len(c), *c.shape[2:]) for c in coarse], tensors
+            return Maps(scores, resolved, [c.reshape(len(c), *c.shape[2:]) for c in coarse],
+                        cams.reshape(len(cams), *cams.shape[2:]), tensors)
         scores, resolved, *rest = fetch(self._session(graph), [SCORES, TARGETS, *names])
         acts, grads = self._layer_tensors(rest)
         xs = x if rows is None else x[rows]
         coarse = [self._coarse(a if rows is None else a[rows], g, xs, resolved)
                   for a, g in zip(acts, grads or [None] * len(acts))]
-        return scores, resolved, coarse, (acts, grads)
+        return Maps(scores, resolved, coarse, None, (acts, grads))
 
     def _layer_tensors(self, outputs: Sequence[np.ndarray]) -> LayerTensors:
         """(activations, gradients) from the fetched [*activations, *gradients], made NCHW."""
@@ -325,14 +351,13 @@ class Explainer:
         start = time.perf_counter()
         x = self._check_input(x)
         checked = self.check_targets(targets, len(x))
-        graph = self.ranked_graph if (checked < -1).any() else self.graph
-        scores, resolved, coarse, tensors = self._maps(
-            graph, lambda session, names: self._run(names, x, checked, session), x)
-        cams = postprocess(coarse, self._size(x))
-        return Explanation(cams, coarse[0].astype(np.float32, copy=False),
-                           resolved.astype(np.int64, copy=False),
-                           scores.astype(np.float32, copy=False), tensors, self.method.name,
-                           [la.name for la in self.layers], self.score_kind, self.provider,
+        graph = self.graph if targets is None or (checked >= -1).all() else self.ranked_graph
+        maps = self._maps(graph, lambda session, names: self._run(names, x, checked, session), x)
+        return Explanation(maps.heatmaps(self._size(x)),
+                           maps.coarse[0].astype(np.float32, copy=False),
+                           maps.targets.astype(np.int64, copy=False),
+                           maps.scores.astype(np.float32, copy=False), maps.tensors,
+                           self.method.name, list(self.layer_names), self.score_kind, self.provider,
                            time.perf_counter() - start)
 
     def explain_many(self, x: np.ndarray, targets: np.ndarray | None = None,
@@ -359,13 +384,14 @@ class Explainer:
             results = [self.explain(x, codes[:, r]) for r in range(k)]
             return self._stack(results, start)
         feeds = {self.model.input_name: x, TARGET: flat, ROWS: rows}
-        scores, resolved, coarse, tensors = self._maps(
-            self.rows_graph, lambda session, names: session.run(names, feeds), x, rows)
+        maps = self._maps(self.rows_graph, lambda session, names: session.run(names, feeds), x,
+                          rows)
         size = self._size(x)
-        cams = postprocess(coarse, size).reshape(n, k, *size)
-        return Explanation(cams, coarse[0].reshape(n, k, *coarse[0].shape[1:]).astype(np.float32),
-                           resolved.reshape(n, k), scores.astype(np.float32), tensors,
-                           self.method.name, [la.name for la in self.layers], self.score_kind,
+        coarse = maps.coarse[0]
+        return Explanation(maps.heatmaps(size).reshape(n, k, *size),
+                           coarse.reshape(n, k, *coarse.shape[1:]).astype(np.float32),
+                           maps.targets.reshape(n, k), maps.scores.astype(np.float32),
+                           maps.tensors, self.method.name, list(self.layer_names), self.score_kind,
                            self.provider, time.perf_counter() - start)
 
     def _stack(self, results: list[Explanation], start: float) -> Explanation:

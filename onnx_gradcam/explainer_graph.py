@@ -24,15 +24,17 @@ from onnx_gradcam.autodiff.builder import (
     seed_one_hot,
 )
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.cams.graph import GraphCam, layer_coarse
+from onnx_gradcam.cams.graph import GraphCam, combine, layer_coarse, normalise
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
+from onnx_gradcam.passes import simplify
 
 TARGET = "ogc_target"
 SCORES = "ogc_scores"
 TARGETS = "ogc_targets"
 GRADIENT = "ogc_gradient"
 COARSE = "ogc_coarse"
+CAMS = "ogc_cams"
 SEED = "ogc_seed"
 ROWS = "ogc_rows"
 
@@ -44,6 +46,10 @@ class ExplainerModel:
     gradients: list[str]  # one per activation; empty when built without gradients
     head_ops: list[str]
     coarse: list[str] = field(default_factory=list)  # per layer (N, 1, h, w), with ``cam``
+    #: with ``cam``: each layer's map after ReLU and min-max (N, 1, h, w), and the
+    #: post-processed heatmap ``ogc_cams`` (N, 1, H, W) (CAM_CONVENTIONS.md, steps 1-4)
+    normalised: list[str] = field(default_factory=list)
+    cams: str | None = None
 
     def maps_model(self) -> onnx.ModelProto:
         """The graph with only the outputs a map needs (scores, targets, coarse maps), so ONNX
@@ -53,10 +59,11 @@ class ExplainerModel:
             return self.model
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
-        keep = [o for o in model.graph.output if o.name in {SCORES, TARGETS, *self.coarse}]
+        wanted = {SCORES, TARGETS, *self.coarse, *([self.cams] if self.cams else [])}
+        keep = [o for o in model.graph.output if o.name in wanted]
         del model.graph.output[:]
         model.graph.output.extend(keep)
-        prune(model.graph)
+        simplify(model.graph)
         return model
 
 
@@ -103,34 +110,6 @@ def _assemble(info: GraphInfo, nodes: list[onnx.NodeProto], inits: list[onnx.Ten
             graph.output.append(_value(name, dtype, _symbolic(shape, name)))
             existing.add(name)
     return model
-
-
-def _names_used(node: onnx.NodeProto) -> set[str]:
-    """The node's inputs and every name its subgraphs (If/Loop/Scan bodies) read."""
-    names = {i for i in node.input if i}
-    for attr in node.attribute:
-        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for inner in sub.node:
-                names |= _names_used(inner)
-    return names
-
-
-def prune(g: onnx.GraphProto) -> None:
-    """Drop nodes, initializers and value infos no graph output depends on (ONNX Runtime runs
-    every node of a graph, needed or not)."""
-    needed = {o.name for o in g.output}
-    keep = []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed |= _names_used(node)
-    del g.node[:]
-    g.node.extend(reversed(keep))
-    inputs = {i.name for i in g.input}
-    for items in (g.initializer, g.value_info):
-        kept = [t for t in items if t.name in needed or t.name in inputs]
-        del items[:]
-        items.extend(kept)
 
 
 def _coarse_shape(shape: Shape | None, layout: str) -> Shape | None:
@@ -191,7 +170,8 @@ def replicate_head(info: GraphInfo, activation: str, score: str, rows: str, tag:
 def explainer_model(info: GraphInfo, activations: list[str], score: str,
                     with_gradient: bool = True, rows: bool = False,
                     builder: str = "onnx", cam: GraphCam | None = None,
-                    layouts: Sequence[str] = (), ranks: bool = True) -> ExplainerModel:
+                    layouts: Sequence[str] = (), ranks: bool = True,
+                    input_layout: str = "NCHW") -> ExplainerModel:
     """The full explainer graph (see module docstring) for one or more target layers.
     ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C).
 
@@ -200,14 +180,18 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     (:func:`replicate_head`): gradients and ``ogc_targets`` then have M rows, in one pass.
     ``builder`` picks the gradient builder (:func:`gradient_builder`). With ``cam`` (a method
     of :data:`onnx_gradcam.cams.graph.GRAPH_METHODS`) and the activations' ``layouts``, the
-    graph also outputs each layer's coarse map (``ogc_coarse``, ``ogc_coarse_1``, …).
+    graph also outputs each layer's coarse map (``ogc_coarse``, ``ogc_coarse_1``, …) and the
+    post-processed heatmap ``ogc_cams`` at the size of the input (whose ``input_layout`` says
+    where its height and width are).
     Without ``ranks``, ``ogc_target`` takes only −1 (argmax) and class indices
     (:func:`~onnx_gradcam.autodiff.builder.resolve_targets`).
     """
     build = gradient_builder(builder)
     dtype = info.dtype(score)
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
-    score2d = op.Flatten(score, axis=1)
+    score_shape = info.shapes.get(score)
+    two_d = score_shape is not None and len(score_shape) == 2
+    score2d = score if two_d else op.Flatten(score, axis=1)
     extra_inputs = [_value(TARGET, np.dtype(np.int64), ["M"])]
     heads: list[tuple[GraphInfo, str, str]] = [(info, a, score) for a in activations]
     if rows and with_gradient:
@@ -259,5 +243,36 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
                             _coarse_shape(info.shapes.get(activations[index]), layouts[index])))
     nodes += [helper.make_node("Identity", [score2d], [SCORES]),
               helper.make_node("Identity", [resolved], [TARGETS])]
+    normalised, cams = [], None
+    if coarse:
+        post = Emitter(opset=info.opset, dtype=info.dtype(activations[0]), prefix="ogc_post/")
+        normalised = [normalise(post, c) for c in coarse]
+        cams = CAMS
+        sources = [_coarse_shape(info.shapes.get(a), la) for a, la in zip(activations, layouts)]
+        heatmap = combine(post, normalised, _input_size(post, info, input_layout),
+                          [(s[2], s[3]) if s else (None, None) for s in sources])
+        nodes += [*post.nodes, helper.make_node("Identity", [heatmap], [CAMS])]
+        inits += post.initializers
+        outputs.append((CAMS, info.dtype(activations[0]), _input_maps_shape(info, input_layout)))
     model = _assemble(info, nodes, inits, extra_inputs, outputs)
-    return ExplainerModel(model, list(activations), gradients, head, coarse)
+    return ExplainerModel(model, list(activations), gradients, head, coarse, normalised, cams)
+
+
+def _input_hw(info: GraphInfo, layout: str) -> tuple[str, int, tuple[int | None, ...]]:
+    """The image input's name, the axis its height starts at, and its static (H, W)."""
+    name = info.graph_inputs[0]
+    first = 2 if layout == "NCHW" else 1
+    shape = info.shapes.get(name) or (None,) * 4
+    return name, first, tuple(shape[first:first + 2])
+
+
+def _input_size(op: Emitter, info: GraphInfo, layout: str) -> tuple[int, int] | str:
+    """The input's (H, W): static, else read from its shape in the graph."""
+    name, first, (h, w) = _input_hw(info, layout)
+    return (h, w) if h is not None and w is not None else op.dims(name, first, first + 2)
+
+
+def _input_maps_shape(info: GraphInfo, layout: str) -> tuple[int | None, ...]:
+    """(N, 1, H, W) of the heatmaps of the input's batch."""
+    name, _, hw = _input_hw(info, layout)
+    return ((info.shapes.get(name) or (None,))[0], 1, *hw)

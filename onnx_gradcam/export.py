@@ -6,8 +6,9 @@ value is broadcast to the batch) and outputs:
 
 - the original model's outputs, unchanged;
 - ``cam`` (N, H, W): the heatmap at the input size, post-processed exactly as
-  CAM_CONVENTIONS.md says (ReLU, min-max, ``Resize`` linear/half-pixel = ``cv2.resize``
-  INTER_LINEAR, ReLU/mean/min-max over layers); absent with ``upsample=False``;
+  CAM_CONVENTIONS.md says (ReLU, min-max, bilinear upsampling = ``cv2.resize`` INTER_LINEAR,
+  ReLU/mean/min-max over layers), by the explainer graph's own nodes
+  (:func:`onnx_gradcam.cams.graph.combine`); absent with ``upsample=False``;
 - ``cam_coarse`` (N, h, w): the first target layer's map after ReLU and min-max, before
   upsampling (to map onto another size yourself);
 - ``cam_target`` (N,): the class each map explains (the argmax where ``target`` was −1).
@@ -33,11 +34,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH, combine, normalise
+from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH
 from onnx_gradcam.errors import OnnxGradCamError
-from onnx_gradcam.explainer_graph import TARGET, TARGETS, prune
+from onnx_gradcam.explainer_graph import TARGET, TARGETS
 from onnx_gradcam.images import atomic_write
 from onnx_gradcam.metadata import PREFIX, write_metadata
+from onnx_gradcam.passes import simplify
 
 if TYPE_CHECKING:
     from onnx_gradcam.explainer import Explainer
@@ -106,25 +108,14 @@ def _target_nodes(op: Emitter, explainer: Explainer) -> list[onnx.NodeProto]:
     return nodes
 
 
-def _spatial(explainer: Explainer) -> tuple[int, tuple[int | None, int | None]]:
-    """Where the input's H, W dims start, and their static sizes (None where symbolic): the
-    graph's own, not the metadata's, so a cam always has the size of the input it explains."""
-    source = explainer.model
-    first = 2 if source.input_layout == "NCHW" else 1
-    return first, (source.input_shape[first], source.input_shape[first + 1])
-
-
 def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> None:
-    """Post-process the explainer graph's coarse maps, ending in the outputs ``cam_coarse``
-    and (``upsample``) ``cam``."""
-    source = explainer.model
-    maps = [normalise(op, c) for c in explainer.ranked_graph.coarse]
-    _squeeze_to(op, maps[0], CAM_COARSE)
+    """The explainer graph's normalised first-layer map and (``upsample``) heatmap, squeezed
+    to the outputs ``cam_coarse`` and ``cam``."""
+    graph = explainer.ranked_graph
+    assert graph.cams is not None
+    _squeeze_to(op, graph.normalised[0], CAM_COARSE)
     if upsample:
-        first, (h, w) = _spatial(explainer)
-        size = (h, w) if h is not None and w is not None else op.dims(
-            source.input_name, first, first + 2)
-        _squeeze_to(op, combine(op, maps, size), CAM)
+        _squeeze_to(op, graph.cams, CAM)
 
 
 def _squeeze_to(op: Emitter, maps: str, name: str) -> None:
@@ -156,7 +147,7 @@ def _assemble(explainer: Explainer, target_nodes: list[onnx.NodeProto], op: Emit
     originals = [o for o in g.output if o.name in explainer.model.info.graph_outputs]
     del g.output[:]
     g.output.extend([*originals, *_output_infos(explainer, upsample)])
-    prune(g)
+    simplify(g)
     return model
 
 
@@ -179,7 +170,9 @@ def _output_infos(explainer: Explainer, upsample: bool) -> list[onnx.ValueInfoPr
     out = [helper.make_tensor_value_info(CAM_COARSE, elem, [n, h or "h", w or "w"]),
            helper.make_tensor_value_info(CAM_TARGET, onnx.TensorProto.INT64, [n])]
     if upsample:
-        height, width = _spatial(explainer)[1]
+        source = explainer.model
+        first = 2 if source.input_layout == "NCHW" else 1
+        height, width = source.input_shape[first], source.input_shape[first + 1]
         out.insert(0, helper.make_tensor_value_info(CAM, elem, [n, height or "H",
                                                                 width or "W"]))
     return out

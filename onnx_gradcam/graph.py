@@ -53,6 +53,8 @@ class GraphInfo:
                     self.shapes[node.output[0]] = tuple(array.shape)
                     self.elem_types[node.output[0]] = attr.t.data_type
         self.graph_inputs = [i.name for i in model.graph.input if i.name not in self.constants]
+        #: initializers a caller may override by feeding them (listed among the graph inputs)
+        self.overridable = frozenset(i.name for i in model.graph.input if i.name in self.constants)
         self.graph_outputs = [o.name for o in model.graph.output]
 
     @cached_property

@@ -246,6 +246,36 @@ def test_in_graph_upsampling_matches_cv2_resize() -> None:
         assert np.abs(got - want).max() <= 2e-6, (h, w, height, width)
 
 
+def test_static_upsampling_is_two_matmuls_that_match_cv2_resize(tmp_path: Path) -> None:
+    """With static sizes the maps are upsampled by constant interpolation matrices (built by
+    nodes ONNX Runtime folds at load): ≤ 1e-6 from cv2.resize, no Resize left in the graph,
+    nothing but two MatMuls left after ONNX Runtime's constant folding."""
+    rng = np.random.default_rng(1)
+    for h, w, height, width in [s for s in SIZES if s[2] >= s[0] and s[3] >= s[1]]:
+        op = Emitter(opset=17, dtype=np.dtype(np.float32), prefix="t/")
+        out = upsample(op, "maps", (height, width), (h, w))
+        assert "Resize" not in {n.op_type for n in op.nodes}
+        graph = helper.make_graph(
+            [*op.nodes, helper.make_node("Identity", [out], ["y"])], "mm",
+            [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["n", 1, h, w])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, height, width])],
+            op.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        maps = rng.random((3, 1, h, w), dtype=np.float32)
+        got = session(model).run(None, {"maps": maps})[0]
+        want = np.stack([cv2.resize(m[0], (width, height))[None] for m in maps])
+        assert np.abs(got - want).max() <= 1e-6, (h, w, height, width)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    folded = onnx.load(options.optimized_model_filepath)
+    ops = [n.op_type for n in folded.graph.node]
+    assert ops.count("MatMul") == 2 and set(ops) <= {"MatMul", "Identity"}, ops
+
+
 # ---- Triton --------------------------------------------------------------------------------
 def test_triton_repository_layout(tmp_path: Path) -> None:
     ex = og.Explainer(small_cnn(), providers="cpu")

@@ -30,8 +30,9 @@ class GradientGraph:
     gradient: str
     head: list[str]  # op types of the differentiated head, in forward order
     #: where ``gradient`` is a broadcast of a smaller tensor of its rank (a pooling head's
-    #: gradient), that tensor: reductions of the gradient can be taken from it
-    pooled: str | None = None
+    #: gradient), that tensor and its size-1 axes: reductions of the gradient can be taken
+    #: from it
+    pooled: tuple[str, tuple[int, ...]] | None = None
 
 
 def head_nodes(info: GraphInfo, activation: str, score: str) -> list[int]:
@@ -51,7 +52,7 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     """
     dtype = info.dtype(activation)
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, constants=info.constants,
-                 prefix=prefix)
+                 prefix=prefix, overridable=info.overridable)
     if seed_classes is not None:
         op.one_hot[seed] = seed_classes
     head = head_nodes(info, activation, score)

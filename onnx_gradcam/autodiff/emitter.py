@@ -56,12 +56,17 @@ class Emitter:
     shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     prefix: str = "ogc_grad/"
+    #: forward constants that are also graph inputs (a caller may feed them; never folded)
+    overridable: frozenset[str] = frozenset()
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     _count: int = 0
     _const_cache: dict[tuple, str] = field(default_factory=dict)
-    #: results of :meth:`broadcast` → the tensor they broadcast (same rank, size-1 axes)
-    broadcasts: dict[str, str] = field(default_factory=dict)
+    _const_values: dict[str, np.ndarray] = field(default_factory=dict)
+    #: results of :meth:`broadcast` → (the tensor they broadcast, its size-1 axes)
+    broadcasts: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
+    #: results of :meth:`rows_product` that gather rows → (matrix, row indices)
+    gathered: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: 2-D tensors (M, C) known to be one-hot rows → their int64 class indices (M,) in 0..C−1
     one_hot: dict[str, str] = field(default_factory=dict)
 
@@ -87,7 +92,12 @@ class Emitter:
             name = self.fresh("const")
             self.initializers.append(numpy_helper.from_array(array, name))
             self._const_cache[key] = name
+            self._const_values[name] = array
         return self._const_cache[key]
+
+    def initializer_value(self, name: str) -> np.ndarray | None:
+        """The value of a constant made by :meth:`const`, or None."""
+        return self._const_values.get(name)
 
     def _operand(self, value: Operand) -> str:
         if value is None:
@@ -162,9 +172,34 @@ class Emitter:
         as a ``Gather`` that reads M rows instead of the whole matrix (a classifier's last
         weight: 5 MB read per image for MobileNet's 1280 × 1000)."""
         indices = self.one_hot.get(dy)
-        if indices is not None:
-            return self.emit("Gather", matrix, indices, axis=0)
-        return self.emit("MatMul", dy, matrix)
+        if indices is None:
+            return self.emit("MatMul", dy, matrix)
+        out = self.emit("Gather", matrix, indices, axis=0)
+        self.gathered[out] = (matrix, indices)
+        return out
+
+    def scale(self, x: Value, op_type: str, factor: float) -> Value:
+        """``x`` ``op_type`` (Mul or Div) a constant ``factor``. Where ``x`` is rows gathered
+        from a constant matrix (:meth:`rows_product`), the matrix is scaled instead and the
+        rows gathered from it: a constant ONNX Runtime folds when the session loads, so the
+        scaling costs nothing per run (the 1/(h·w) of an average-pooling head)."""
+        source = self.gathered.get(x)
+        if source is not None and self.foldable(source[0]):
+            matrix = self.emit(op_type, source[0], factor)
+            out = self.emit("Gather", matrix, source[1], axis=0)
+            self.gathered[out] = (matrix, source[1])
+            return out
+        return self.emit(op_type, x, factor)
+
+    def foldable(self, name: str) -> bool:
+        """Whether ``name`` is a forward constant, or computed by emitted nodes from constants
+        only (a value ONNX Runtime's constant folding computes once)."""
+        if name in self._const_values:
+            return True
+        if name in self.constants:
+            return name not in self.overridable
+        producer = next((n for n in reversed(self.nodes) if name in n.output), None)
+        return producer is not None and all(self.foldable(i) for i in producer.input if i)
 
     def carry_one_hot(self, src: Value, dst: Value, *forward: str) -> Value:
         """Returns ``dst``, the values of ``src`` reshaped or transposed between the forward
@@ -180,11 +215,12 @@ class Emitter:
             self.one_hot[dst] = self.one_hot[src]
         return dst
 
-    def broadcast(self, x: Value, like: str) -> Value:
-        """``Expand(x, Shape(like))`` for an ``x`` of ``like``'s rank, remembered so that a
-        consumer that only needs a reduction of the result can reduce ``x`` instead."""
+    def broadcast(self, x: Value, like: str, axes: Sequence[int]) -> Value:
+        """``Expand(x, Shape(like))`` for an ``x`` of ``like``'s rank that has size 1 along
+        ``axes``, remembered so that a consumer that only needs a reduction of the result can
+        reduce ``x`` instead."""
         out = self.emit("Expand", x, self.emit("Shape", like))
-        self.broadcasts[out] = x
+        self.broadcasts[out] = (x, tuple(axes))
         return out
 
     def zeros_like(self, like: str) -> Value:

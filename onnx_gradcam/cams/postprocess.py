@@ -43,16 +43,27 @@ def postprocess(per_layer: list[np.ndarray], size: tuple[int, int]) -> np.ndarra
     """Coarse maps (one (N, h, w) array per layer) → heatmaps (N, H, W) in [0, 1]:
     ReLU, min-max, upsample per layer; then ReLU, mean over layers, min-max again (always, also
     for one layer, as pytorch-grad-cam does)."""
+    if len(per_layer) == 1:
+        return _one_layer(per_layer[0], size)
     layers = []
     for coarse in per_layer:
         relu = np.maximum(coarse, 0, dtype=np.float32)  # a fresh array, normalised in place
         for plane in relu:
             normalise_plane(plane)
         layers.append(upsample(relu, size))
-    if len(layers) == 1:  # bilinear resizing keeps [0, 1] maps ≥ 0, and a mean of one is itself
-        out = layers[0]
-    else:
-        out = np.maximum(np.stack(layers, axis=1), 0).mean(axis=1, dtype=np.float32)
+    out = np.maximum(np.stack(layers, axis=1), 0).mean(axis=1, dtype=np.float32)
     for plane in out:
         normalise_plane(plane)
+    return out
+
+
+def _one_layer(coarse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """:func:`postprocess` of one layer, image by image in one loop (the same operations:
+    bilinear resizing keeps [0, 1] maps ≥ 0, and a mean of one map is itself)."""
+    height, width = size
+    relu = np.maximum(coarse, 0, dtype=np.float32)
+    out = np.empty((len(relu), height, width), dtype=np.float32)
+    for plane, dst in zip(relu, out):
+        cv2.resize(normalise_plane(plane), (width, height), dst=dst)
+        normalise_plane(dst)
     return out

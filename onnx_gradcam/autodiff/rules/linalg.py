@@ -23,7 +23,7 @@ def gemm_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         da = op.Gemm(b, dy, alpha=alpha, transA=tb, transB=1)
     elif dy in op.one_hot:  # a one-hot seed: dA = α·(rows of B'ᵀ)
         da = op.rows_product(dy, b if tb else op.Transpose(b, perm=[1, 0]))
-        da = da if alpha == 1.0 else op.Mul(da, alpha)
+        da = da if alpha == 1.0 else op.scale(da, "Mul", alpha)
     else:
         da = op.Gemm(dy, b, alpha=alpha, transA=0, transB=1 - tb)
     if tb:

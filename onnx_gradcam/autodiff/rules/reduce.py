@@ -29,12 +29,16 @@ def reduce_axes(op: Emitter, node: Node) -> list[int] | None:
 
 def _keepdims(op: Emitter, node: Node, dy: Value) -> tuple[Value, list[int]]:
     """``dy`` with the reduced axes kept as size 1, and the reduced axes."""
-    rank = op.rank(node.inputs[0])
-    axes = reduce_axes(op, node)
-    axes = list(range(rank)) if axes is None else axes
+    axes = _axes(op, node)
     if not node.attr("keepdims", 1) and axes:
         dy = op.unsqueeze(dy, axes)
     return dy, axes
+
+
+def _axes(op: Emitter, node: Node) -> list[int]:
+    """The axes a Reduce* node reduces, all of them spelled out."""
+    axes = reduce_axes(op, node)
+    return list(range(op.rank(node.inputs[0]))) if axes is None else axes
 
 
 def count_ratio(op: Emitter, x: str, y: str, axes: list[int] | None = None) -> Value:
@@ -60,18 +64,29 @@ def reduce_sum_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = dy broadcast back over the reduced axes"""
     if reduce_axes(op, node) == []:
         return [dys[0], None]
-    dy, _ = _keepdims(op, node, dys[0])
-    return [op.broadcast(dy, node.inputs[0]), None]
+    dy, axes = _keepdims(op, node, dys[0])
+    return [op.broadcast(dy, node.inputs[0], axes), None]
 
 
 @vjp("ReduceMean")
 def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = dy broadcast back over the reduced axes / number of reduced elements"""
+    """dx = dy / number of reduced elements, broadcast back over the reduced axes (divided
+    before the axes are restored: the scaling can then move onto a classifier's constant
+    weight, see :meth:`Emitter.scale`)"""
     if reduce_axes(op, node) == []:
         return [dys[0], None]
     x, y = node.inputs[0], node.outputs[0]
-    dy, axes = _keepdims(op, node, dys[0])
-    return [op.broadcast(op.Div(dy, count_ratio(op, x, y, axes)), x), None]
+    count = count_ratio(op, x, y, _axes(op, node))
+    dy, axes = _keepdims(op, node, _divide(op, dys[0], count))
+    return [op.broadcast(dy, x, axes), None]
+
+
+def _divide(op: Emitter, dy: Value, count: Value) -> Value:
+    """dy / count, through :meth:`Emitter.scale` where the count is a constant."""
+    value = op.initializer_value(count)
+    if value is not None and value.size == 1:
+        return op.scale(dy, "Div", float(value))
+    return op.Div(dy, count)
 
 
 @vjp("GlobalAveragePool")
@@ -79,7 +94,7 @@ def global_average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | N
     """dx = Expand(dy / (h·w), Shape(x)) (divide first: the small tensor)"""
     x, y = node.inputs[0], node.outputs[0]
     axes = list(range(2, op.rank(x)))
-    return [op.broadcast(op.Div(dys[0], count_ratio(op, x, y, axes)), x)]
+    return [op.broadcast(_divide(op, dys[0], count_ratio(op, x, y, axes)), x, axes)]
 
 
 def _max_vjp(op: Emitter, x: str, y_kept: Value, dy_kept: Value, axes: list[int]) -> Value:
