@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,6 +42,7 @@ from onnx_gradcam.runtime import make_session
 Targets = int | Sequence[int] | np.ndarray | None
 Fetch = Callable[[ort.InferenceSession, list[str]], list[np.ndarray]]
 _GRAPH_CACHE: dict[tuple, ExplainerModel] = {}
+_FLOAT32 = np.dtype(np.float32)
 
 
 LayerTensors = tuple[list[np.ndarray], list[np.ndarray]]
@@ -163,23 +164,24 @@ class Explainer:
             return None
         return GRAPH_METHODS.get(self.method.name)
 
-    def _build(self, rows: bool = False, ranks: bool = False) -> ExplainerModel:
+    def _build(self, rows: bool = False, targets: str = "ranks") -> ExplainerModel:
         return explainer_model(
             self.model.info, [la.name for la in self.layers], self.score,
             self.method.needs_gradient, rows=rows, builder=self.gradient_builder,
-            cam=self.graph_cam, layouts=[la.layout for la in self.layers], ranks=ranks or rows,
+            cam=self.graph_cam, layouts=[la.layout for la in self.layers], targets=targets,
             input_layout=self.model.input_layout)
 
-    def _graph(self, ranks: bool = False) -> ExplainerModel:
-        """The explainer graph (cached per model, layers, score, method and builder); with
-        ``ranks`` its target input also takes rank codes −2, −3, … (a full sort of the scores
-        per sample, so the default graph understands only −1 = argmax and class indices)."""
+    def _graph(self, targets: str = "argmax") -> ExplainerModel:
+        """The explainer graph (cached per model, layers, score, method and builder) for
+        ``targets`` (:func:`explainer_model`): ``argmax``, the default graph, explains each
+        sample's best class; ``classes`` takes class indices and −1; ``ranks`` also rank codes
+        −2, −3, … (a full sort of the scores per sample)."""
         cam = self.method.name if self.graph_cam else None
         key = (self._digest, tuple(la.name for la in self.layers), self.score,
-               self.method.needs_gradient, self.gradient_builder, cam, ranks)
+               self.method.needs_gradient, self.gradient_builder, cam, targets)
         if key not in _GRAPH_CACHE:
             try:
-                _GRAPH_CACHE[key] = self._build(ranks=ranks)
+                _GRAPH_CACHE[key] = self._build(targets=targets)
             except UnsupportedOpError as exc:
                 nearest = self._nearest_working_layer(exc.node_output)
                 hint = f"; the nearest layer that works: --layer {nearest}" if nearest else ""
@@ -240,6 +242,9 @@ class Explainer:
         return out
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
+        if (type(x) is np.ndarray and x.shape[1:] == self._input_tail
+                and x.dtype == self.input_dtype and x.flags.c_contiguous):
+            return x  # the common case, checked in one go
         x = np.asarray(x)
         if x.ndim == 3:
             x = x[None]
@@ -251,6 +256,12 @@ class Explainer:
             raise OnnxGradCamError(f"input batch has shape {x.shape}; the model's input "
                                    f"{self.model.input_name!r} is {expected}")
         return np.ascontiguousarray(x, dtype=self.input_dtype)
+
+    @cached_property
+    def _input_tail(self) -> tuple[int, ...] | None:
+        """The input's static (C, H, W)/(H, W, C), or None where a dim is symbolic."""
+        tail = tuple(self.model.input_shape[1:])
+        return None if None in tail or len(tail) != 3 else tail  # type: ignore[return-value]
 
     @cached_property
     def input_dtype(self) -> np.dtype:
@@ -270,11 +281,13 @@ class Explainer:
              session: ort.InferenceSession | None = None) -> list[np.ndarray]:
         """Fetch ``names`` for a batch, in chunks of ``batch_size``."""
         session = session or self.session
-        if len(x) <= self.batch_size:
-            return session.run(names, {self.model.input_name: x, TARGET: targets})
-        chunks = [session.run(names, {self.model.input_name: x[i:i + self.batch_size],
-                                      TARGET: targets[i:i + self.batch_size]})
-                  for i in range(0, len(x), self.batch_size)]
+        with_target = TARGET in {i.name for i in session.get_inputs()}
+        chunks = []
+        for i in range(0, len(x), self.batch_size):
+            feeds = {self.model.input_name: x[i:i + self.batch_size]}
+            if with_target:
+                feeds[TARGET] = targets[i:i + self.batch_size]
+            chunks.append(session.run(names, feeds))
         if len(chunks) == 1:
             return chunks[0]
         return [np.concatenate(parts) for parts in zip(*chunks)]
@@ -288,14 +301,12 @@ class Explainer:
         explains) and the heatmaps are left to :func:`postprocess` (None)."""
         names = [*graph.activations, *graph.gradients]
         if graph.coarse:
-            scores, resolved, *coarse, cams = fetch(self._session(graph), [
-                SCORES, TARGETS, *graph.coarse, graph.cams])
+            scores, resolved, *coarse, cams = fetch(self._session(graph), graph.map_outputs)
 
             def tensors() -> LayerTensors:
                 return self._layer_tensors(fetch(self._session(graph, tensors=True), names))
 
-            return Maps(scores, resolved, [c.reshape(len(c), *c.shape[2:]) for c in coarse],
-                        cams.reshape(len(cams), *cams.shape[2:]), tensors)
+            return Maps(scores, resolved, [c[:, 0] for c in coarse], cams[:, 0], tensors)
         scores, resolved, *rest = fetch(self._session(graph), [SCORES, TARGETS, *names])
         acts, grads = self._layer_tensors(rest)
         xs = x if rows is None else x[rows]
@@ -351,14 +362,35 @@ class Explainer:
         start = time.perf_counter()
         x = self._check_input(x)
         checked = self.check_targets(targets, len(x))
-        graph = self.graph if targets is None or (checked >= -1).all() else self.ranked_graph
+        graph = self._graph_for(targets, checked)
+        if graph.cams and len(x) <= self.batch_size:  # one run gives everything: no detours
+            feeds = {self.model.input_name: x}
+            if graph.takes_target:
+                feeds[TARGET] = checked
+            scores, resolved, *coarse, cams = self._session(graph).run(graph.map_outputs, feeds)
+            return self._result(start, cams[:, 0], coarse[0][:, 0], resolved, scores,
+                                partial(self._fetch_tensors, graph, x, checked))
         maps = self._maps(graph, lambda session, names: self._run(names, x, checked, session), x)
-        return Explanation(maps.heatmaps(self._size(x)),
-                           maps.coarse[0].astype(np.float32, copy=False),
-                           maps.targets.astype(np.int64, copy=False),
-                           maps.scores.astype(np.float32, copy=False), maps.tensors,
-                           self.method.name, list(self.layer_names), self.score_kind, self.provider,
-                           time.perf_counter() - start)
+        cams = maps.cams if maps.cams is not None else postprocess(maps.coarse, self._size(x))
+        return self._result(start, cams, maps.coarse[0], maps.targets, maps.scores, maps.tensors)
+
+    def _result(self, start: float, cams: np.ndarray, coarse: np.ndarray, targets: np.ndarray,
+                scores: np.ndarray, tensors: LayerTensors | Callable[[], LayerTensors]
+                ) -> Explanation:
+        f32 = _FLOAT32  # a float32 model's outputs need no conversion (nor the call to skip it)
+        return Explanation(cams if cams.dtype is f32 else cams.astype(f32),
+                           coarse if coarse.dtype is f32 else coarse.astype(f32),
+                           targets.astype(np.int64, copy=False),
+                           scores if scores.dtype is f32 else scores.astype(f32), tensors,
+                           self.method.name, list(self.layer_names), self.score_kind,
+                           self.provider, time.perf_counter() - start)
+
+    def _fetch_tensors(self, graph: ExplainerModel, x: np.ndarray,
+                       targets: np.ndarray) -> LayerTensors:
+        """The layer tensors of a batch, from the full graph (on first access: see
+        :class:`Explanation`)."""
+        return self._layer_tensors(self._run([*graph.activations, *graph.gradients], x, targets,
+                                             self._session(graph, tensors=True)))
 
     def explain_many(self, x: np.ndarray, targets: np.ndarray | None = None,
                      top_k: int | None = None) -> Explanation:
@@ -412,7 +444,13 @@ class Explainer:
     @property
     def ranked_graph(self) -> ExplainerModel:
         """The explainer graph whose target input also takes rank codes (:meth:`_graph`)."""
-        return self._graph(ranks=True)
+        return self._graph("ranks")
+
+    def _graph_for(self, targets: Targets, checked: np.ndarray) -> ExplainerModel:
+        """The cheapest graph that understands these targets."""
+        if targets is None or (checked == -1).all():
+            return self.graph
+        return self._graph("classes") if (checked >= -1).all() else self.ranked_graph
 
     @property
     def rows_graph(self) -> ExplainerModel:

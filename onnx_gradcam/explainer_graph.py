@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import onnx
@@ -50,6 +51,12 @@ class ExplainerModel:
     #: post-processed heatmap ``ogc_cams`` (N, 1, H, W) (CAM_CONVENTIONS.md, steps 1-4)
     normalised: list[str] = field(default_factory=list)
     cams: str | None = None
+    takes_target: bool = True  # whether the graph has the input ``ogc_target``
+
+    @cached_property
+    def map_outputs(self) -> list[str]:
+        """What a map session fetches: scores, targets, the coarse maps and the heatmaps."""
+        return [SCORES, TARGETS, *self.coarse, *([self.cams] if self.cams else [])]
 
     def maps_model(self) -> onnx.ModelProto:
         """The graph with only the outputs a map needs (scores, targets, coarse maps), so ONNX
@@ -59,7 +66,7 @@ class ExplainerModel:
             return self.model
         model = onnx.ModelProto()
         model.CopyFrom(self.model)
-        wanted = {SCORES, TARGETS, *self.coarse, *([self.cams] if self.cams else [])}
+        wanted = set(self.map_outputs)
         keep = [o for o in model.graph.output if o.name in wanted]
         del model.graph.output[:]
         model.graph.output.extend(keep)
@@ -170,7 +177,7 @@ def replicate_head(info: GraphInfo, activation: str, score: str, rows: str, tag:
 def explainer_model(info: GraphInfo, activations: list[str], score: str,
                     with_gradient: bool = True, rows: bool = False,
                     builder: str = "onnx", cam: GraphCam | None = None,
-                    layouts: Sequence[str] = (), ranks: bool = True,
+                    layouts: Sequence[str] = (), targets: str = "ranks",
                     input_layout: str = "NCHW") -> ExplainerModel:
     """The full explainer graph (see module docstring) for one or more target layers.
     ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C).
@@ -183,8 +190,11 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     graph also outputs each layer's coarse map (``ogc_coarse``, ``ogc_coarse_1``, …) and the
     post-processed heatmap ``ogc_cams`` at the size of the input (whose ``input_layout`` says
     where its height and width are).
-    Without ``ranks``, ``ogc_target`` takes only −1 (argmax) and class indices
-    (:func:`~onnx_gradcam.autodiff.builder.resolve_targets`).
+    ``targets`` says what ``ogc_target`` takes: ``ranks``, class indices and rank codes −1, −2,
+    … (−r: the r-th best class); ``classes``, class indices and −1 (argmax) only (no sort,
+    :func:`~onnx_gradcam.autodiff.builder.resolve_targets`); ``argmax``: the graph has no
+    ``ogc_target`` input and explains each sample's best class (two nodes and one feed fewer,
+    for the common call).
     """
     build = gradient_builder(builder)
     dtype = info.dtype(score)
@@ -192,9 +202,14 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     score_shape = info.shapes.get(score)
     two_d = score_shape is not None and len(score_shape) == 2
     score2d = score if two_d else op.Flatten(score, axis=1)
-    extra_inputs = [_value(TARGET, np.dtype(np.int64), ["M"])]
+    if targets not in ("ranks", "classes", "argmax"):
+        raise ValueError(f"targets must be ranks, classes or argmax, not {targets!r}")
+    rows = rows and with_gradient
+    ranks = targets == "ranks" or rows
+    target = TARGET if targets != "argmax" or rows else None
+    extra_inputs = [_value(TARGET, np.dtype(np.int64), ["M"])] if target else []
     heads: list[tuple[GraphInfo, str, str]] = [(info, a, score) for a in activations]
-    if rows and with_gradient:
+    if rows:
         extra_inputs.append(_value(ROWS, np.dtype(np.int64), ["M"]))
         copies, replicated = [], []
         for index, activation in enumerate(activations):
@@ -208,8 +223,8 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
         base_nodes = copies
     else:
         base_nodes = []
-    seed_scores = op.Flatten(heads[0][2], axis=1) if rows and with_gradient else score2d
-    seed2d, resolved = seed_one_hot(op, seed_scores, TARGET, info.class_count(score), ranks)
+    seed_scores = op.Flatten(heads[0][2], axis=1) if rows else score2d
+    seed2d, resolved = seed_one_hot(op, seed_scores, target, info.class_count(score), ranks)
     nodes = base_nodes + list(op.nodes)
     inits = list(op.initializers)
     outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
@@ -255,7 +270,8 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
         inits += post.initializers
         outputs.append((CAMS, info.dtype(activations[0]), _input_maps_shape(info, input_layout)))
     model = _assemble(info, nodes, inits, extra_inputs, outputs)
-    return ExplainerModel(model, list(activations), gradients, head, coarse, normalised, cams)
+    return ExplainerModel(model, list(activations), gradients, head, coarse, normalised, cams,
+                          target is not None)
 
 
 def _input_hw(info: GraphInfo, layout: str) -> tuple[str, int, tuple[int | None, ...]]:

@@ -128,12 +128,15 @@ def _prune(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], output: s
     return kept, [t for t in inits if t.name in needed]
 
 
-def resolve_targets(op: Emitter, score2d: str, target: str, classes: int | None = None,
+def resolve_targets(op: Emitter, score2d: str, target: str | None, classes: int | None = None,
                     ranks: bool = True) -> str:
     """Class indices (M,) for int64 ``target`` (M,) over scores (M, C): a target ≥ 0 is a class;
     −r picks the class ranked r-th by score (−1 = argmax, −2 = runner-up, …). A static class
     count ``classes`` saves the shape arithmetic. Without ``ranks`` only −1 (argmax) and class
-    indices are understood: one ArgMax instead of a full sort and a gather."""
+    indices are understood: one ArgMax instead of a full sort and a gather; with no ``target``
+    at all, each sample's argmax."""
+    if target is None:
+        return op.ArgMax(score2d, axis=1, keepdims=0)
     if not ranks:
         best = op.ArgMax(score2d, axis=1, keepdims=0)
         return op.Where(op.Less(target, op.const(0)), best, target)
@@ -145,7 +148,7 @@ def resolve_targets(op: Emitter, score2d: str, target: str, classes: int | None 
     return op.Where(op.Less(target, op.const(0)), by_rank, target)
 
 
-def seed_one_hot(op: Emitter, score2d: str, target: str, classes: int | None = None,
+def seed_one_hot(op: Emitter, score2d: str, target: str | None, classes: int | None = None,
                  ranks: bool = True) -> tuple[str, str]:
     """One-hot cotangent (M, C) for the targets of :func:`resolve_targets`.
 
