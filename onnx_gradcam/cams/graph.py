@@ -56,7 +56,11 @@ def gradcam_plusplus(op: Emitter, acts: Value, grads: Value) -> Value:
     alpha = op.Div(g2, op.Add(op.Add(op.Mul(g2, 2.0), op.Mul(sum_a, g3)), 1e-6))
     alpha = op.Where(op.Equal(grads, 0.0), 0.0, alpha)
     weights = op.reduce("ReduceSum", op.Mul(op.Relu(grads), alpha), [2, 3])
-    return weighted_sum(op, weights, acts)
+    # G may come as a spatial broadcast (N, K, 1, 1): then each term stands for Size(A)/Size(G)
+    # = h·w equal ones (a factor of 1 for the full G)
+    repeats = op.Cast(op.Div(op.Size(acts), op.Size(grads)),
+                      to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
+    return weighted_sum(op, op.Mul(weights, repeats), acts)
 
 
 def xgradcam(op: Emitter, acts: Value, grads: Value) -> Value:
@@ -76,10 +80,11 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
     """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC.
 
     ``pooled``: a tensor of G's rank that G is a broadcast of (the gradient of a global average
-    pooling head), and its size-1 axes. Grad-CAM needs only the spatial mean of G, which is
-    then the spatial mean of ``pooled``, or ``pooled`` itself where it has size 1 on both
-    spatial axes: the full-size G is never formed (an Expand and a ReduceMean over K·h·w values
-    saved, ~5 % of a small model's inference)."""
+    pooling head), and its size-1 axes. Where it has size 1 on both spatial axes (G the same at
+    every position), the full-size G is never formed (an Expand, and the methods' products, of
+    K·h·w values saved: ~5 % of a small model's inference): Grad-CAM's weights are ``pooled``
+    itself, and the methods of :data:`BROADCAST_SAFE` take it in G's place (ONNX broadcasting
+    gives the same values). Where it pools only part of the space, Grad-CAM takes its mean."""
     to_nchw = [0, 3, 1, 2]
     value, size_one = pooled if pooled is not None else (None, ())
     if layout == "NHWC":
@@ -88,13 +93,45 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
         if shape is not None:
             op.shapes[acts] = tuple(shape[i] for i in to_nchw)
         size_one = tuple(to_nchw.index(a) for a in size_one)
-        if value is not None and not {2, 3} <= set(size_one):
-            value = op.Transpose(value, perm=to_nchw)
-    if method is not gradcam or value is None or 1 in size_one:  # (a channel broadcast too)
+    if value is None or 1 in size_one:  # no pooled gradient, or a channel broadcast too
         return method(op, acts, grads)
-    if {2, 3} <= set(size_one):  # (N, K, 1, 1) or (N, 1, 1, K): the weights once flattened
+    constant = {2, 3} <= set(size_one)
+    if method is gradcam and constant:  # (N, K, 1, 1) or (N, 1, 1, K): flattened, the weights
         return weighted_sum(op, value, acts)
-    return weighted_sum(op, op.reduce("ReduceMean", value, [2, 3]), acts)
+    value = op.Transpose(value, perm=to_nchw) if layout == "NHWC" else value
+    if method is gradcam:
+        return weighted_sum(op, op.reduce("ReduceMean", value, [2, 3]), acts)
+    if constant and method in CONSTANT_G:
+        return CONSTANT_G[method](op, acts, value)
+    return method(op, acts, value if constant and method in BROADCAST_SAFE else grads)
+
+
+def _hirescam_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
+    """HiRes-CAM for G = g_k at every position: Σ_k g_k A_k, Grad-CAM's weighted sum."""
+    return weighted_sum(op, g, acts)
+
+
+def _layercam_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
+    """Layer-CAM for G = g_k at every position: Σ_k relu(g_k) A_k."""
+    return weighted_sum(op, op.Relu(g), acts)
+
+
+def _xgradcam_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
+    """XGrad-CAM for G = g_k at every position: w_k = g_k·S_k / (S_k + 1e-7), S = Σ_ab A."""
+    sum_a = op.reduce("ReduceSum", acts, [2, 3])
+    return weighted_sum(op, op.Div(op.Mul(g, sum_a), op.Add(sum_a, 1e-7)), acts)
+
+
+#: Methods that give the same map when a spatially constant G comes as (N, K, 1, 1): G meets A
+#: only element-wise, or (Grad-CAM++) its sums over the positions count the broadcast.
+BROADCAST_SAFE: set[GraphCam] = {hirescam, gradcam_elementwise, gradcam_plusplus, xgradcam,
+                                 layercam}
+
+#: The same maps for a spatially constant G (N, K, 1, 1), written as one weighted sum
+#: (a batched MatMul instead of products and sums over K·h·w values)
+CONSTANT_G: dict[GraphCam, GraphCam] = {hirescam: _hirescam_constant_g,
+                                        layercam: _layercam_constant_g,
+                                        xgradcam: _xgradcam_constant_g}
 
 
 #: The methods an exported model can compute: one gradient pass, then element-wise math.
