@@ -255,3 +255,23 @@ def test_every_rule_has_a_case() -> None:
 
 def test_non_differentiable_ops_have_no_rule() -> None:
     assert not set(VJP_RULES) & NON_DIFFERENTIABLE
+
+
+def test_numbers_beside_tensors_of_known_rank_become_unit_constants_of_that_rank() -> None:
+    """ONNX Runtime runs (N, C, 1, 1) against a rank-0 scalar one element at a time, so the
+    emitter gives numbers (and forward scalar constants) the other operands' rank; Clip's
+    bounds stay scalars (its schema wants them so)."""
+    from onnx import numpy_helper
+
+    from onnx_gradcam.autodiff.emitter import Emitter
+
+    op = Emitter(opset=17, dtype=np.dtype(np.float32), shapes={"x": (None, 8, 1, 1)},
+                 constants={"six": np.array(6.0, np.float32)})
+    mask = op.Greater("x", 0.0)
+    op.Where(mask, op.Mul("x", "six"), 0.0)
+    op.Clip("x", 0.0, 6.0)
+    shapes = {t.name: numpy_helper.to_array(t).shape for t in op.initializers}
+    for node in op.nodes:
+        consts = [shapes[i] for i in node.input if i in shapes]
+        want = () if node.op_type == "Clip" else (1, 1, 1, 1)
+        assert consts and all(s == want for s in consts), (node.op_type, consts)

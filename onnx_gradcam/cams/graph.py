@@ -87,6 +87,9 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
     gives the same values). Where it pools only part of the space, Grad-CAM takes its mean."""
     to_nchw = [0, 3, 1, 2]
     value, size_one = pooled if pooled is not None else (None, ())
+    for tensor in (grads, value):
+        if tensor is not None:
+            op.know_rank(tensor, 4)
     if layout == "NHWC":
         shape = op.shape(acts)
         acts, grads = op.Transpose(acts, perm=to_nchw), op.Transpose(grads, perm=to_nchw)
