@@ -20,7 +20,9 @@ def projection_2d(maps: np.ndarray) -> np.ndarray:
     flipped sign flips the whole map). See :func:`first_component` for how V₀ is found cheaply
     with the sign ``np.linalg.svd`` gives (checked against its output in tests/test_cams.py and
     against pytorch-grad-cam's in tests/test_torch_parity.py)."""
-    maps = np.nan_to_num(np.float32(maps), nan=0.0)
+    maps = np.asarray(maps, dtype=np.float32)
+    if not np.isfinite(maps).all():  # one pass to look; a copy only when something needs it
+        maps = np.nan_to_num(maps, nan=0.0)
     out = []
     # factorisations this small gain nothing from BLAS threads, and lose 100x when those
     # threads wait on cores ONNX Runtime's thread pool (or another process) is spinning on
