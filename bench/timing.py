@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 
 def interleaved_medians(first: Callable[[], object], second: Callable[[], object],
-                        repeats: int, warmup: int = 1, block: int | None = None
-                        ) -> tuple[float, float]:
+                        repeats: int, warmup: int = 1, block: int | None = None,
+                        pause: float = 0.02) -> tuple[float, float]:
     """Median seconds of ``first`` and of ``second`` over ``repeats`` calls each, run in
     alternating blocks so that load drift hits both alike.
 
@@ -18,7 +18,11 @@ def interleaved_medians(first: Callable[[], object], second: Callable[[], object
     *other* session's run competes with those spinning threads (on 2 cores this added up to
     40 % to a 0.5 ms inference, and which side it hit depended on the order). ``block``
     defaults to enough calls for ~50 ms per block, at least one; calls that long (one per
-    block) skip the per-block warm-up, which would triple the run for nothing measurable."""
+    block) skip the per-block warm-up, which would triple the run, and are preceded by an
+    untimed ``pause`` instead, long enough for the other session's pool threads to stop
+    spinning. Without it the side whose call ends in Python work (Eigen-CAM's SVDs) measured
+    +8 %: its ONNX Runtime run always started right after the other session's, never the
+    other way round."""
     for _ in range(warmup):
         first()
         second()
@@ -34,6 +38,8 @@ def interleaved_medians(first: Callable[[], object], second: Callable[[], object
         for fn, out in ((first, a), (second, b)):
             for _ in range(rewarm):
                 fn()
+            if block == 1:
+                time.sleep(pause)
             for _ in range(count):
                 t0 = time.perf_counter()
                 fn()
