@@ -40,7 +40,8 @@ from onnx_gradcam.model import (
 from onnx_gradcam.runtime import make_session
 
 Targets = int | Sequence[int] | np.ndarray | None
-Fetch = Callable[[ort.InferenceSession, list[str]], list[np.ndarray]]
+#: fetch(tensors, names): ``names`` from a graph's maps session, or (``tensors``) its full one
+Fetch = Callable[[bool, list[str]], list[np.ndarray]]
 _GRAPH_CACHE: dict[tuple, ExplainerModel] = {}
 _FLOAT32 = np.dtype(np.float32)
 
@@ -166,7 +167,7 @@ class Explainer:
 
     def _build(self, rows: bool = False, targets: str = "ranks") -> ExplainerModel:
         return explainer_model(
-            self.model.info, [la.name for la in self.layers], self.score,
+            self.model.info, self.layer_names, self.score,
             self.method.needs_gradient, rows=rows, builder=self.gradient_builder,
             cam=self.graph_cam, layouts=[la.layout for la in self.layers], targets=targets,
             input_layout=self.model.input_layout)
@@ -177,7 +178,7 @@ class Explainer:
         sample's best class; ``classes`` takes class indices and −1; ``ranks`` also rank codes
         −2, −3, … (a full sort of the scores per sample)."""
         cam = self.method.name if self.graph_cam else None
-        key = (self._digest, tuple(la.name for la in self.layers), self.score,
+        key = (self._digest, tuple(self.layer_names), self.score,
                self.method.needs_gradient, self.gradient_builder, cam, targets)
         if key not in _GRAPH_CACHE:
             try:
@@ -277,15 +278,16 @@ class Explainer:
                                                self._threads)
         return self._sessions[key]
 
-    def _run(self, names: list[str], x: np.ndarray, targets: np.ndarray,
-             session: ort.InferenceSession | None = None) -> list[np.ndarray]:
-        """Fetch ``names`` for a batch, in chunks of ``batch_size``."""
-        session = session or self.session
-        with_target = TARGET in {i.name for i in session.get_inputs()}
+    def _run(self, names: list[str], x: np.ndarray, graph: ExplainerModel,
+             targets: np.ndarray | None = None, tensors: bool = False) -> list[np.ndarray]:
+        """Fetch ``names`` for a batch from ``graph``'s session (:meth:`_session`), in chunks of
+        ``batch_size``; ``targets`` feed ``ogc_target`` where the graph takes one."""
+        session = self._session(graph, tensors)
         chunks = []
         for i in range(0, len(x), self.batch_size):
             feeds = {self.model.input_name: x[i:i + self.batch_size]}
-            if with_target:
+            if graph.takes_target:
+                assert targets is not None
                 feeds[TARGET] = targets[i:i + self.batch_size]
             chunks.append(session.run(names, feeds))
         if len(chunks) == 1:
@@ -295,19 +297,19 @@ class Explainer:
     def _maps(self, graph: ExplainerModel, fetch: Fetch, x: np.ndarray,
               rows: np.ndarray | None = None) -> Maps:
         """Scores, resolved targets, coarse maps per layer, heatmaps and layer tensors from
-        ``graph`` run by ``fetch(session, names)``. Where the graph computes the map, only the
+        ``graph`` run by ``fetch`` (:data:`Fetch`). Where the graph computes the map, only the
         maps are fetched and the layer tensors are a function that fetches them from the full
         graph; else the maps are computed here (``rows``: the sample each gradient row
         explains) and the heatmaps are left to :func:`postprocess` (None)."""
         names = [*graph.activations, *graph.gradients]
         if graph.coarse:
-            scores, resolved, *coarse, cams = fetch(self._session(graph), graph.map_outputs)
+            scores, resolved, *coarse, cams = fetch(False, graph.map_outputs)
 
             def tensors() -> LayerTensors:
-                return self._layer_tensors(fetch(self._session(graph, tensors=True), names))
+                return self._layer_tensors(fetch(True, names))
 
             return Maps(scores, resolved, [c[:, 0] for c in coarse], cams[:, 0], tensors)
-        scores, resolved, *rest = fetch(self._session(graph), [SCORES, TARGETS, *names])
+        scores, resolved, *rest = fetch(False, [SCORES, TARGETS, *names])
         acts, grads = self._layer_tensors(rest)
         xs = x if rows is None else x[rows]
         coarse = [self._coarse(a if rows is None else a[rows], g, xs, resolved)
@@ -326,7 +328,7 @@ class Explainer:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Scores (N, C) of a preprocessed batch (used by Score-CAM's masked passes)."""
         x = self._check_input(x)
-        return self._run([SCORES], x, np.full(len(x), -1, dtype=np.int64))[0]
+        return self._run([SCORES], x, self.graph)[0]  # the argmax graph: no targets
 
     def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC)."""
@@ -370,9 +372,10 @@ class Explainer:
             scores, resolved, *coarse, cams = self._session(graph).run(graph.map_outputs, feeds)
             return self._result(start, cams[:, 0], coarse[0][:, 0], resolved, scores,
                                 partial(self._fetch_tensors, graph, x, checked))
-        maps = self._maps(graph, lambda session, names: self._run(names, x, checked, session), x)
-        cams = maps.cams if maps.cams is not None else postprocess(maps.coarse, self._size(x))
-        return self._result(start, cams, maps.coarse[0], maps.targets, maps.scores, maps.tensors)
+        maps = self._maps(graph, lambda tensors, names: self._run(names, x, graph, checked,
+                                                                   tensors), x)
+        return self._result(start, maps.heatmaps(self._size(x)), maps.coarse[0], maps.targets,
+                            maps.scores, maps.tensors)
 
     def _result(self, start: float, cams: np.ndarray, coarse: np.ndarray, targets: np.ndarray,
                 scores: np.ndarray, tensors: LayerTensors | Callable[[], LayerTensors]
@@ -389,8 +392,8 @@ class Explainer:
                        targets: np.ndarray) -> LayerTensors:
         """The layer tensors of a batch, from the full graph (on first access: see
         :class:`Explanation`)."""
-        return self._layer_tensors(self._run([*graph.activations, *graph.gradients], x, targets,
-                                             self._session(graph, tensors=True)))
+        return self._layer_tensors(self._run([*graph.activations, *graph.gradients], x, graph,
+                                             targets, tensors=True))
 
     def explain_many(self, x: np.ndarray, targets: np.ndarray | None = None,
                      top_k: int | None = None) -> Explanation:
@@ -416,8 +419,8 @@ class Explainer:
             results = [self.explain(x, codes[:, r]) for r in range(k)]
             return self._stack(results, start)
         feeds = {self.model.input_name: x, TARGET: flat, ROWS: rows}
-        maps = self._maps(self.rows_graph, lambda session, names: session.run(names, feeds), x,
-                          rows)
+        maps = self._maps(self.rows_graph, lambda tensors, names: self._session(
+            self.rows_graph, tensors).run(names, feeds), x, rows)
         size = self._size(x)
         coarse = maps.coarse[0]
         return Explanation(maps.heatmaps(size).reshape(n, k, *size),

@@ -59,7 +59,7 @@ class ExplainerModel:
         return [SCORES, TARGETS, *self.coarse, *([self.cams] if self.cams else [])]
 
     def maps_model(self) -> onnx.ModelProto:
-        """The graph with only the outputs a map needs (scores, targets, coarse maps), so ONNX
+        """The graph with only the outputs a map needs (:attr:`map_outputs`), so ONNX
         Runtime drops what only the layer tensors' outputs need; the full model where the map
         is not computed in the graph."""
         if not self.coarse:
@@ -274,7 +274,7 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
                           target is not None)
 
 
-def _input_hw(info: GraphInfo, layout: str) -> tuple[str, int, tuple[int | None, ...]]:
+def input_hw(info: GraphInfo, layout: str) -> tuple[str, int, tuple[int | None, ...]]:
     """The image input's name, the axis its height starts at, and its static (H, W)."""
     name = info.graph_inputs[0]
     first = 2 if layout == "NCHW" else 1
@@ -284,11 +284,11 @@ def _input_hw(info: GraphInfo, layout: str) -> tuple[str, int, tuple[int | None,
 
 def _input_size(op: Emitter, info: GraphInfo, layout: str) -> tuple[int, int] | str:
     """The input's (H, W): static, else read from its shape in the graph."""
-    name, first, (h, w) = _input_hw(info, layout)
+    name, first, (h, w) = input_hw(info, layout)
     return (h, w) if h is not None and w is not None else op.dims(name, first, first + 2)
 
 
 def _input_maps_shape(info: GraphInfo, layout: str) -> tuple[int | None, ...]:
     """(N, 1, H, W) of the heatmaps of the input's batch."""
-    name, _, hw = _input_hw(info, layout)
+    name, _, hw = input_hw(info, layout)
     return ((info.shapes.get(name) or (None,))[0], 1, *hw)

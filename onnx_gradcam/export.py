@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH
 from onnx_gradcam.errors import OnnxGradCamError
-from onnx_gradcam.explainer_graph import TARGET, TARGETS
+from onnx_gradcam.explainer_graph import TARGET, TARGETS, input_hw
 from onnx_gradcam.images import atomic_write
 from onnx_gradcam.metadata import PREFIX, write_metadata
 from onnx_gradcam.passes import simplify
@@ -170,9 +170,7 @@ def _output_infos(explainer: Explainer, upsample: bool) -> list[onnx.ValueInfoPr
     out = [helper.make_tensor_value_info(CAM_COARSE, elem, [n, h or "h", w or "w"]),
            helper.make_tensor_value_info(CAM_TARGET, onnx.TensorProto.INT64, [n])]
     if upsample:
-        source = explainer.model
-        first = 2 if source.input_layout == "NCHW" else 1
-        height, width = source.input_shape[first], source.input_shape[first + 1]
+        height, width = input_hw(source.info, source.input_layout)[2]
         out.insert(0, helper.make_tensor_value_info(CAM, elem, [n, height or "H",
                                                                 width or "W"]))
     return out

@@ -173,22 +173,11 @@ def linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(left, 0, src - 1), frac
 
 
-def linear_weights(src: int, dst: int) -> np.ndarray:
-    """The (dst, src) matrix of :func:`linear_taps`: row x holds 1 − frac at left and frac at
-    left + 1."""
-    left, frac = linear_taps(src, dst)
-    weights = np.zeros((dst, src), dtype=np.float32)
-    rows = np.arange(dst)
-    weights[rows, left] = np.float32(1) - frac
-    inside = left + 1 < src
-    weights[rows[inside], left[inside] + 1] += frac[inside]
-    return weights
-
-
 def _interpolation(op: Emitter, src: int, dst: int) -> Value:
-    """:func:`linear_weights` as a few nodes on its (dst,)-vectors that ONNX Runtime folds
-    into a constant when the session loads: the file holds 12·dst bytes, not 4·dst·src. (A
-    ``left + 1`` past the end is a one-hot row of zeros, and its weight is 0 anyway.)"""
+    """The (dst, src) matrix of :func:`linear_taps` (row x: 1 − frac at left, frac at
+    left + 1) as a few nodes on its (dst,)-vectors that ONNX Runtime folds into a constant when
+    the session loads: the file holds 12·dst bytes, not 4·dst·src. (A ``left + 1`` past the end
+    is a one-hot row of zeros, and its weight is 0 anyway.)"""
     left, frac = linear_taps(src, dst)
     values = op.const(np.array([0, 1], dtype=np.float32))
     depth = op.const(src)
