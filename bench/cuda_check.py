@@ -1,12 +1,14 @@
 """The CUDA provider path, proven on a GPU machine (run by hand; CI has no GPU).
 
-    python bench/cuda_check.py [--out DIR]
+    python bench/cuda_check.py [--out DIR] [--repeats 30]
 
-For each model (the torch-exported fixture ResNet at three layers, and a ResNet-50 built with
-onnx.helper): Explainer on provider "cuda" vs "cpu" — the provider that really ran, the max
-relative difference of gradients and cams — and, on CUDA, median explain ÷ plain inference at
-batch 1 and 16. Also checks that provider "auto" picks CUDA there. Prints a table; with --out
-writes cuda_check.json.
+For each model (the demo model, the torch-exported fixture ResNet at three layers, and a
+ResNet-50 built with onnx.helper): ``Explainer`` on CUDA vs on the CPU — the provider that
+really ran, the max relative difference of the gradients with ONNX Runtime's default TF32 math
+and with ``use_tf32=0``, and of the cams — and, on CUDA, median ``explain`` ÷ plain inference
+at batch 1 and 16 (default options, like a user's ``--provider cuda``). Also checks that
+provider ``auto`` picks CUDA there. Prints one JSON line per case; with --out writes
+cuda_check.json.
 """
 
 from __future__ import annotations
@@ -28,23 +30,30 @@ from bench.timing import interleaved_medians  # noqa: E402
 from onnx_gradcam.runtime import make_session  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "torch"
+EXACT = [("CUDAExecutionProvider", {"use_tf32": 0})]
 
 
 def cases():
+    rng = np.random.default_rng(0)
+    yield "demo last", onnx.load(str(ROOT / "models" / "demo.onnx")), None, rng.standard_normal(
+        (4, 3, 96, 96)).astype(np.float32)
     manifest = json.loads((FIXTURES / "manifest.json").read_text())
     x = np.load(FIXTURES / "expected.npz")["input"]
     model = onnx.load(str(FIXTURES / "resnet_gap.onnx"))
     for layer in ("last", "mid", "early"):
         yield f"torch-resnet {layer}", model, manifest["models"]["gap"]["layers"][layer][
             "onnx_tensor"], x
-    big = resnet()
-    yield "resnet50 last", big, None, np.random.default_rng(0).standard_normal(
-        (4, 3, 224, 224)).astype(np.float32)
+    yield "resnet50 last", resnet(), None, rng.standard_normal((4, 3, 224, 224)).astype(
+        np.float32)
 
 
-def timing(model, layer, x, provider, repeats=10):
-    ex = og.Explainer(model, layer=layer, providers=provider)
-    plain = make_session(model.SerializeToString(), provider)
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def timing(model, layer, x, repeats):
+    ex = og.Explainer(model, layer=layer, providers="cuda")
+    plain = make_session(model.SerializeToString(), "cuda")
     feed = {ex.model.input_name: x}
     return interleaved_medians(lambda: ex.explain(x), lambda: plain.run(None, feed), repeats)
 
@@ -52,6 +61,7 @@ def timing(model, layer, x, provider, repeats=10):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     import onnxruntime as ort
 
@@ -62,22 +72,24 @@ def main() -> None:
     print("provider auto ->", auto)
     rows = []
     for name, model, layer, x in cases():
+        ref = og.Explainer(model, layer=layer, providers="cpu").explain(x)
         gpu = og.Explainer(model, layer=layer, providers="cuda")
-        cpu = og.Explainer(model, layer=layer, providers="cpu")
-        rg, rc = gpu.explain(x), cpu.explain(x)
-        g_rel = float(np.abs(rg.gradients[0] - rc.gradients[0]).max()
-                      / np.abs(rc.gradients[0]).max())
-        cam = float(np.abs(rg.cams - rc.cams).max())
-        row = {"case": name, "provider": gpu.provider, "grad_max_rel_diff": g_rel,
-               "cam_max_abs_diff": cam, "targets_equal": bool((rg.targets == rc.targets).all())}
+        fast = gpu.explain(x)
+        exact = og.Explainer(model, layer=layer, providers=EXACT).explain(x)
+        row = {"case": name, "provider": gpu.provider,
+               "grad_rel_tf32": relative(fast.gradients[0], ref.gradients[0]),
+               "grad_rel_exact": relative(exact.gradients[0], ref.gradients[0]),
+               "cam_abs_tf32": float(np.abs(fast.cams - ref.cams).max()),
+               "cam_abs_exact": float(np.abs(exact.cams - ref.cams).max()),
+               "targets_equal": bool((fast.targets == ref.targets).all())}
         for batch in (1, 16):
             xb = np.concatenate([x] * (batch // len(x) + 1))[:batch]
-            e, p = timing(model, layer, xb, "cuda")
-            row[f"cuda_b{batch}_explain_ms"] = e * 1e3
-            row[f"cuda_b{batch}_plain_ms"] = p * 1e3
-            row[f"cuda_b{batch}_ratio"] = e / p
+            e, p = timing(model, layer, xb, args.repeats)
+            row[f"cuda_b{batch}_explain_ms"] = round(e * 1e3, 4)
+            row[f"cuda_b{batch}_plain_ms"] = round(p * 1e3, 4)
+            row[f"cuda_b{batch}_ratio"] = round(e / p, 4)
         rows.append(row)
-        print(json.dumps(row))
+        print(json.dumps(row), flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cuda_check.json").write_text(json.dumps(

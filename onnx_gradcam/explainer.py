@@ -37,7 +37,7 @@ from onnx_gradcam.model import (
     load_model,
     resolve_layer,
 )
-from onnx_gradcam.runtime import make_session
+from onnx_gradcam.runtime import Provider, make_session
 
 Targets = int | Sequence[int] | np.ndarray | None
 #: fetch(tensors, names): ``names`` from a graph's maps session, or (``tensors``) its full one
@@ -104,15 +104,16 @@ class Explainer:
     ``model``: a path or ``onnx.ModelProto``. ``layer``: an ONNX tensor name (or several, for a
     multi-layer map), ``None`` = the metadata's ``activation`` or the auto-detected last conv
     activation. ``method``: a key of :data:`onnx_gradcam.METHODS`. ``providers``: ``auto``,
-    ``cpu``, ``cuda`` or ORT provider names. ``score``: ``logits`` (pre-softmax, the default)
-    or ``probabilities`` (the model's own output). ``gradient_builder``: ``onnx`` (our VJP
-    rules, the default) or ``ort-training`` (onnxruntime-training's builder in its own venv,
-    lowered to standard ONNX; see :mod:`onnx_gradcam.autodiff.ort_training`).
+    ``cpu``, ``cuda`` or ORT providers (names or ``(name, options)`` pairs). ``score``:
+    ``logits`` (pre-softmax, the default) or ``probabilities`` (the model's own output).
+    ``gradient_builder``: ``onnx`` (our VJP rules, the default) or ``ort-training``
+    (onnxruntime-training's builder in its own venv, lowered to standard ONNX; see
+    :mod:`onnx_gradcam.autodiff.ort_training`).
     """
 
     def __init__(self, model: str | Path | onnx.ModelProto,
                  layer: str | Sequence[str] | None = None, method: str = "gradcam",
-                 providers: str | Sequence[str] | None = None, *,
+                 providers: str | Sequence[Provider] | None = None, *,
                  score: str = "logits", batch_size: int = 16, scorecam_batch: int = 32,
                  threads: int | None = None, aug_smooth: bool = False,
                  eigen_smooth: bool = False, gradient_builder: str = "onnx") -> None:

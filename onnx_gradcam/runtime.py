@@ -9,6 +9,11 @@ import onnxruntime as ort
 from onnx_gradcam.errors import OnnxGradCamError
 
 PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+Provider = str | tuple[str, dict[str, object]]  # an ORT provider name, or (name, its options)
+
+
+def _name(provider: Provider) -> str:
+    return provider if isinstance(provider, str) else provider[0]
 
 
 def _options(threads: int | None, quiet: bool) -> ort.SessionOptions:
@@ -20,10 +25,12 @@ def _options(threads: int | None, quiet: bool) -> ort.SessionOptions:
     return opts
 
 
-def make_session(model_bytes: bytes, provider: str | Sequence[str] | None = "auto",
+def make_session(model_bytes: bytes, provider: str | Sequence[Provider] | None = "auto",
                  threads: int | None = None) -> ort.InferenceSession:
     """A session on ``provider``: ``auto`` (CUDA if it initialises, else CPU), ``cpu``, ``cuda``,
-    or an explicit list of ORT provider names. ``session.get_providers()[0]`` says which ran."""
+    or an explicit list of ORT providers, each a name or ``(name, options)`` as ONNX Runtime
+    takes them (e.g. ``[("CUDAExecutionProvider", {"use_tf32": 0})]`` for exact float32
+    gradients on a GPU). ``session.get_providers()[0]`` says which ran."""
     if provider is None or provider == "auto":
         if "CUDAExecutionProvider" in ort.get_available_providers():
             ort.set_default_logger_severity(4)  # a machine without CUDA libraries is no error
@@ -43,7 +50,8 @@ def make_session(model_bytes: bytes, provider: str | Sequence[str] | None = "aut
         names = [PROVIDER_NAMES[provider]]
     else:
         names = list(provider)
-    if "CUDAExecutionProvider" in names and "CUDAExecutionProvider" not in (
+    first = _name(names[0])
+    if "CUDAExecutionProvider" in map(_name, names) and "CUDAExecutionProvider" not in (
             ort.get_available_providers()):
         raise OnnxGradCamError("provider cuda: this onnxruntime has no CUDA support; install "
                                "onnxruntime-gpu or use --provider cpu")
@@ -51,8 +59,8 @@ def make_session(model_bytes: bytes, provider: str | Sequence[str] | None = "aut
         session = ort.InferenceSession(model_bytes, _options(threads, quiet=False),
                                        providers=names)
     except Exception as exc:  # noqa: BLE001
-        raise OnnxGradCamError(f"cannot start ONNX Runtime on {names[0]}: {exc}") from None
-    if names[0] != session.get_providers()[0]:
-        raise OnnxGradCamError(f"{names[0]} could not start (no usable GPU or CUDA libraries); "
+        raise OnnxGradCamError(f"cannot start ONNX Runtime on {first}: {exc}") from None
+    if first != session.get_providers()[0]:
+        raise OnnxGradCamError(f"{first} could not start (no usable GPU or CUDA libraries); "
                                "use --provider cpu")
     return session

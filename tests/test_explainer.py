@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -122,6 +123,24 @@ def test_zero_gradient_gives_all_zero_map_not_nan() -> None:
     res = og.Explainer(model).explain(_batch(2))
     assert np.all(res.gradients[0] == 0)
     assert not np.isnan(res.cams).any() and np.all(res.cams == 0)
+
+
+def test_providers_take_ort_options_and_name_the_one_that_ran() -> None:
+    x = _batch(2)
+    plain = og.Explainer(small_cnn(), providers="cpu").explain(x)
+    ex = og.Explainer(small_cnn(), providers=[("CPUExecutionProvider", {})])
+    assert ex.provider == "CPUExecutionProvider"
+    np.testing.assert_array_equal(ex.explain(x).cams, plain.cams)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # onnxruntime (not -gpu)
+        with pytest.raises(og.OnnxGradCamError, match="no CUDA support"):
+            og.Explainer(small_cnn(), providers=[("CUDAExecutionProvider", {"use_tf32": 0})])
+    else:  # onnxruntime-gpu: on this CI machine without a GPU, a clear error, not a CPU fallback
+        try:
+            ex = og.Explainer(small_cnn(), providers=[("CUDAExecutionProvider", {"use_tf32": 0})])
+        except og.OnnxGradCamError as exc:
+            assert "CUDAExecutionProvider" in str(exc) and "\n" not in str(exc)
+        else:
+            assert ex.provider == "CUDAExecutionProvider"
 
 
 def test_out_of_range_target_is_one_clear_error() -> None:
