@@ -25,7 +25,8 @@ from onnx_gradcam.autodiff.builder import (
     seed_one_hot,
 )
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.cams.graph import GraphCam, combine, layer_coarse, normalise
+from onnx_gradcam.autodiff.summed import gradient_mean
+from onnx_gradcam.cams.graph import GraphCam, combine, gradcam, layer_coarse, normalise
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
 from onnx_gradcam.passes import simplify
@@ -250,8 +251,14 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
             cam_op = Emitter(opset=info.opset, dtype=info.dtype(activations[index]),
                              shapes=dict(head_info.shapes), prefix=f"ogc_cam{index}/")
             coarse.append(indexed(COARSE, index))
+            mean = None
+            if cam is gradcam and grad.pooled is None:
+                mean = gradient_mean(cam_op, head_info, activation,
+                                     1 if layouts[index] == "NCHW" else 3,
+                                     head_nodes(head_info, activation, head_score),
+                                     grad.cotangents)
             layer_map = layer_coarse(cam_op, cam, activation, grad.gradient, layouts[index],
-                                     grad.pooled)
+                                     grad.pooled, mean)
             nodes += [*cam_op.nodes, helper.make_node("Identity", [layer_map], [coarse[-1]])]
             inits += cam_op.initializers
             outputs.append((coarse[-1], info.dtype(activations[index]),

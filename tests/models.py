@@ -73,3 +73,67 @@ def nhwc_cnn() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+#: VGG-style heads after small_cnn's layer ``act`` (N, 8, 8, 8): pooling, flattening and a
+#: product with a weight matrix (see onnx_gradcam.autodiff.summed)
+FLAT_HEADS = ("maxpool_flatten_gemm", "maxpool_transpose_reshape_matmul", "avgpool_matmul",
+              "padded_avgpool_matmul")
+
+
+def flat_head(head: str, classes: int = 5, hidden: int = 6, seed: int = 1
+              ) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """The nodes (``act`` → ``logits``) and float64 weights of one of :data:`FLAT_HEADS`:
+    Gemm(transB, alpha) + Relu + Gemm after MaxPool 2×2 and Flatten; MaxPool 3×3/2 with pads,
+    Transpose to NHWC and a Reshape whose shape is computed (as tf2onnx writes Flatten), MatMul +
+    Relu + MatMul; AveragePool 2×2 and Flatten straight into the logits' MatMul (the product's
+    cotangent is the one-hot seed); the same with a padded AveragePool that counts the pads
+    (a pooling that does not keep the sums)."""
+    rng = np.random.default_rng(seed)
+    k = 8
+    if head == "maxpool_flatten_gemm":
+        w = {"wh": rng.standard_normal((hidden, k * 16)) * 0.2, "bh": rng.standard_normal(hidden),
+             "wo": rng.standard_normal((hidden, classes))}
+        nodes = [helper.make_node("MaxPool", ["act"], ["pool"], kernel_shape=[2, 2],
+                                  strides=[2, 2]),
+                 helper.make_node("Flatten", ["pool"], ["flat"]),
+                 helper.make_node("Gemm", ["flat", "wh", "bh"], ["h"], transB=1, alpha=0.5),
+                 helper.make_node("Relu", ["h"], ["hr"]),
+                 helper.make_node("MatMul", ["hr", "wo"], ["logits"])]
+    elif head == "maxpool_transpose_reshape_matmul":
+        w = {"wh": rng.standard_normal((16 * k, hidden)) * 0.2,
+             "wo": rng.standard_normal((hidden, classes)), "rest": np.array([-1], np.int64)}
+        nodes = [helper.make_node("MaxPool", ["act"], ["pool"], kernel_shape=[3, 3],
+                                  strides=[2, 2], pads=[1, 1, 1, 1]),
+                 helper.make_node("Transpose", ["pool"], ["nhwc"], perm=[0, 2, 3, 1]),
+                 helper.make_node("Shape", ["pool"], ["shape"], start=0, end=1),
+                 helper.make_node("Concat", ["shape", "rest"], ["target"], axis=0),
+                 helper.make_node("Reshape", ["nhwc", "target"], ["flat"]),
+                 helper.make_node("MatMul", ["flat", "wh"], ["h"]),
+                 helper.make_node("Relu", ["h"], ["hr"]),
+                 helper.make_node("MatMul", ["hr", "wo"], ["logits"])]
+    else:
+        pads = [1, 1, 1, 1] if head == "padded_avgpool_matmul" else [0, 0, 0, 0]
+        kernel = [3, 3] if pads[0] else [2, 2]
+        w = {"wo": rng.standard_normal((16 * k, classes))}
+        nodes = [helper.make_node("AveragePool", ["act"], ["pool"], kernel_shape=kernel,
+                                  strides=[2, 2], pads=pads, count_include_pad=1),
+                 helper.make_node("Flatten", ["pool"], ["flat"]),
+                 helper.make_node("MatMul", ["flat", "wo"], ["logits"])]
+    return nodes, w
+
+
+def flat_head_cnn(head: str, classes: int = 5) -> onnx.ModelProto:
+    """small_cnn (size 16, so ``act`` is (N, 8, 8, 8)) with one of :data:`FLAT_HEADS`."""
+    base = small_cnn(classes=classes)
+    nodes, weights = flat_head(head, classes)
+    inits = [t for t in base.graph.initializer if t.name in {"w1", "b1", "w2", "b2"}]
+    inits += [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k)
+              for k, v in weights.items()]
+    graph = helper.make_graph(
+        [*list(base.graph.node)[:4], *nodes], head, list(base.graph.input),
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model

@@ -8,7 +8,7 @@ several nodes (or one node twice).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -33,6 +33,9 @@ class GradientGraph:
     #: gradient), that tensor and its size-1 axes: reductions of the gradient can be taken
     #: from it
     pooled: tuple[str, tuple[int, ...]] | None = None
+    #: the total cotangent of each head tensor the walk reached (for shortcuts that need the
+    #: cotangent of a later tensor, e.g. :func:`onnx_gradcam.autodiff.summed.gradient_mean`)
+    cotangents: dict[str, str] = field(default_factory=dict)
 
 
 def head_nodes(info: GraphInfo, activation: str, score: str) -> list[int]:
@@ -62,10 +65,12 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         o for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE
         for o in info.nodes[i].output if _is_float(info, o)}
     cotangents: dict[str, list[str]] = {score: [seed]}
+    totals: dict[str, str] = {}
 
     for index in reversed(head):
         proto = info.nodes[index]
         dys = [_total(op, cotangents.get(o)) for o in proto.output]
+        totals.update((o, dy) for o, dy in zip(proto.output, dys) if dy is not None)
         if all(dy is None for dy in dys) or proto.op_type in NON_DIFFERENTIABLE:
             continue
         node = Node.from_proto(proto)
@@ -97,8 +102,10 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         raise OnnxGradCamError(f"the score {score!r} does not depend on tensor {activation!r}")
     gradient = op.Identity(total)
     nodes, inits = _prune(op.nodes, op.initializers, gradient)
+    kept = {o for n in nodes for o in n.output} | {seed}
     return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
-                         op.broadcasts.get(total))
+                         op.broadcasts.get(total),
+                         {t: dy for t, dy in totals.items() if dy in kept})
 
 
 def _is_float(info: GraphInfo, name: str) -> bool:

@@ -76,7 +76,8 @@ def layercam(op: Emitter, acts: Value, grads: Value) -> Value:
 
 
 def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layout: str,
-                 pooled: tuple[Value, tuple[int, ...]] | None = None) -> Value:
+                 pooled: tuple[Value, tuple[int, ...]] | None = None,
+                 mean: Value | None = None) -> Value:
     """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC.
 
     ``pooled``: a tensor of G's rank that G is a broadcast of (the gradient of a global average
@@ -84,7 +85,9 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
     every position), the full-size G is never formed (an Expand, and the methods' products, of
     K·h·w values saved: ~5 % of a small model's inference): Grad-CAM's weights are ``pooled``
     itself, and the methods of :data:`BROADCAST_SAFE` take it in G's place (ONNX broadcasting
-    gives the same values). Where it pools only part of the space, Grad-CAM takes its mean."""
+    gives the same values). Where it pools only part of the space, Grad-CAM takes its mean.
+    ``mean``: G's mean over the positions per channel (N, K) where the head gives it without
+    forming G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`): Grad-CAM's weights."""
     to_nchw = [0, 3, 1, 2]
     value, size_one = pooled if pooled is not None else (None, ())
     for tensor in (grads, value):
@@ -96,6 +99,8 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
         if shape is not None:
             op.shapes[acts] = tuple(shape[i] for i in to_nchw)
         size_one = tuple(to_nchw.index(a) for a in size_one)
+    if method is gradcam and mean is not None:
+        return weighted_sum(op, mean, acts)
     if value is None or 1 in size_one:  # no pooled gradient, or a channel broadcast too
         return method(op, acts, grads)
     constant = {2, 3} <= set(size_one)
