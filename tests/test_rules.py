@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from onnx import helper
 
@@ -56,7 +58,19 @@ def _conv_cases():
                           dtype=F32))
     cases.append(Case("conv_pointwise_dense", [N("Conv", ["x", "W"], ["y"])], ["N", 6, 1, 1],
                       {"W": w(4, 6, 1, 1, dtype=F32)}, dtype=F32))  # a 1×1 map: one GEMM
+    cases.append(Case("nhwc_pooled_dense_head", POOLED_DENSE_HEAD, ["N", 4, 4, 6],
+                      {"W1": w(5, 6, 1, 1, dtype=F32), "W2": w(3, 5, 1, 1, dtype=F32)},
+                      dtype=F32))
     return cases
+
+
+#: tf2onnx's form of a MobileNetV3 head on an NHWC layer: mean over the positions, a Transpose
+#: of (N, 1, 1, C) to (N, C, 1, 1), two 1×1 convs used as dense layers, flattened logits
+POOLED_DENSE_HEAD = [
+    N("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=1),
+    N("Transpose", ["m"], ["t"], perm=[0, 3, 1, 2]),
+    N("Conv", ["t", "W1"], ["h"]), N("Relu", ["h"], ["r"]),
+    N("Conv", ["r", "W2"], ["z"]), N("Flatten", ["z"], ["y"])]
 
 
 CASES = [
@@ -275,3 +289,24 @@ def test_numbers_beside_tensors_of_known_rank_become_unit_constants_of_that_rank
         consts = [shapes[i] for i in node.input if i in shapes]
         want = () if node.op_type == "Clip" else (1, 1, 1, 1)
         assert consts and all(s == want for s in consts), (node.op_type, consts)
+
+
+def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
+        tmp_path) -> None:
+    """The gradient of :data:`POOLED_DENSE_HEAD` (its values: the finite-difference case
+    above): the Transposes of (N, 1, 1, C) ↔ (N, C, 1, 1) are Reshapes that fold together,
+    reshape targets are constants (no Shape node), and the mean's 1/(h·w) is folded into the
+    1×1 conv's weight, so what ONNX Runtime runs per call (after its constant folding) is
+    Reshapes, MatMuls, the ReLU mask and the broadcast to the positions."""
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+
+    case = next(c for c in CASES if c.id == "nhwc_pooled_dense_head")
+    model = gradient_model(GraphInfo(_model(case)), "x", "y")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "pooled_dense_head.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
+                 if any(o.startswith("ogc") for o in n.output))
+    assert ops and not {"Transpose", "Shape", "Div", "Mul"} & set(ops), ops

@@ -7,7 +7,7 @@ against the ONNX schema at the model's opset, so a misspelled op fails at once, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -57,6 +57,11 @@ class Node:
         return self.inputs[i] if i < len(self.inputs) and self.inputs[i] else None
 
 
+#: the most values a constant is copied for (scaled once at load, :meth:`Emitter.scale`):
+#: a head's 1×1-conv weight, not a VGG fc layer
+FOLD_LIMIT = 4 * 2**20
+
+
 @dataclass
 class Emitter:
     """Collects the nodes and constants of a gradient graph.
@@ -68,7 +73,7 @@ class Emitter:
     opset: int
     dtype: np.dtype
     shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
-    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    constants: Mapping[str, np.ndarray] = field(default_factory=dict)
     prefix: str = "ogc_grad/"
     #: forward constants that are also graph inputs (a caller may feed them; never folded)
     overridable: frozenset[str] = frozenset()
@@ -121,7 +126,9 @@ class Emitter:
         if value is None:
             return ""
         if isinstance(value, str):
-            known = self.constants.get(value) if rank else None
+            shape = self.shapes.get(value)
+            single = shape is None or all(d == 1 for d in shape)  # look at values only then
+            known = self.constants.get(value) if rank and single else None
             if (known is not None and known.size == 1 and known.ndim < rank
                     and value not in self.overridable):  # a forward scalar: the same, reshaped
                 return self.const(known.reshape((1,) * rank))
@@ -206,8 +213,34 @@ class Emitter:
             return self.emit("Squeeze", x, self.const(list(axes)))
         return self.emit("Squeeze", x, axes=list(axes))
 
+    def reshape_target(self, like: str) -> list[int] | None:
+        """``like``'s shape as a constant Reshape target (a symbolic dim, at most one, as −1),
+        or None where it is not known well enough."""
+        shape = self.shape(like)
+        if shape is None or sum(d is None for d in shape) > 1 or 0 in shape:
+            return None
+        return [-1 if d is None else int(d) for d in shape]
+
     def reshape_like(self, x: Operand, like: str) -> Value:
+        """``x`` (as many values as ``like``) in ``like``'s shape: a constant target where the
+        shape is static enough (no Shape node per run, and Reshape chains fold:
+        :func:`onnx_gradcam.passes.fold_reshapes`), else Shape(like)."""
+        target = self.reshape_target(like)
+        if target is not None:
+            return self.emit("Reshape", x, self.const(target))
         return self.emit("Reshape", x, self.emit("Shape", like))
+
+    def transpose_like(self, x: Operand, perm: Sequence[int], like: str) -> Value:
+        """``Transpose(x, perm)``, whose result has ``like``'s shape. Where the axes it moves
+        have size 1 (the order of the values stays: (N, 1, 1, C) ↔ (N, C, 1, 1)), a Reshape,
+        which costs nothing and folds into neighbouring Reshapes."""
+        shape = self.shape(like)
+        target = self.reshape_target(like)
+        if shape is not None and target is not None and len(shape) == len(perm):
+            moved = [p for p, d in zip(perm, shape) if d != 1]
+            if moved == sorted(moved):
+                return self.emit("Reshape", x, self.const(target))
+        return self.emit("Transpose", x, perm=[int(p) for p in perm])
 
     def rows_product(self, dy: Value, matrix: Value) -> Value:
         """``dy · matrix`` for a 2-D ``dy`` (M, C) and ``matrix`` (C, K); where ``dy`` is known
@@ -223,16 +256,45 @@ class Emitter:
 
     def scale(self, x: Value, op_type: str, factor: float) -> Value:
         """``x`` ``op_type`` (Mul or Div) a constant ``factor``. Where ``x`` is rows gathered
-        from a constant matrix (:meth:`rows_product`), the matrix is scaled instead and the
-        rows gathered from it: a constant ONNX Runtime folds when the session loads, so the
-        scaling costs nothing per run (the 1/(h·w) of an average-pooling head)."""
+        from a constant matrix (:meth:`rows_product`), or a product a·B with a constant B
+        (reshaped or not), the matrix is scaled instead: a constant ONNX Runtime folds when the
+        session loads, so the scaling costs nothing per run (the 1/(h·w) of an average-pooling
+        head)."""
         source = self.gathered.get(x)
         if source is not None and self.foldable(source[0]):
             matrix = self.emit(op_type, source[0], factor)
             out = self.emit("Gather", matrix, source[1], axis=0)
             self.gathered[out] = (matrix, source[1])
             return out
+        reshapes = []  # x = Reshape(…(MatMul(a, B))) with a constant B: a·(B·factor), reshaped
+        producer = self._producer(x)
+        while producer is not None and producer.op_type == "Reshape":
+            reshapes.append(producer.input[1])
+            producer = self._producer(producer.input[0])
+        if (producer is not None and producer.op_type == "MatMul"
+                and self.foldable(producer.input[1])
+                and self._constant_size(producer.input[1]) <= FOLD_LIMIT):
+            out = self.emit("MatMul", producer.input[0],
+                            self.emit(op_type, producer.input[1], factor))
+            for shape in reversed(reshapes):
+                out = self.emit("Reshape", out, shape)
+            return out
         return self.emit(op_type, x, factor)
+
+    def _constant_size(self, name: str) -> int:
+        """How many values a foldable tensor holds (its largest constant source's count)."""
+        if name in self._const_values:
+            return int(self._const_values[name].size)
+        if name in self.constants:
+            shape = self.shapes.get(name)
+            return int(np.prod(shape)) if shape is not None else int(self.constants[name].size)
+        producer = self._producer(name)
+        return max((self._constant_size(i) for i in producer.input if i), default=0) if (
+            producer is not None) else 0
+
+    def _producer(self, name: str) -> onnx.NodeProto | None:
+        """The emitted node that computes ``name``, or None."""
+        return next((n for n in reversed(self.nodes) if name in n.output), None)
 
     def foldable(self, name: str) -> bool:
         """Whether ``name`` is a forward constant, or computed by emitted nodes from constants
@@ -241,7 +303,7 @@ class Emitter:
             return True
         if name in self.constants:
             return name not in self.overridable
-        producer = next((n for n in reversed(self.nodes) if name in n.output), None)
+        producer = self._producer(name)
         return producer is not None and all(self.foldable(i) for i in producer.input if i)
 
     def carry_one_hot(self, src: Value, dst: Value, *forward: str) -> Value:
@@ -261,8 +323,14 @@ class Emitter:
     def broadcast(self, x: Value, like: str, axes: Sequence[int]) -> Value:
         """``Expand(x, Shape(like))`` for an ``x`` of ``like``'s rank that has size 1 along
         ``axes``, remembered so that a consumer that only needs a reduction of the result can
-        reduce ``x`` instead."""
-        out = self.emit("Expand", x, self.emit("Shape", like))
+        reduce ``x`` instead. Where ``like``'s sizes along ``axes`` are static, the target is a
+        constant with 1 for its other dims (Expand broadcasts both ways: x keeps them)."""
+        shape = self.shape(like)
+        if shape is not None and all(shape[a] is not None for a in axes):
+            target = [int(d) if a in axes else 1 for a, d in enumerate(shape)]
+            out = self.emit("Expand", x, self.const(target))
+        else:
+            out = self.emit("Expand", x, self.emit("Shape", like))
         self.broadcasts[out] = (x, tuple(axes))
         return out
 

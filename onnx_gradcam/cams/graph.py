@@ -19,17 +19,28 @@ from onnx_gradcam.autodiff.emitter import Emitter, Value
 GraphCam = Callable[[Emitter, Value, Value], Value]
 
 
-def weighted_sum(op: Emitter, weights: Value, acts: Value) -> Value:
-    """cam = Σ_k w_k · A_k for weights (N, K, 1, 1) (or any shape whose flattening per sample
-    is the K weights), as one batched MatMul
-    (N, 1, K) × (N, K, h·w): in ONNX Runtime a third of the time of Mul + ReduceSum."""
-    flat = op.MatMul(op.Reshape(weights, op.const([0, 1, -1])),
-                     op.Reshape(acts, op.const([0, 0, -1])))
+def weighted_sum(op: Emitter, weights: Value, acts: Value, layout: str = "NCHW") -> Value:
+    """cam (N, 1, h, w) = Σ_k w_k · A_k for weights (N, K, 1, 1) (or any shape whose flattening
+    per sample is the K weights), as one batched MatMul: (N, 1, K) × (N, K, h·w) for NCHW
+    activations, (N, h·w, K) × (N, K, 1) for NHWC ones (no transpose of A). In ONNX Runtime a
+    third of the time of Mul + ReduceSum."""
     shape = op.shape(acts)
-    if shape is not None and None not in shape[2:]:
-        return op.Reshape(flat, op.const([0, 1, *shape[2:]]))
-    return op.Reshape(flat, op.Concat(op.dims(acts, 0, 1), op.const([1]), op.dims(acts, 2, 4),
-                                      axis=0))
+    nhwc = layout == "NHWC"
+    channels = shape[3 if nhwc else 1] if shape is not None else None
+    if nhwc:
+        w = op.Reshape(weights, op.const([-1, channels, 1] if channels else [0, -1, 1]))
+        rows = op.const([0, -1, channels]) if channels else op.Concat(
+            op.dims(acts, 0, 1), op.const([-1]), op.dims(acts, 3, 4), axis=0)
+        flat = op.MatMul(op.Reshape(acts, rows), w)
+        spatial = (1, 3)
+    else:
+        w = op.Reshape(weights, op.const([-1, 1, channels] if channels else [0, 1, -1]))
+        flat = op.MatMul(w, op.Reshape(acts, op.const([0, 0, -1])))
+        spatial = (2, 4)
+    if shape is not None and None not in shape[spatial[0]:spatial[1]]:
+        return op.Reshape(flat, op.const([0, 1, *shape[spatial[0]:spatial[1]]]))
+    return op.Reshape(flat, op.Concat(op.dims(acts, 0, 1), op.const([1]),
+                                      op.dims(acts, *spatial), axis=0))
 
 
 def gradcam(op: Emitter, acts: Value, grads: Value) -> Value:
@@ -94,18 +105,18 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
         if tensor is not None:
             op.know_rank(tensor, 4)
     if layout == "NHWC":
+        size_one = tuple(to_nchw.index(a) for a in size_one)
+    constant = value is not None and {2, 3} <= set(size_one) and 1 not in size_one
+    if method is gradcam and (mean is not None or constant):
+        # (N, K), (N, K, 1, 1) or (N, 1, 1, K): flattened, the weights; A in its own layout
+        return weighted_sum(op, mean if mean is not None else value, acts, layout)
+    if layout == "NHWC":
         shape = op.shape(acts)
         acts, grads = op.Transpose(acts, perm=to_nchw), op.Transpose(grads, perm=to_nchw)
         if shape is not None:
             op.shapes[acts] = tuple(shape[i] for i in to_nchw)
-        size_one = tuple(to_nchw.index(a) for a in size_one)
-    if method is gradcam and mean is not None:
-        return weighted_sum(op, mean, acts)
     if value is None or 1 in size_one:  # no pooled gradient, or a channel broadcast too
         return method(op, acts, grads)
-    constant = {2, 3} <= set(size_one)
-    if method is gradcam and constant:  # (N, K, 1, 1) or (N, 1, 1, K): flattened, the weights
-        return weighted_sum(op, value, acts)
     value = op.Transpose(value, perm=to_nchw) if layout == "NHWC" else value
     if method is gradcam:
         return weighted_sum(op, op.reduce("ReduceMean", value, [2, 3]), acts)

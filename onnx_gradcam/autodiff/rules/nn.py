@@ -66,12 +66,14 @@ def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequen
     if group != 1 or any(k != 1 for k in kernel) or any(s != 1 for s in strides) or padded:
         return None
     w2d = op.Reshape(w, op.const([0, -1]))
-    shape = op.shape(x)
+    shape, w_shape = op.shape(x), op.shape(w)
     if shape is not None and all(d == 1 for d in shape[2:]):
-        rows = op.carry_one_hot(dy, op.Reshape(dy, op.const([0, -1])), node.outputs[0])
-        return op.Reshape(op.rows_product(rows, w2d), op.Shape(x))
+        outs = w_shape[0] if w_shape and w_shape[0] else 0  # static: Reshapes around it fold
+        rows = op.carry_one_hot(dy, op.Reshape(dy, op.const([-1, outs] if outs else [0, -1])),
+                                node.outputs[0])
+        return op.reshape_like(op.rows_product(rows, w2d), x)
     w_t = op.Transpose(w2d, perm=[1, 0])
-    return op.Reshape(op.MatMul(w_t, op.Reshape(dy, op.const([0, 0, -1]))), op.Shape(x))
+    return op.reshape_like(op.MatMul(w_t, op.Reshape(dy, op.const([0, 0, -1]))), x)
 
 
 @vjp("Conv")

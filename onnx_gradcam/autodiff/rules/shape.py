@@ -50,10 +50,10 @@ def reshape_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 
 @vjp("Transpose")
 def transpose_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = Transpose(dy, perm⁻¹)"""
+    """dx = Transpose(dy, perm⁻¹) (a Reshape where only unit axes move)"""
     x, y = node.inputs[0], node.outputs[0]
     perm = node.attr("perm") or list(reversed(range(op.rank(x))))
-    dx = op.Transpose(dys[0], perm=[int(i) for i in np.argsort(perm)])
+    dx = op.transpose_like(dys[0], [int(i) for i in np.argsort(perm)], x)
     return [op.carry_one_hot(dys[0], dx, x, y) if perm[0] == 0 else dx]
 
 
