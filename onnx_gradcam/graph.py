@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 
 import numpy as np
@@ -9,6 +10,59 @@ import onnx
 from onnx import helper, numpy_helper
 
 Shape = tuple[int | None, ...]
+
+
+class Constants(Mapping[str, np.ndarray]):
+    """Tensor protos by name, read as numpy arrays on first access (cached): a model's weights
+    are converted only where something needs their values, not all copied up front."""
+
+    def __init__(self, tensors: dict[str, onnx.TensorProto]) -> None:
+        self._tensors = tensors
+        self._values: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            self._values[name] = numpy_helper.to_array(self._tensors[name])
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+#: initializers up to this many values stay in the model shape inference sees (shape-like
+#: constants feed its data propagation); larger ones are replaced by their type and shape
+_SMALL = 4096
+
+
+def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` for shape inference: the same graph, its large initializers declared as
+    inputs of their type and shape instead of carried (shape inference copies the whole model:
+    a ResNet-50's 100 MB of weights, for shapes it reads from the dims alone)."""
+    light = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "domain"):
+        setattr(light, field, getattr(model, field))
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph, source = light.graph, model.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    declared = {i.name for i in source.input}
+    for tensor in source.initializer:
+        if np.prod(tensor.dims, dtype=np.int64) <= _SMALL:
+            graph.initializer.append(tensor)
+        elif tensor.name not in declared:
+            graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                             list(tensor.dims)))
+    return light
 
 
 def _dims(type_proto: onnx.TypeProto) -> Shape | None:
@@ -24,7 +78,7 @@ class GraphInfo:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
         try:
-            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(_without_weights(model), data_prop=True)
         except Exception:  # noqa: BLE001 - shape inference is best-effort on exotic models
             inferred = model
         graph = inferred.graph
@@ -38,20 +92,17 @@ class GraphInfo:
             if shape is not None:
                 self.shapes[value.name] = shape
             self.elem_types[value.name] = value.type.tensor_type.elem_type
-        self.constants: dict[str, np.ndarray] = {}
-        for tensor in model.graph.initializer:
-            array = numpy_helper.to_array(tensor)
-            self.constants[tensor.name] = array
-            self.shapes[tensor.name] = tuple(array.shape)
-            self.elem_types[tensor.name] = tensor.data_type
+        tensors = {t.name: t for t in model.graph.initializer}
         for node in self.nodes:
             if node.op_type == "Constant" and node.output:
                 attr = next((a for a in node.attribute if a.name == "value"), None)
                 if attr is not None:
-                    array = numpy_helper.to_array(attr.t)
-                    self.constants[node.output[0]] = array
-                    self.shapes[node.output[0]] = tuple(array.shape)
-                    self.elem_types[node.output[0]] = attr.t.data_type
+                    tensors[node.output[0]] = attr.t
+        for name, tensor in tensors.items():
+            self.shapes[name] = tuple(int(d) for d in tensor.dims)
+            self.elem_types[name] = tensor.data_type
+        #: initializer and Constant values by name, made numpy arrays on first access
+        self.constants: Constants = Constants(tensors)
         self.graph_inputs = [i.name for i in model.graph.input if i.name not in self.constants]
         #: initializers a caller may override by feeding them (listed among the graph inputs)
         self.overridable = frozenset(i.name for i in model.graph.input if i.name in self.constants)

@@ -121,21 +121,21 @@ def _product(op: Emitter, info: GraphInfo, node: Node, axes: list[Factors], chan
     """g_y·Q for ``node`` = flatten(…)·W: W's rows reshaped to the factors of the flattened
     axis, summed over the position factors and scaled by 1/(h·w), as constant-folded nodes."""
     weight = node.inputs[1]
-    matrix = info.constants.get(weight)
+    wshape = info.shapes.get(weight) if weight in info.constants else None  # not its values
     dy = cotangents.get(node.outputs[0])
-    if (len(axes) != 1 or matrix is None or matrix.ndim != 2 or weight in info.overridable
+    if (len(axes) != 1 or wshape is None or len(wshape) != 2 or weight in info.overridable
             or dy is None or node.attr("transA", 0)):
         return None
     sizes = [s for s, _ in axes[0]]
     roles = [r for _, r in axes[0]]
     transposed = node.op_type == "Gemm" and node.attr("transB", 0)
     if (roles.count("c") != 1 or sizes[roles.index("c")] != channels
-            or matrix.shape[1 if transposed else 0] != math.prod(sizes)):
+            or wshape[1 if transposed else 0] != math.prod(sizes)):
         return None
     summed = [i for i, r in enumerate(roles) if r == "s"]
     scale = float(node.attr("alpha", 1.0)) if node.op_type == "Gemm" else 1.0
     if transposed:  # W (J, F): Q = Σ_s W reshaped (J, …) → (J, K)
-        q = op.reduce("ReduceSum", op.Reshape(weight, op.const([matrix.shape[0], *sizes])),
+        q = op.reduce("ReduceSum", op.Reshape(weight, op.const([wshape[0], *sizes])),
                       [1 + i for i in summed], keepdims=0)
     else:  # W (F, J): Σ_s W reshaped (…, J) → (K, J), then (J, K)
         q = op.Transpose(op.reduce("ReduceSum", op.Reshape(weight, op.const([*sizes, -1])),
