@@ -1,7 +1,7 @@
 """Cost of an explanation ÷ a plain inference, on ten tf2onnx-converted Keras applications.
 
     /work/venvs/zoo/bin/python bench/architectures.py [--size 224] [--archs ResNet50,VGG16]
-        [--repeats 5] [--batches 1,16] [--threads N] [--no-memory]
+        [--repeats 5] [--batches 1,16] [--threads N] [--no-memory] [--cold]
 
 Needs TensorFlow + tf2onnx only to build the models (``weights=None``, calibrated BN, as in
 ``tests/zoo/zoo.py``); they are cached under ``.cache/zoo/<versions>/bench-<arch>-<size>.*``.
@@ -10,6 +10,9 @@ For each architecture and batch size, interleaved so load drift hits all alike, 
 threads and provider: the median wall time of a plain ``InferenceSession.run`` of the converted
 model, of ``Explainer.explain`` at the last conv activation (forward + head gradient + Grad-CAM
 post-processing) and at an early layer (the gradient runs back through most of the backbone).
+Calls run in blocks (:func:`timing`); ``--cold`` times single calls in rotation instead, each
+starting with caches another model filled (MobileNetV3Small at batch 1: 1.10–1.14 cold,
+~1.0–1.05 in blocks).
 Floors (the issue's): last-layer ratio ≤ 1.10 at batch 1 and ≤ 1.05 at batch 16.
 
 Peak memory: each of plain / explain-last / explain-early runs twice at the largest batch in a
@@ -65,30 +68,45 @@ def _batch(arch: zoo.Arch, size: int, n: int) -> np.ndarray:
 
 
 def timing(path: Path, layers: dict[str, str], arch: zoo.Arch, size: int, batch: int,
-           repeats: int, threads: int | None) -> dict[str, float]:
+           repeats: int, threads: int | None, cold: bool = False) -> dict[str, float]:
+    """Median seconds of the plain run and of each explainer, measured pairwise with
+    :func:`bench.timing.interleaved_medians` (blocks of calls to one model, as a loop over
+    images makes them; the plain run of the last-layer pair is reported, each ratio uses its
+    own pair's). ``cold``: single calls in rotation plain → last → early instead, so that every
+    call starts with caches the other models filled (the early layer's large backward pass
+    runs right before each plain call)."""
     import onnx_gradcam as og
+    from bench.timing import interleaved_medians
     from onnx_gradcam.runtime import make_session
 
     model_bytes = path.read_bytes()
     plain = make_session(model_bytes, "cpu", threads)
-    runners = {"plain": None}
+    runners = {}
     for which in ("last", "early"):
         if layers.get(which):
             runners[which] = og.Explainer(str(path), layer=layers[which], providers="cpu",
                                           threads=threads, batch_size=batch)
     x = _batch(arch, size, batch)
     feed = {plain.get_inputs()[0].name: x}
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for rep in range(repeats + 1):  # the first round warms up
+    out: dict[str, float] = {}
+    if not cold:
         for name, explainer in runners.items():
+            out[name], out[f"plain_{name}"] = interleaved_medians(
+                lambda e=explainer: e.explain(x), lambda: plain.run(None, feed), repeats)
+        out["plain"] = out.get("plain_last", out.get("plain_early", float("nan")))
+        return out
+    calls = {"plain": lambda: plain.run(None, feed)}
+    calls.update({k: (lambda e=e: e.explain(x)) for k, e in runners.items()})
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for rep in range(repeats + 1):  # the first round warms up
+        for name, call in calls.items():
             t0 = time.perf_counter()
-            if explainer is None:
-                plain.run(None, feed)
-            else:
-                explainer.explain(x)
+            call()
             if rep:
                 times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    out = {k: statistics.median(v) for k, v in times.items()}
+    out.update({f"plain_{k}": out["plain"] for k in runners})
+    return out
 
 
 CHILD = r"""
@@ -132,12 +150,15 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--cold", action="store_true",
+                        help="single calls in rotation (cold caches) instead of blocks")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     import onnxruntime as ort
 
+    how = "single calls in rotation (cold caches)" if args.cold else "calls in interleaved blocks"
     print(f"input {args.size}x{args.size}, onnxruntime {ort.__version__} CPU, threads "
-          f"{args.threads or 'ORT default'}, median of {args.repeats} interleaved runs; "
+          f"{args.threads or 'ORT default'}, median of {args.repeats} {how}; "
           f"ratios = explain / plain")
     head = (f"{'arch':17} {'batch':>5} {'plain ms':>9} {'last ms':>9} {'last x':>7} "
             f"{'floor':>6} {'early ms':>9} {'early x':>8}")
@@ -147,9 +168,10 @@ def main() -> None:
         arch = zoo.ARCHS[name]
         path, layers = bench_model(arch, args.size)
         for batch in batches:
-            t = timing(path, layers, arch, args.size, batch, args.repeats, args.threads)
-            last = t.get("last", float("nan")) / t["plain"]
-            early = t.get("early", float("nan")) / t["plain"]
+            t = timing(path, layers, arch, args.size, batch, args.repeats, args.threads,
+                       args.cold)
+            last = t.get("last", float("nan")) / t.get("plain_last", float("nan"))
+            early = t.get("early", float("nan")) / t.get("plain_early", float("nan"))
             floor = FLOORS.get(batch)
             verdict = "" if floor is None else ("ok" if last <= floor else "MISS")
             print(f"{name:17} {batch:5d} {t['plain'] * 1e3:9.1f} "
