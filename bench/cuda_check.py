@@ -1,14 +1,14 @@
 """The CUDA provider path, proven on a GPU machine (run by hand; CI has no GPU).
 
-    python bench/cuda_check.py [--out DIR] [--repeats 30]
+    python bench/cuda_check.py [--out DIR] [--repeats 30] [--zoo DIR]
 
-For each model (the demo model, the torch-exported fixture ResNet at three layers, and a
-ResNet-50 built with onnx.helper): ``Explainer`` on CUDA vs on the CPU — the provider that
-really ran, the max relative difference of the gradients with ONNX Runtime's default TF32 math
-and with ``use_tf32=0``, and of the cams — and, on CUDA, median ``explain`` ÷ plain inference
-at batch 1 and 16 (default options, like a user's ``--provider cuda``). Also checks that
-provider ``auto`` picks CUDA there. Prints one JSON line per case; with --out writes
-cuda_check.json.
+For each model (the demo model, the torch-exported fixture ResNet at three layers, a ResNet-50
+built with onnx.helper, two VGG-style heads, and with --zoo converted Keras applications):
+``Explainer`` on CUDA vs on the CPU — the provider that really ran, the max relative difference
+of the gradients with ONNX Runtime's default TF32 math and with ``use_tf32=0``, and of the cams
+— and, on CUDA, median ``explain`` ÷ plain inference at batch 1 and 16 (default options, like a
+user's ``--provider cuda``). Also checks that provider ``auto`` picks CUDA there. Prints one
+JSON line per case; with --out writes cuda_check.json.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import onnx_gradcam as og  # noqa: E402
 from bench.nets import resnet  # noqa: E402
 from bench.timing import interleaved_medians  # noqa: E402
 from onnx_gradcam.runtime import make_session  # noqa: E402
+from tests.models import flat_head_cnn  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "torch"
 EXACT = [("CUDAExecutionProvider", {"use_tf32": 0})]
 
 
-def cases():
+def cases(zoo: Path | None = None):
     rng = np.random.default_rng(0)
     yield "demo last", onnx.load(str(ROOT / "models" / "demo.onnx")), None, rng.standard_normal(
         (4, 3, 96, 96)).astype(np.float32)
@@ -45,6 +46,14 @@ def cases():
             "onnx_tensor"], x
     yield "resnet50 last", resnet(), None, rng.standard_normal((4, 3, 224, 224)).astype(
         np.float32)
+    for head in ("maxpool_flatten_gemm", "maxpool_transpose_reshape_matmul"):  # VGG-style
+        yield f"{head} act", flat_head_cnn(head), "act", rng.standard_normal(
+            (4, 3, 16, 16)).astype(np.float32)
+    for path in sorted(zoo.glob("bench-*.onnx")) if zoo else []:  # tf2onnx Keras applications
+        model = onnx.load(str(path))
+        layer = json.loads(path.with_suffix(".json").read_text())["last"]
+        shape = [d.dim_value or 4 for d in model.graph.input[0].type.tensor_type.shape.dim]
+        yield f"{path.stem} last", model, layer, rng.uniform(-1, 1, shape).astype(np.float32)
 
 
 def relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--zoo", type=Path, help="a folder of bench-<arch>-<size>.onnx + .json "
+                        "(bench/architectures.py's cache) to check too")
     args = parser.parse_args()
     import onnxruntime as ort
 
@@ -71,7 +82,7 @@ def main() -> None:
     auto = og.Explainer(onnx.load(str(FIXTURES / "resnet_gap.onnx")), providers="auto").provider
     print("provider auto ->", auto)
     rows = []
-    for name, model, layer, x in cases():
+    for name, model, layer, x in cases(args.zoo):
         ref = og.Explainer(model, layer=layer, providers="cpu").explain(x)
         gpu = og.Explainer(model, layer=layer, providers="cuda")
         fast = gpu.explain(x)
