@@ -258,7 +258,7 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
                                      head_nodes(head_info, activation, head_score),
                                      grad.cotangents)
             layer_map = layer_coarse(cam_op, cam, activation, grad.gradient, layouts[index],
-                                     grad.pooled, mean)
+                                     grad.pooled, mean, head_info.nonnegative(activation))
             nodes += [*cam_op.nodes, helper.make_node("Identity", [layer_map], [coarse[-1]])]
             inits += cam_op.initializers
             outputs.append((coarse[-1], info.dtype(activations[index]),

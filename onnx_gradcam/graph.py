@@ -162,3 +162,28 @@ class GraphInfo:
     def op_of(self, name: str) -> str:
         index = self.producer.get(name)
         return "input" if index is None else self.nodes[index].op_type
+
+    def nonnegative(self, name: str) -> bool:
+        """Whether every value of tensor ``name`` is ≥ 0 by construction: the output of an op
+        whose outputs are (ReLU, Sigmoid, Softplus, Abs, Exp, a Clip with a lower bound ≥ 0),
+        seen through ops that only move or select values."""
+        while True:
+            index = self.producer.get(name)
+            if index is None:
+                return False
+            node = self.nodes[index]
+            if node.op_type in _NONNEGATIVE:
+                return True
+            if node.op_type == "Clip":
+                low = (self.constants.get(node.input[1]) if len(node.input) > 1 and node.input[1]
+                       else next((helper.get_attribute_value(a) for a in node.attribute
+                                  if a.name == "min"), None))
+                return low is not None and float(np.min(low)) >= 0
+            if node.op_type not in _MOVES_VALUES:
+                return False
+            name = node.input[0]
+
+
+_NONNEGATIVE = frozenset({"Relu", "Sigmoid", "Softplus", "Abs", "Exp"})
+_MOVES_VALUES = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+                           "MaxPool", "Gather", "Dropout"})

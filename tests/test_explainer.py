@@ -310,3 +310,28 @@ def test_nhwc_global_mean_is_not_a_candidate_layer() -> None:
     info = og.model.GraphInfo(helper.make_model(graph, opset_imports=[
         helper.make_opsetid("", 17)]))
     assert activation_layout(info, "m") == "NHWC"
+
+
+def test_nonnegative_tensors_are_recognised_through_value_moves() -> None:
+    """Element-wise Grad-CAM takes Layer-CAM's formula on such a layer (relu(G ⊙ A) =
+    relu(G) ⊙ A for A ≥ 0; its values are checked against pytorch-grad-cam's in
+    tests/test_torch_parity.py, at ReLU and at BatchNormalization outputs)."""
+    from onnx_gradcam.graph import GraphInfo
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("Clip", ["c", "lo", ""], ["clip0"]),
+             helper.make_node("Clip", ["c", "neg", ""], ["clip_neg"]),
+             helper.make_node("Add", ["r", "r"], ["sum"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+         for o in ("t", "clip0", "clip_neg", "sum")],
+        [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w"),
+         numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+         numpy_helper.from_array(np.array(-1.0, np.float32), "neg")])
+    info = GraphInfo(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert {n: info.nonnegative(n) for n in ("x", "c", "r", "t", "clip0", "clip_neg", "sum")} == {
+        "x": False, "c": False, "r": True, "t": True, "clip0": True, "clip_neg": False,
+        "sum": False}

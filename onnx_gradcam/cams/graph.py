@@ -61,17 +61,21 @@ def gradcam_elementwise(op: Emitter, acts: Value, grads: Value) -> Value:
 def gradcam_plusplus(op: Emitter, acts: Value, grads: Value) -> Value:
     """Grad-CAM++ (pytorch-grad-cam's form, no exp(S)): α = G² / (2G² + (Σ_ab A)·G³ + 1e-6),
     α = 0 where G = 0; w_k = Σ_ij relu(G)·α; cam = Σ_k w_k A_k."""
-    g2 = op.Mul(grads, grads)
-    g3 = op.Mul(g2, grads)
-    sum_a = op.reduce("ReduceSum", acts, [2, 3])
-    alpha = op.Div(g2, op.Add(op.Add(op.Mul(g2, 2.0), op.Mul(sum_a, g3)), 1e-6))
-    alpha = op.Where(op.Equal(grads, 0.0), 0.0, alpha)
-    weights = op.reduce("ReduceSum", op.Mul(op.Relu(grads), alpha), [2, 3])
+    weights = op.reduce("ReduceSum", _plusplus_terms(op, acts, grads), [2, 3])
     # G may come as a spatial broadcast (N, K, 1, 1): then each term stands for Size(A)/Size(G)
     # = h·w equal ones (a factor of 1 for the full G)
     repeats = op.Cast(op.Div(op.Size(acts), op.Size(grads)),
                       to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
     return weighted_sum(op, op.Mul(weights, repeats), acts)
+
+
+def _plusplus_terms(op: Emitter, acts: Value, grads: Value) -> Value:
+    """Grad-CAM++'s relu(G)·α, α = G² / (2G² + (Σ_ab A)·G³ + 1e-6), 0 where G = 0."""
+    g2 = op.Mul(grads, grads)
+    g3 = op.Mul(g2, grads)
+    sum_a = op.reduce("ReduceSum", acts, [2, 3])
+    alpha = op.Div(g2, op.Add(op.Add(op.Mul(g2, 2.0), op.Mul(sum_a, g3)), 1e-6))
+    return op.Mul(op.Relu(grads), op.Where(op.Equal(grads, 0.0), 0.0, alpha))
 
 
 def xgradcam(op: Emitter, acts: Value, grads: Value) -> Value:
@@ -88,7 +92,7 @@ def layercam(op: Emitter, acts: Value, grads: Value) -> Value:
 
 def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layout: str,
                  pooled: tuple[Value, tuple[int, ...]] | None = None,
-                 mean: Value | None = None) -> Value:
+                 mean: Value | None = None, nonnegative: bool = False) -> Value:
     """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC.
 
     ``pooled``: a tensor of G's rank that G is a broadcast of (the gradient of a global average
@@ -98,7 +102,9 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
     itself, and the methods of :data:`BROADCAST_SAFE` take it in G's place (ONNX broadcasting
     gives the same values). Where it pools only part of the space, Grad-CAM takes its mean.
     ``mean``: G's mean over the positions per channel (N, K) where the head gives it without
-    forming G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`): Grad-CAM's weights."""
+    forming G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`): Grad-CAM's weights.
+    ``nonnegative``: A ≥ 0 by construction (a ReLU's output): then relu(G ⊙ A) = relu(G) ⊙ A,
+    so element-wise Grad-CAM is Layer-CAM's formula (for a constant G, one weighted sum)."""
     to_nchw = [0, 3, 1, 2]
     value, size_one = pooled if pooled is not None else (None, ())
     for tensor in (grads, value):
@@ -107,9 +113,13 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
     if layout == "NHWC":
         size_one = tuple(to_nchw.index(a) for a in size_one)
     constant = value is not None and {2, 3} <= set(size_one) and 1 not in size_one
-    if method is gradcam and (mean is not None or constant):
-        # (N, K), (N, K, 1, 1) or (N, 1, 1, K): flattened, the weights; A in its own layout
-        return weighted_sum(op, mean if mean is not None else value, acts, layout)
+    if method is gradcam_elementwise and nonnegative:
+        method = layercam
+    # weights (N, K), (N, K, 1, 1) or (N, 1, 1, K), flattened per sample; A in its own layout
+    if method is gradcam and mean is not None:
+        return weighted_sum(op, mean, acts, layout)
+    if constant and method in CONSTANT_WEIGHTS:
+        return weighted_sum(op, CONSTANT_WEIGHTS[method](op, value), acts, layout)
     if layout == "NHWC":
         shape = op.shape(acts)
         acts, grads = op.Transpose(acts, perm=to_nchw), op.Transpose(grads, perm=to_nchw)
@@ -125,14 +135,14 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
     return method(op, acts, value if constant and method in BROADCAST_SAFE else grads)
 
 
-def _hirescam_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
-    """HiRes-CAM for G = g_k at every position: Σ_k g_k A_k, Grad-CAM's weighted sum."""
-    return weighted_sum(op, g, acts)
+def _same(op: Emitter, g: Value) -> Value:
+    """Grad-CAM (mean_ij G = g) and HiRes-CAM (Σ_k (G ⊙ A)_k = Σ_k g_k A_k): w_k = g_k."""
+    return g
 
 
-def _layercam_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
-    """Layer-CAM for G = g_k at every position: Σ_k relu(g_k) A_k."""
-    return weighted_sum(op, op.Relu(g), acts)
+def _relu(op: Emitter, g: Value) -> Value:
+    """Layer-CAM: Σ_k relu(G)_k ⊙ A_k = Σ_k relu(g_k) A_k: w_k = relu(g_k)."""
+    return op.Relu(g)
 
 
 def _xgradcam_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
@@ -141,16 +151,33 @@ def _xgradcam_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
     return weighted_sum(op, op.Div(op.Mul(g, sum_a), op.Add(sum_a, 1e-7)), acts)
 
 
+def _gradcam_plusplus_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
+    """Grad-CAM++ for G = g_k at every position: α is the same at every position too, so
+    w_k = h·w · relu(g_k)·α_k (h·w a constant where the map's size is static)."""
+    shape = op.shape(acts)
+    if shape is not None and None not in shape[2:]:
+        positions: Value = op.const(float(shape[2] * shape[3]))
+    else:
+        positions = op.Cast(op.ReduceProd(op.dims(acts, 2, 4), keepdims=0),
+                            to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
+    return weighted_sum(op, op.Mul(_plusplus_terms(op, acts, g), positions), acts)
+
+
 #: Methods that give the same map when a spatially constant G comes as (N, K, 1, 1): G meets A
 #: only element-wise, or (Grad-CAM++) its sums over the positions count the broadcast.
 BROADCAST_SAFE: set[GraphCam] = {hirescam, gradcam_elementwise, gradcam_plusplus, xgradcam,
                                  layercam}
 
-#: The same maps for a spatially constant G (N, K, 1, 1), written as one weighted sum
-#: (a batched MatMul instead of products and sums over K·h·w values)
-CONSTANT_G: dict[GraphCam, GraphCam] = {hirescam: _hirescam_constant_g,
-                                        layercam: _layercam_constant_g,
-                                        xgradcam: _xgradcam_constant_g}
+#: For a spatially constant G = g_k (N, K, 1, 1): the methods whose map is then Σ_k w_k A_k
+#: with weights w = f(g), one weighted sum on A in its own layout (a batched MatMul instead of
+#: products and sums over K·h·w values)
+CONSTANT_WEIGHTS: dict[GraphCam, Callable[[Emitter, Value], Value]] = {
+    gradcam: _same, hirescam: _same, layercam: _relu}
+
+#: The same maps for a spatially constant G (N, K, 1, 1), by their own formulas (which sum A
+#: over the positions: NCHW), ending in one weighted sum
+CONSTANT_G: dict[GraphCam, GraphCam] = {xgradcam: _xgradcam_constant_g,
+                                        gradcam_plusplus: _gradcam_plusplus_constant_g}
 
 
 #: The methods an exported model can compute: one gradient pass, then element-wise math.
