@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_gradcam as og
 from onnx_gradcam.cams import postprocess
+from onnx_gradcam.cams.graph import GRAPH_METHODS
 from onnx_gradcam.explainer_graph import explainer_model
 from onnx_gradcam.model import load_model
 from tests.models import nhwc_cnn, small_cnn
@@ -115,12 +116,13 @@ def test_layer_detection_and_override() -> None:
         og.Explainer(model, layer="actt")
 
 
-def test_zero_gradient_gives_all_zero_map_not_nan() -> None:
+@pytest.mark.parametrize("method", list(GRAPH_METHODS))
+def test_zero_gradient_gives_all_zero_map_not_nan(method: str) -> None:
     model = small_cnn()
     for t in model.graph.initializer:
         if t.name == "wfc":
             t.CopyFrom(numpy_helper.from_array(np.zeros((8, 5), np.float32), "wfc"))
-    res = og.Explainer(model).explain(_batch(2))
+    res = og.Explainer(model, method=method).explain(_batch(2))
     assert np.all(res.gradients[0] == 0)
     assert not np.isnan(res.cams).any() and np.all(res.cams == 0)
 

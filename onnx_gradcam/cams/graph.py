@@ -60,7 +60,7 @@ def gradcam_elementwise(op: Emitter, acts: Value, grads: Value) -> Value:
 
 def gradcam_plusplus(op: Emitter, acts: Value, grads: Value) -> Value:
     """Grad-CAM++ (pytorch-grad-cam's form, no exp(S)): α = G² / (2G² + (Σ_ab A)·G³ + 1e-6),
-    α = 0 where G = 0; w_k = Σ_ij relu(G)·α; cam = Σ_k w_k A_k."""
+    α = 0 where G = 0; w_k = Σ_ij relu(G)·α; cam = Σ_k w_k A_k (:func:`_plusplus_terms`)."""
     weights = op.reduce("ReduceSum", _plusplus_terms(op, acts, grads), [2, 3])
     # G may come as a spatial broadcast (N, K, 1, 1): then each term stands for Size(A)/Size(G)
     # = h·w equal ones (a factor of 1 for the full G)
@@ -70,12 +70,13 @@ def gradcam_plusplus(op: Emitter, acts: Value, grads: Value) -> Value:
 
 
 def _plusplus_terms(op: Emitter, acts: Value, grads: Value) -> Value:
-    """Grad-CAM++'s relu(G)·α, α = G² / (2G² + (Σ_ab A)·G³ + 1e-6), 0 where G = 0."""
+    """Grad-CAM++'s relu(G)·α, α = G² / (2G² + (Σ_ab A)·G³ + 1e-6). pytorch-grad-cam also
+    sets α = 0 where G = 0; the formula gives that itself (0 / 1e-6 = +0), so no mask."""
     g2 = op.Mul(grads, grads)
     g3 = op.Mul(g2, grads)
     sum_a = op.reduce("ReduceSum", acts, [2, 3])
     alpha = op.Div(g2, op.Add(op.Add(op.Mul(g2, 2.0), op.Mul(sum_a, g3)), 1e-6))
-    return op.Mul(op.Relu(grads), op.Where(op.Equal(grads, 0.0), 0.0, alpha))
+    return op.Mul(op.Relu(grads), alpha)
 
 
 def xgradcam(op: Emitter, acts: Value, grads: Value) -> Value:
