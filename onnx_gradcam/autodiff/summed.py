@@ -51,9 +51,11 @@ def gradient_mean(op: Emitter, info: GraphInfo, activation: str, channel_axis: i
             return None
         proto = info.nodes[users[0]]
         node = Node.from_proto(proto)
+        if node.inputs[0] != tensor:
+            return None
         if node.op_type in ("MatMul", "Gemm"):
             return _product(op, info, node, axes, shape[channel_axis], positions, cotangents)
-        if node.inputs[0] != tensor or any(o in info.consumers and set(
+        if any(o in info.consumers and set(
                 info.consumers[o]) & steps for o in proto.output[1:]):
             return None
         axes = _carry(node, axes, info.shapes.get(node.outputs[0]))
@@ -72,9 +74,10 @@ def _carry(node: Node, axes: list[Factors], out: tuple[int | None, ...] | None
     if node.op_type in ("Reshape", "Flatten") and out is not None and len(out) == 2:
         # a flattening to (N, F) even where shape inference lost F (a shape computed in the
         # graph): F is checked against the weight it meets (:func:`_product`)
-        if node.op_type == "Flatten" and node.attr("axis", 1) != 1:
+        size = math.prod(s for s, _ in flat)
+        if node.op_type == "Flatten" and node.attr("axis", 1) != 1 or out[1] not in (None, size):
             return None
-        return _regroup(flat, [math.prod(s for s, _ in flat)])
+        return _regroup(flat, [size])
     if out is None or None in out[1:]:
         return None
     if node.op_type in ("MaxPool", "AveragePool"):
