@@ -234,10 +234,9 @@ class Emitter:
         """``Transpose(x, perm)``, whose result has ``like``'s shape. Where the axes it moves
         have size 1 (the order of the values stays: (N, 1, 1, C) ↔ (N, C, 1, 1)), a Reshape,
         which costs nothing and folds into neighbouring Reshapes."""
-        shape = self.shape(like)
-        target = self.reshape_target(like)
-        if shape is not None and target is not None and len(shape) == len(perm):
-            moved = [p for p, d in zip(perm, shape) if d != 1]
+        target = self.reshape_target(like)  # a symbolic dim is −1: never a unit axis
+        if target is not None and len(target) == len(perm):
+            moved = [p for p, d in zip(perm, target) if d != 1]
             if moved == sorted(moved):
                 return self.emit("Reshape", x, self.const(target))
         return self.emit("Transpose", x, perm=[int(p) for p in perm])

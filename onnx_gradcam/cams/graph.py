@@ -62,11 +62,7 @@ def gradcam_plusplus(op: Emitter, acts: Value, grads: Value) -> Value:
     """Grad-CAM++ (pytorch-grad-cam's form, no exp(S)): α = G² / (2G² + (Σ_ab A)·G³ + 1e-6),
     α = 0 where G = 0; w_k = Σ_ij relu(G)·α; cam = Σ_k w_k A_k (:func:`_plusplus_terms`)."""
     weights = op.reduce("ReduceSum", _plusplus_terms(op, acts, grads), [2, 3])
-    # G may come as a spatial broadcast (N, K, 1, 1): then each term stands for Size(A)/Size(G)
-    # = h·w equal ones (a factor of 1 for the full G)
-    repeats = op.Cast(op.Div(op.Size(acts), op.Size(grads)),
-                      to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
-    return weighted_sum(op, op.Mul(weights, repeats), acts)
+    return weighted_sum(op, weights, acts)
 
 
 def _plusplus_terms(op: Emitter, acts: Value, grads: Value) -> Value:
@@ -165,9 +161,9 @@ def _gradcam_plusplus_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
 
 
 #: Methods that give the same map when a spatially constant G comes as (N, K, 1, 1): G meets A
-#: only element-wise, or (Grad-CAM++) its sums over the positions count the broadcast.
-BROADCAST_SAFE: set[GraphCam] = {hirescam, gradcam_elementwise, gradcam_plusplus, xgradcam,
-                                 layercam}
+#: only element-wise before any sum over the positions (Grad-CAM++ sums terms of G alone over
+#: the positions, so it takes a constant G through :data:`CONSTANT_G`).
+BROADCAST_SAFE: set[GraphCam] = {hirescam, gradcam_elementwise, xgradcam, layercam}
 
 #: For a spatially constant G = g_k (N, K, 1, 1): the methods whose map is then Σ_k w_k A_k
 #: with weights w = f(g), one weighted sum on A in its own layout (a batched MatMul instead of
