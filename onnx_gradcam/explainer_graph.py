@@ -26,7 +26,7 @@ from onnx_gradcam.autodiff.builder import (
 )
 from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.autodiff.summed import gradient_mean
-from onnx_gradcam.cams.graph import GraphCam, combine, gradcam, layer_coarse, normalise
+from onnx_gradcam.cams.graph import GraphCam, gradcam, heatmap, layer_coarse
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
 from onnx_gradcam.passes import simplify
@@ -48,9 +48,8 @@ class ExplainerModel:
     gradients: list[str]  # one per activation; empty when built without gradients
     head_ops: list[str]
     coarse: list[str] = field(default_factory=list)  # per layer (N, 1, h, w), with ``cam``
-    #: with ``cam``: each layer's map after ReLU and min-max (N, 1, h, w), and the
-    #: post-processed heatmap ``ogc_cams`` (N, 1, H, W) (CAM_CONVENTIONS.md, steps 1-4)
-    normalised: list[str] = field(default_factory=list)
+    #: with ``cam``: the post-processed heatmap ``ogc_cams`` (N, 1, H, W)
+    #: (CAM_CONVENTIONS.md, steps 1-4)
     cams: str | None = None
     takes_target: bool = True  # whether the graph has the input ``ogc_target``
 
@@ -258,26 +257,26 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
                                      head_nodes(head_info, activation, head_score),
                                      grad.cotangents)
             layer_map = layer_coarse(cam_op, cam, activation, grad.gradient, layouts[index],
-                                     grad.pooled, mean, head_info.nonnegative(activation))
+                                     grad.pooled, mean, head_info.nonnegative(activation),
+                                     head_info.spatial_mean(activation, layouts[index]))
             nodes += [*cam_op.nodes, helper.make_node("Identity", [layer_map], [coarse[-1]])]
             inits += cam_op.initializers
             outputs.append((coarse[-1], info.dtype(activations[index]),
                             _coarse_shape(info.shapes.get(activations[index]), layouts[index])))
     nodes += [helper.make_node("Identity", [score2d], [SCORES]),
               helper.make_node("Identity", [resolved], [TARGETS])]
-    normalised, cams = [], None
+    cams = None
     if coarse:
         post = Emitter(opset=info.opset, dtype=info.dtype(activations[0]), prefix="ogc_post/")
-        normalised = [normalise(post, c) for c in coarse]
         cams = CAMS
         sources = [_coarse_shape(info.shapes.get(a), la) for a, la in zip(activations, layouts)]
-        heatmap = combine(post, normalised, _input_size(post, info, input_layout),
-                          [(s[2], s[3]) if s else (None, None) for s in sources])
-        nodes += [*post.nodes, helper.make_node("Identity", [heatmap], [CAMS])]
+        maps = heatmap(post, coarse, _input_size(post, info, input_layout),
+                       [(s[2], s[3]) if s else (None, None) for s in sources])
+        nodes += [*post.nodes, helper.make_node("Identity", [maps], [CAMS])]
         inits += post.initializers
         outputs.append((CAMS, info.dtype(activations[0]), _input_maps_shape(info, input_layout)))
     model = _assemble(info, nodes, inits, extra_inputs, outputs)
-    return ExplainerModel(model, list(activations), gradients, head, coarse, normalised, cams,
+    return ExplainerModel(model, list(activations), gradients, head, coarse, cams,
                           target is not None)
 
 

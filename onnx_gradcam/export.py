@@ -8,7 +8,7 @@ value is broadcast to the batch) and outputs:
 - ``cam`` (N, H, W): the heatmap at the input size, post-processed exactly as
   CAM_CONVENTIONS.md says (ReLU, min-max, bilinear upsampling = ``cv2.resize`` INTER_LINEAR,
   ReLU/mean/min-max over layers), by the explainer graph's own nodes
-  (:func:`onnx_gradcam.cams.graph.combine`); absent with ``upsample=False``;
+  (:func:`onnx_gradcam.cams.graph.heatmap`); absent with ``upsample=False``;
 - ``cam_coarse`` (N, h, w): the first target layer's map after ReLU and min-max, before
   upsampling (to map onto another size yourself);
 - ``cam_target`` (N,): the class each map explains (the argmax where ``target`` was −1).
@@ -34,7 +34,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH
+from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH, normalise
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer_graph import TARGET, TARGETS, input_hw
 from onnx_gradcam.images import atomic_write
@@ -109,11 +109,11 @@ def _target_nodes(op: Emitter, explainer: Explainer) -> list[onnx.NodeProto]:
 
 
 def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> None:
-    """The explainer graph's normalised first-layer map and (``upsample``) heatmap, squeezed
-    to the outputs ``cam_coarse`` and ``cam``."""
+    """The explainer graph's first-layer map after ReLU and min-max, and (``upsample``) its
+    heatmap, squeezed to the outputs ``cam_coarse`` and ``cam``."""
     graph = explainer.ranked_graph
     assert graph.cams is not None
-    _squeeze_to(op, graph.normalised[0], CAM_COARSE)
+    _squeeze_to(op, normalise(op, graph.coarse[0]), CAM_COARSE)
     if upsample:
         _squeeze_to(op, graph.cams, CAM)
 

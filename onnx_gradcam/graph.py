@@ -183,6 +183,28 @@ class GraphInfo:
                 return False
             name = node.input[0]
 
+    def spatial_mean(self, name: str, layout: str) -> str | None:
+        """A forward tensor that is the 4-D tensor ``name`` averaged over its positions (a
+        pooling head's GlobalAveragePool, or ReduceMean over the spatial axes of ``layout``,
+        any keepdims), or None."""
+        spatial = [2, 3] if layout == "NCHW" else [1, 2]
+        for index in self.consumers.get(name, []):
+            node = self.nodes[index]
+            if node.input[0] != name:
+                continue
+            if node.op_type == "GlobalAveragePool" and layout == "NCHW":
+                return node.output[0]
+            if node.op_type != "ReduceMean":
+                continue
+            axes = next((helper.get_attribute_value(a) for a in node.attribute
+                         if a.name == "axes"), None)
+            if axes is None and len(node.input) > 1 and node.input[1]:
+                value = self.constants.get(node.input[1])
+                axes = None if value is None else value.reshape(-1).tolist()
+            if axes is not None and sorted(int(a) % 4 for a in axes) == spatial:
+                return node.output[0]
+        return None
+
 
 _NONNEGATIVE = frozenset({"Relu", "Sigmoid", "Softplus", "Abs", "Exp"})
 _MOVES_VALUES = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",

@@ -86,6 +86,45 @@ def test_postprocess_order_normalise_then_upsample_then_renormalise() -> None:
     assert cam.max() == pytest.approx(1.0, abs=1e-6)
 
 
+def two_step_heatmap(coarse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """CAM_CONVENTIONS.md steps 1-4 for one layer, as pytorch-grad-cam runs them: ReLU,
+    min-max, cv2.resize, ReLU, min-max again (float32)."""
+    import cv2
+
+    out = []
+    for m in np.maximum(coarse, 0).astype(np.float32):
+        m = (m - m.min()) / (np.float32(1e-7) + (m - m.min()).max())
+        up = np.maximum(cv2.resize(m, (size[1], size[0])), 0)
+        out.append((up - up.min()) / (np.float32(1e-7) + (up - up.min()).max()))
+    return np.float32(out)
+
+
+def coarse_cases() -> list[np.ndarray]:
+    """Maps that stress the one-min-max shortcut: random, a checkerboard (the upsampled range
+    shrinks most), one hot pixel, negative only (zero after ReLU), constant, a tiny range."""
+    rng = np.random.default_rng(7)
+    board = np.indices((6, 6)).sum(axis=0) % 2
+    return [rng.standard_normal((2, 6, 6)).astype(np.float32),
+            np.float32([board, 1 - board]),
+            np.float32([np.eye(6)[2:3].T @ np.eye(6)[4:5]]),
+            -np.ones((1, 6, 6), np.float32), np.full((1, 6, 6), 3.0, np.float32),
+            (1e-6 * rng.random((1, 6, 6))).astype(np.float32)]
+
+
+@pytest.mark.parametrize("size", [(6, 6), (7, 9), (12, 12), (24, 30), (96, 96)])
+def test_one_layer_shortcut_equals_the_two_min_max_steps(size: tuple[int, int]) -> None:
+    """postprocess takes one min-max after upsampling one layer (U·1 = 1 makes the first one
+    an affine map the second undoes); the result stays within 1e-6 of the two steps, and a
+    map with nothing positive stays all zero."""
+    for coarse in coarse_cases():
+        got = postprocess([coarse], size)
+        want = two_step_heatmap(coarse, size)
+        assert np.abs(got - want).max() <= 1e-6, (coarse[0, :2, :2], size)
+        assert not np.isnan(got).any()
+        if coarse.max() <= 0:
+            assert np.all(got == 0)
+
+
 def test_align_corners_upsampling_matches_definition() -> None:
     maps = RNG.standard_normal((1, 2, 3, 4)).astype(np.float32)
     up = upsample_align_corners(maps, (5, 7))

@@ -127,6 +127,50 @@ def test_zero_gradient_gives_all_zero_map_not_nan(method: str) -> None:
     assert not np.isnan(res.cams).any() and np.all(res.cams == 0)
 
 
+def _symbolic_size(model: onnx.ModelProto) -> onnx.ModelProto:
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.dim_param = "hw"
+    return model
+
+
+#: (model, layer, batch): average-pool heads in three spellings, one with a symbolic map size,
+#: and an early layer whose gradient is not constant over the positions
+COARSE_CASES = {
+    "global_average_pool": (small_cnn(), None, _batch(3, seed=6)),
+    "reduce_mean": (small_cnn(head="mean_matmul"), None, _batch(3, seed=7)),
+    "symbolic_size": (_symbolic_size(small_cnn()), None, _batch(2, size=20, seed=8)),
+    "nhwc": (nhwc_cnn(), "act_nhwc", _batch(3, seed=9).transpose(0, 2, 3, 1).copy()),
+    "early_layer": (small_cnn(), "r1", _batch(2, seed=10)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COARSE_CASES))
+@pytest.mark.parametrize("method", list(GRAPH_METHODS))
+def test_graph_coarse_map_is_the_method_formula(method: str, case: str) -> None:
+    """Each method's coarse map from the explainer graph (with its shortcuts for a pooling
+    head: weights from the constant gradient, the head's own average pool of A) equals the
+    method's formula written out with loops in tests/test_cams.py, applied to the fetched
+    activations and gradients."""
+    from tests.test_cams import expected
+
+    model, layer, x = COARSE_CASES[case]
+    res = og.Explainer(model, layer=layer, method=method).explain(x)
+    want = expected(method, res.activations[0], res.gradients[0])
+    assert float(np.abs(want).max()) > 1e-3, "a vanishing map would prove nothing"
+    np.testing.assert_allclose(res.coarse, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("method", ["gradcam++", "xgradcam"])
+def test_pooling_head_methods_reuse_the_forward_average_pool(method: str) -> None:
+    """Grad-CAM++ and XGrad-CAM need mean_ij A; under an average-pooling head that is the
+    forward pass's own pool, so the maps graph reads A in no other reduction."""
+    for model in (small_cnn(), small_cnn(head="mean_matmul")):
+        graph = og.Explainer(model, method=method).graph.maps_model().graph
+        readers = [n.op_type for n in graph.node if "act" in n.input]
+        assert readers.count("ReduceMean") + readers.count("GlobalAveragePool") == 1, readers
+        assert "ReduceSum" not in readers, readers
+
+
 def test_providers_take_ort_options_and_name_the_one_that_ran() -> None:
     x = _batch(2)
     plain = og.Explainer(small_cnn(), providers="cpu").explain(x)

@@ -16,9 +16,10 @@ from onnx import TensorProto, helper
 import onnx_gradcam as og
 from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.cams import min_max
-from onnx_gradcam.cams.graph import GRAPH_METHODS, upsample
+from onnx_gradcam.cams.graph import GRAPH_METHODS, heatmap, upsample
 from onnx_gradcam.export import export_explainer, export_model, triton_config, write_triton
 from tests.models import nhwc_cnn, small_cnn
+from tests.test_cams import coarse_cases, two_step_heatmap
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "demo.onnx"
@@ -277,6 +278,27 @@ def test_static_upsampling_is_two_matmuls_that_match_cv2_resize(tmp_path: Path) 
 
 
 # ---- Triton --------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(6, 6), (7, 9), (24, 30), (96, 96)])
+def test_in_graph_heatmap_equals_the_two_min_max_steps(size: tuple[int, int]) -> None:
+    """One layer upsampled in the graph takes one division (cams.graph.heatmap): within 1e-6
+    of pytorch-grad-cam's two steps written out with cv2 in the test."""
+    op = Emitter(opset=17, dtype=np.dtype(np.float32), prefix="t/")
+    out = heatmap(op, ["maps"], size, [(6, 6)])
+    assert [n.op_type for n in op.nodes].count("Div") == 1
+    graph = helper.make_graph(
+        [*op.nodes, helper.make_node("Identity", [out], ["y"])], "heatmap",
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["n", 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, *size])],
+        op.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    sess = session(model)
+    for coarse in coarse_cases():
+        got = sess.run(None, {"maps": coarse[:, None]})[0][:, 0]
+        assert np.abs(got - two_step_heatmap(coarse, size)).max() <= 1e-6, size
+
+
 def test_triton_repository_layout(tmp_path: Path) -> None:
     ex = og.Explainer(small_cnn(), providers="cpu")
     exported = export_model(ex)

@@ -89,7 +89,8 @@ def layercam(op: Emitter, acts: Value, grads: Value) -> Value:
 
 def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layout: str,
                  pooled: tuple[Value, tuple[int, ...]] | None = None,
-                 mean: Value | None = None, nonnegative: bool = False) -> Value:
+                 mean: Value | None = None, nonnegative: bool = False,
+                 acts_mean: Value | None = None) -> Value:
     """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC.
 
     ``pooled``: a tensor of G's rank that G is a broadcast of (the gradient of a global average
@@ -101,7 +102,10 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
     ``mean``: G's mean over the positions per channel (N, K) where the head gives it without
     forming G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`): Grad-CAM's weights.
     ``nonnegative``: A ≥ 0 by construction (a ReLU's output): then relu(G ⊙ A) = relu(G) ⊙ A,
-    so element-wise Grad-CAM is Layer-CAM's formula (for a constant G, one weighted sum)."""
+    so element-wise Grad-CAM is Layer-CAM's formula (for a constant G, one weighted sum).
+    ``acts_mean``: a forward tensor holding mean_ij A per channel (the head's own average
+    pool, K values per sample in any shape), which the :data:`CONSTANT_G` forms read instead
+    of summing A again."""
     to_nchw = [0, 3, 1, 2]
     value, size_one = pooled if pooled is not None else (None, ())
     for tensor in (grads, value):
@@ -128,7 +132,7 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
     if method is gradcam:
         return weighted_sum(op, op.reduce("ReduceMean", value, [2, 3]), acts)
     if constant and method in CONSTANT_G:
-        return CONSTANT_G[method](op, acts, value)
+        return CONSTANT_G[method](op, acts, value, acts_mean)
     return method(op, acts, value if constant and method in BROADCAST_SAFE else grads)
 
 
@@ -142,22 +146,46 @@ def _relu(op: Emitter, g: Value) -> Value:
     return op.Relu(g)
 
 
-def _xgradcam_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
-    """XGrad-CAM for G = g_k at every position: w_k = g_k·S_k / (S_k + 1e-7), S = Σ_ab A."""
-    sum_a = op.reduce("ReduceSum", acts, [2, 3])
-    return weighted_sum(op, op.Div(op.Mul(g, sum_a), op.Add(sum_a, 1e-7)), acts)
+def _spatial_mean(op: Emitter, acts: Value, acts_mean: Value | None) -> Value:
+    """mean_ij A (N, K, 1, 1): the forward pass's ``acts_mean`` reshaped (no pass over A),
+    else a ReduceMean of A."""
+    if acts_mean is None:
+        return op.reduce("ReduceMean", acts, [2, 3])
+    shape = op.shape(acts)
+    channels = shape[1] if shape is not None else None
+    return op.Reshape(acts_mean, op.const([-1, channels, 1, 1] if channels else [0, -1, 1, 1]))
 
 
-def _gradcam_plusplus_constant_g(op: Emitter, acts: Value, g: Value) -> Value:
-    """Grad-CAM++ for G = g_k at every position: α is the same at every position too, so
-    w_k = h·w · relu(g_k)·α_k (h·w a constant where the map's size is static)."""
+def _per_position(op: Emitter, acts: Value, value: float) -> Value:
+    """``value`` / (h·w): a constant where the map's size is static."""
     shape = op.shape(acts)
     if shape is not None and None not in shape[2:]:
-        positions: Value = op.const(float(shape[2] * shape[3]))
-    else:
-        positions = op.Cast(op.ReduceProd(op.dims(acts, 2, 4), keepdims=0),
-                            to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
-    return weighted_sum(op, op.Mul(_plusplus_terms(op, acts, g), positions), acts)
+        return op.const(value / float(shape[2] * shape[3]))
+    positions = op.Cast(op.ReduceProd(op.dims(acts, 2, 4), keepdims=0),
+                        to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
+    return op.Div(op.const(value), positions)
+
+
+def _xgradcam_constant_g(op: Emitter, acts: Value, g: Value,
+                         acts_mean: Value | None = None) -> Value:
+    """XGrad-CAM for G = g_k at every position: w_k = g_k·S_k / (S_k + 1e-7), S = Σ_ab A;
+    with S = h·w·m (m = mean_ij A), w_k = g_k·m_k / (m_k + 1e-7/(h·w))."""
+    m = _spatial_mean(op, acts, acts_mean)
+    weights = op.Div(op.Mul(g, m), op.Add(m, _per_position(op, acts, 1e-7)))
+    return weighted_sum(op, weights, acts)
+
+
+def _gradcam_plusplus_constant_g(op: Emitter, acts: Value, g: Value,
+                                 acts_mean: Value | None = None) -> Value:
+    """Grad-CAM++ for G = g_k at every position: α is the same at every position too, so
+    w_k = h·w·relu(g_k)·α_k. With r = relu(g) and S = h·w·m (m = mean_ij A), for g > 0
+    w = h·w·g³/(2g² + S·g³ + 1e-6) = r³ / (r²·(2/(h·w) + m·r) + 1e-6/(h·w)), and for g ≤ 0
+    both are 0 (relu(g) = 0; α is finite, or the formula's 0·∞, which this form avoids)."""
+    r = op.Relu(g)
+    r2 = op.Mul(r, r)
+    slope = op.Add(op.Mul(_spatial_mean(op, acts, acts_mean), r), _per_position(op, acts, 2.0))
+    den = op.Add(op.Mul(r2, slope), _per_position(op, acts, 1e-6))
+    return weighted_sum(op, op.Div(op.Mul(r2, r), den), acts)
 
 
 #: Methods that give the same map when a spatially constant G comes as (N, K, 1, 1): G meets A
@@ -171,10 +199,11 @@ BROADCAST_SAFE: set[GraphCam] = {hirescam, gradcam_elementwise, xgradcam, layerc
 CONSTANT_WEIGHTS: dict[GraphCam, Callable[[Emitter, Value], Value]] = {
     gradcam: _same, hirescam: _same, layercam: _relu}
 
-#: The same maps for a spatially constant G (N, K, 1, 1), by their own formulas (which sum A
-#: over the positions: NCHW), ending in one weighted sum
-CONSTANT_G: dict[GraphCam, GraphCam] = {xgradcam: _xgradcam_constant_g,
-                                        gradcam_plusplus: _gradcam_plusplus_constant_g}
+#: The same maps for a spatially constant G (N, K, 1, 1), by their own formulas (which need
+#: A's mean over the positions: NCHW, or the head's own average pool), ending in one
+#: weighted sum; called (op, A, g, mean_ij A or None)
+CONSTANT_G: dict[GraphCam, Callable[[Emitter, Value, Value, Value | None], Value]] = {
+    xgradcam: _xgradcam_constant_g, gradcam_plusplus: _gradcam_plusplus_constant_g}
 
 
 #: The methods an exported model can compute: one gradient pass, then element-wise math.
@@ -253,6 +282,25 @@ def upsample(op: Emitter, maps: Value, size: Value | tuple[int, int],
 def normalise(op: Emitter, coarse: Value) -> Value:
     """Post-processing steps 1-2 on one layer's coarse map (N, 1, h, w): ReLU, then min-max."""
     return min_max(op, op.Relu(coarse))
+
+
+def heatmap(op: Emitter, coarse: list[Value], size: Value | tuple[int, int],
+            sources: Sequence[tuple[int | None, int | None]] = ()) -> Value:
+    """Steps 1-4 on each layer's coarse map (N, 1, h, w) → the heatmap (N, 1, H, W).
+
+    One layer upsampled by constant matrices (:func:`upsample`) takes one division instead of
+    two, by the identity in :func:`onnx_gradcam.cams.postprocess._one_layer`'s docstring
+    (≤ 1e-6 from the two steps, tests/test_export.py): three nodes fewer per call."""
+    sources = list(sources) or [(None, None)] * len(coarse)
+    h, w = sources[0]
+    if (len(coarse) == 1 and isinstance(size, tuple) and h is not None and w is not None
+            and size[0] >= h and size[1] >= w):
+        relu = op.Relu(coarse[0])
+        upsampled = upsample(op, op.Sub(relu, op.reduce("ReduceMin", relu, [2, 3])), size,
+                             (h, w))
+        shifted = op.Sub(upsampled, op.reduce("ReduceMin", upsampled, [2, 3]))
+        return op.Div(shifted, op.Add(op.reduce("ReduceMax", shifted, [2, 3]), 1e-14))
+    return combine(op, [normalise(op, c) for c in coarse], size, sources)
 
 
 def combine(op: Emitter, normalised: list[Value], size: Value | tuple[int, int],

@@ -42,9 +42,11 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def postprocess(per_layer: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """Coarse maps (one (N, h, w) array per layer) → heatmaps (N, H, W) in [0, 1]:
     ReLU, min-max, upsample per layer; then ReLU, mean over layers, min-max again (always, also
-    for one layer, as pytorch-grad-cam does)."""
-    if len(per_layer) == 1:
-        return _one_layer(per_layer[0], size)
+    for one layer, as pytorch-grad-cam does). One layer that is upsampled takes the shortcut
+    of :func:`_one_layer`."""
+    coarse = per_layer[0]
+    if len(per_layer) == 1 and size[0] >= coarse.shape[1] and size[1] >= coarse.shape[2]:
+        return _one_layer(coarse, size)
     layers = []
     for coarse in per_layer:
         relu = np.maximum(coarse, 0, dtype=np.float32)  # a fresh array, normalised in place
@@ -57,13 +59,31 @@ def postprocess(per_layer: list[np.ndarray], size: tuple[int, int]) -> np.ndarra
     return out
 
 
+#: ε² of :func:`_one_layer`'s one min-max
+EPS_SQUARED = 1e-14
+
+
 def _one_layer(coarse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """:func:`postprocess` of one layer, image by image in one loop (the same operations:
-    bilinear resizing keeps [0, 1] maps ≥ 0, and a mean of one map is itself)."""
+    """:func:`postprocess` of one layer's maps upsampled to ``size``, with one division
+    instead of two. Bilinear weights sum to 1 (U·1 = 1), so with c = relu(coarse), r = max − min
+    and c₀ = c − min c, the normalised map n = c₀/(ε + r_c) upsamples to U·n = U·c₀/(ε + r_c),
+    and the final min-max of U·n is, exactly,
+
+        (U·c₀ − min U·c₀) / (r_u + ε·(ε + r_c)),   r_u = r(U·c₀).
+
+    This takes ε² for ε·(ε + r_c): a relative change of ε·r_c/r_u, ~1e-7 where the upsampled
+    map spans about the coarse range, as an upsampling does (≤ 1e-6 from the two steps in
+    tests/test_cams.py). The minimum is still taken off before upsampling: that makes a
+    constant map exactly zero, where resizing it would leave rounding noise for the division
+    to blow up. 14 instead of 18 µs for 24² → 96²; :func:`onnx_gradcam.cams.graph.heatmap` is
+    the same in ONNX nodes."""
     height, width = size
-    relu = np.maximum(coarse, 0, dtype=np.float32)
-    out = np.empty((len(relu), height, width), dtype=np.float32)
-    for plane, dst in zip(relu, out):
-        cv2.resize(normalise_plane(plane), (width, height), dst=dst)
-        normalise_plane(dst)
+    out = np.empty((len(coarse), height, width), dtype=np.float32)
+    for plane, dst in zip(coarse, out):
+        shifted = np.maximum(plane, 0, dtype=np.float32)
+        shifted -= np.float32(cv2.minMaxLoc(shifted)[0])
+        cv2.resize(shifted, (width, height), dst=dst)
+        low, high = cv2.minMaxLoc(dst)[:2]
+        scale = 1.0 / (EPS_SQUARED + (high - low))
+        cv2.addWeighted(dst, scale, dst, 0.0, -low * scale, dst=dst)  # (U·c₀ − low)·scale
     return out
