@@ -9,9 +9,18 @@ from collections.abc import Callable
 
 def interleaved_medians(first: Callable[[], object], second: Callable[[], object],
                         repeats: int, warmup: int = 1, block: int | None = None,
-                        pause: float = 0.02) -> tuple[float, float]:
-    """Median seconds of ``first`` and of ``second`` over ``repeats`` calls each, run in
-    alternating blocks so that load drift hits both alike.
+                        pause: float = 0.02, seconds: float = 2.0) -> tuple[float, float]:
+    """Median seconds of ``first`` and of ``second`` over at least ``repeats`` calls each (more
+    for fast calls: as many as fit in ``seconds`` per side, at most 2000), run in alternating
+    blocks so that load drift hits both alike.
+
+    A few repeats of a millisecond call made one block per side, and one burst of load from
+    this VM's neighbours in that block moved a ratio by 10-40 % (MobileNetV2 at batch 1 read
+    1.17 and 1.41 minutes apart on 2026-11-27); the time budget gives dozens of blocks
+    instead. Blocks are ~50 ms, sized from the median of five calls: sized from one call
+    (which can take 10 ms after a session switch) they were as short as five 2 ms calls, every
+    block's first calls paid for the switch from the other session's thread pool, and
+    MobileNetV2 read 1.09-1.36 against 1.04-1.05 in 25-call blocks.
 
     Each block starts with ``warmup`` untimed calls: two ONNX Runtime sessions each own a
     thread pool whose threads spin for a while after a run, so a call made right after the
@@ -26,10 +35,10 @@ def interleaved_medians(first: Callable[[], object], second: Callable[[], object
     for _ in range(warmup):
         first()
         second()
+    call = max(_median_call(first, 5), 1e-6)
+    repeats = max(repeats, min(2000, int(seconds / call)))
     if block is None:
-        t0 = time.perf_counter()
-        first()
-        block = max(1, min(repeats, int(0.05 / max(time.perf_counter() - t0, 1e-6))))
+        block = max(1, min(repeats, int(0.05 / call)))
     a: list[float] = []
     b: list[float] = []
     rewarm = warmup if block > 1 else 0
@@ -45,3 +54,12 @@ def interleaved_medians(first: Callable[[], object], second: Callable[[], object
                 fn()
                 out.append(time.perf_counter() - t0)
     return statistics.median(a), statistics.median(b)
+
+
+def _median_call(fn: Callable[[], object], calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
