@@ -9,51 +9,54 @@ from collections.abc import Callable
 
 def interleaved_medians(first: Callable[[], object], second: Callable[[], object],
                         repeats: int, warmup: int = 1, block: int | None = None,
-                        pause: float = 0.02, seconds: float = 2.0) -> tuple[float, float]:
+                        pause: float = 0.02, seconds: float = 2.0,
+                        settle: float = 0.02) -> tuple[float, float]:
     """Median seconds of ``first`` and of ``second`` over at least ``repeats`` calls each (more
     for fast calls: as many as fit in ``seconds`` per side, at most 2000), run in alternating
-    blocks so that load drift hits both alike.
+    blocks of ~0.1 s so that load drift hits both alike.
 
-    A few repeats of a millisecond call made one block per side, and one burst of load from
-    this VM's neighbours in that block moved a ratio by 10-40 % (MobileNetV2 at batch 1 read
-    1.17 and 1.41 minutes apart on 2026-11-27); the time budget gives dozens of blocks
-    instead. Blocks are ~50 ms, sized from the median of five calls: sized from one call
-    (which can take 10 ms after a session switch) they were as short as five 2 ms calls, every
-    block's first calls paid for the switch from the other session's thread pool, and
-    MobileNetV2 read 1.09-1.36 against 1.04-1.05 in 25-call blocks.
-
-    Each block starts with ``warmup`` untimed calls: two ONNX Runtime sessions each own a
-    thread pool whose threads spin for a while after a run, so a call made right after the
-    *other* session's run competes with those spinning threads (on 2 cores this added up to
-    40 % to a 0.5 ms inference, and which side it hit depended on the order). ``block``
-    defaults to enough calls for ~50 ms per block, at least one; calls that long (one per
-    block) skip the per-block warm-up, which would triple the run, and are preceded by an
-    untimed ``pause`` instead, long enough for the other session's pool threads to stop
-    spinning. Without it the side whose call ends in Python work (Eigen-CAM's SVDs) measured
-    +8 %: its ONNX Runtime run always started right after the other session's, never the
-    other way round."""
+    Each block starts with untimed calls for ``settle`` seconds (at least ``warmup`` calls):
+    two ONNX Runtime sessions each own a thread pool whose threads spin for a while after a
+    run, so the calls made right after a switch from the *other* session share the 2 cores
+    with those spinning threads. That penalty lasts a span of time, not a number of calls: with
+    blocks sized from one call measured right after a switch (up to 10 ms for a 2 ms model)
+    and one warm-up call, MobileNetV2's plain run read 2.8 ms instead of 2.0 and ratios moved
+    by 5-35 % (2026-11-27). Calls longer than a block (one per block) skip the warm-up, which
+    would double the run, and are preceded by an untimed ``pause`` instead, long enough for
+    the other session's pool threads to stop spinning (without it the side whose call ends
+    in Python work, Eigen-CAM's SVDs, measured +8 %). The time budget gives dozens of blocks,
+    so a burst of load from this VM's neighbours hits a few of them."""
     for _ in range(warmup):
         first()
         second()
+    _run_for(first, settle, warmup)
     call = max(_median_call(first, 5), 1e-6)
     repeats = max(repeats, min(2000, int(seconds / call)))
     if block is None:
-        block = max(1, min(repeats, int(0.05 / call)))
+        block = max(1, min(repeats, int(0.1 / call)))
     a: list[float] = []
     b: list[float] = []
-    rewarm = warmup if block > 1 else 0
     while len(a) < repeats:
         count = min(block, repeats - len(a))
         for fn, out in ((first, a), (second, b)):
-            for _ in range(rewarm):
-                fn()
-            if block == 1:
+            if block > 1:
+                _run_for(fn, settle, warmup)
+            else:
                 time.sleep(pause)
             for _ in range(count):
                 t0 = time.perf_counter()
                 fn()
                 out.append(time.perf_counter() - t0)
     return statistics.median(a), statistics.median(b)
+
+
+def _run_for(fn: Callable[[], object], seconds: float, calls: int) -> None:
+    """Call ``fn`` at least ``calls`` times and until ``seconds`` have passed."""
+    end = time.perf_counter() + seconds
+    done = 0
+    while done < calls or time.perf_counter() < end:
+        fn()
+        done += 1
 
 
 def _median_call(fn: Callable[[], object], calls: int) -> float:
