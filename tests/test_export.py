@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 import onnx_gradcam as og
 from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.cams import min_max
-from onnx_gradcam.cams.graph import GRAPH_METHODS, heatmap, upsample
+from onnx_gradcam.cams.graph import GRAPH_METHODS, extreme_samples, heatmap, linear_taps, upsample
 from onnx_gradcam.export import export_explainer, export_model, triton_config, write_triton
 from tests.models import nhwc_cnn, small_cnn
 from tests.test_cams import coarse_cases, two_step_heatmap
@@ -297,6 +297,25 @@ def test_in_graph_heatmap_equals_the_two_min_max_steps(size: tuple[int, int]) ->
     for coarse in coarse_cases():
         got = sess.run(None, {"maps": coarse[:, None]})[0][:, 0]
         assert np.abs(got - two_step_heatmap(coarse, size)).max() <= 1e-6, size
+        assert got.min() >= 0 and got.max() <= 1
+
+
+@pytest.mark.parametrize("src, dst", [(1, 8), (2, 3), (5, 160), (6, 7), (7, 224), (24, 96),
+                                      (13, 299), (9, 9)])
+def test_extreme_samples_hold_every_interpolated_minimum_and_maximum(src: int, dst: int) -> None:
+    """heatmap finds the extremes of the upsampled map on a subgrid: for random signals and
+    one-hot ones, the min and max over all outputs of the interpolation (the matrix built
+    from linear_taps, which matches cv2.resize above) are taken at extreme_samples too."""
+    left, frac = linear_taps(src, dst)
+    interp = np.zeros((dst, src), np.float64)
+    interp[np.arange(dst), left] += 1 - frac
+    interp[np.arange(dst), np.minimum(left + 1, src - 1)] += frac
+    keep = extreme_samples(src, dst)
+    assert len(keep) <= 2 * src
+    rng = np.random.default_rng(src * 1000 + dst)
+    for signal in [*rng.standard_normal((50, src)), *np.eye(src)]:
+        out = interp @ signal
+        assert out[keep].min() == out.min() and out[keep].max() == out.max()
 
 
 def test_triton_repository_layout(tmp_path: Path) -> None:

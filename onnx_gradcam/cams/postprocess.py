@@ -75,8 +75,8 @@ def _one_layer(coarse: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     map spans about the coarse range, as an upsampling does (≤ 1e-6 from the two steps in
     tests/test_cams.py). The minimum is still taken off before upsampling: that makes a
     constant map exactly zero, where resizing it would leave rounding noise for the division
-    to blow up. 14 instead of 18 µs for 24² → 96²; :func:`onnx_gradcam.cams.graph.heatmap` is
-    the same in ONNX nodes."""
+    to blow up. 14 instead of 18 µs for 24² → 96²; :func:`onnx_gradcam.cams.graph.heatmap`
+    computes the same map in ONNX nodes."""
     height, width = size
     out = np.empty((len(coarse), height, width), dtype=np.float32)
     for plane, dst in zip(coarse, out):
