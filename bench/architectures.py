@@ -12,7 +12,8 @@ model, of ``Explainer.explain`` at the last conv activation (forward + head grad
 post-processing) and at an early layer (the gradient runs back through most of the backbone).
 Calls run in blocks (:func:`timing`); ``--cold`` times single calls in rotation instead, each
 starting with caches another model filled (MobileNetV3Small at batch 1 on 2026-11-27: 1.16
-cold, 1.12 in blocks; bench/results/architectures.txt).
+cold, 1.08 in blocks; bench/results/architectures.txt). ``--repeats`` is a minimum: fast calls
+run for ~2 s per side (:func:`bench.timing.interleaved_medians`).
 Floors (the issue's): last-layer ratio ≤ 1.10 at batch 1 and ≤ 1.05 at batch 16.
 
 Peak memory: each of plain / explain-last / explain-early runs twice at the largest batch in a
