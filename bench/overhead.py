@@ -5,7 +5,8 @@
 For each model and batch size: median wall time of ``Explainer.explain`` (forward + head gradient
 + Grad-CAM post-processing) and of a plain ``InferenceSession.run`` of the original model, with
 the same threads and provider, and their ratio. The two are interleaved so load drift on a shared
-machine hits both alike.
+machine hits both alike; ``--repeats`` is a minimum, fast calls run for ~2 s per side
+(:func:`bench.timing.interleaved_medians`).
 """
 
 from __future__ import annotations
