@@ -276,23 +276,24 @@ def upsample(op: Emitter, maps: Value, size: Value | tuple[int, int],
     Where both sizes are static (``source`` = (h, w)) and it is an upsampling, as two MatMuls
     with constant interpolation matrices (≤ 1e-6 from cv2.resize, which interpolates rows
     first; in ONNX Runtime a third of the time of a ``Resize``, which recomputes its
-    coordinates on every run). Columns first: the second, larger product then has a 2-D right
-    operand, which ONNX Runtime runs as one GEMM over the whole batch."""
-    h, w = source
-    if _static_upsampling(size, source):
-        assert isinstance(size, tuple) and h is not None and w is not None
-        return _upsample_at(op, maps, (h, w), size)
+    coordinates on every run; :func:`_upsample_at`)."""
+    static = _static_upsampling(size, source)
+    if static is not None:
+        return _upsample_at(op, maps, *static)
     hw = op.const(list(size)) if isinstance(size, tuple) else size
     sizes = op.Concat(op.dims(maps, 0, 2), hw, axis=0)
     return op.Resize(maps, None, None, sizes, mode="linear",
                      coordinate_transformation_mode="half_pixel")
 
 
-def _static_upsampling(size: Value | tuple[int, int],
-                       source: tuple[int | None, int | None]) -> bool:
+def _static_upsampling(size: Value | tuple[int, int], source: tuple[int | None, int | None]
+                       ) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(source, size) where both are static and it is an upsampling, else None."""
     h, w = source
-    return (isinstance(size, tuple) and h is not None and w is not None
-            and size[0] >= h and size[1] >= w)
+    if isinstance(size, tuple) and h is not None and w is not None and (
+            size[0] >= h and size[1] >= w):
+        return (h, w), size
+    return None
 
 
 def _upsample_at(op: Emitter, maps: Value, source: tuple[int, int], size: tuple[int, int],
@@ -327,17 +328,17 @@ def heatmap(op: Emitter, coarse: list[Value], size: Value | tuple[int, int],
     on the full map, MobileNetV3Small's batch of 16 (16 maps of 160²) costs ~1.00 instead of
     ~1.05 of a plain inference."""
     sources = list(sources) or [(None, None)] * len(coarse)
-    (h, w) = sources[0]
-    if len(coarse) != 1 or not _static_upsampling(size, (h, w)):
+    static = _static_upsampling(size, sources[0]) if len(coarse) == 1 else None
+    if static is None:
         return combine(op, [normalise(op, c) for c in coarse], size, sources)
-    assert isinstance(size, tuple) and h is not None and w is not None
+    (h, w), (height, width) = static
     relu = op.Relu(coarse[0])
     shifted = op.Sub(relu, op.reduce("ReduceMin", relu, [2, 3]))
-    extremes = _upsample_at(op, shifted, (h, w), size,
-                            (extreme_samples(h, size[0]), extreme_samples(w, size[1])))
+    extremes = _upsample_at(op, shifted, *static,
+                            (extreme_samples(h, height), extreme_samples(w, width)))
     low = op.reduce("ReduceMin", extremes, [2, 3])
     spread = op.Add(op.Sub(op.reduce("ReduceMax", extremes, [2, 3]), low), 1e-14)
-    maps = _upsample_at(op, op.Div(op.Sub(shifted, low), spread), (h, w), size)
+    maps = _upsample_at(op, op.Div(op.Sub(shifted, low), spread), *static)
     return op.Clip(maps, op.const(0.0), op.const(1.0))
 
 
