@@ -177,3 +177,21 @@ def test_first_component_keeps_lapacks_sign(shape: tuple[int, int]) -> None:
         got = first_component(x)
         assert np.dot(got, want) > 0, f"sign flipped (trial {trial})"
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_projection_2d_batch_equals_each_image_alone() -> None:
+    """One batched QR + SVD call per batch gives every image the map, sign included, that
+    pytorch-grad-cam's per-image ``np.linalg.svd`` gives it (wide, tall and square maps)."""
+    from onnx_gradcam.cams.eigen import projection_2d
+
+    rng = np.random.default_rng(5)
+    for shape in [(6, 512, 5, 5), (5, 16, 20, 20), (4, 49, 7, 7)]:
+        maps = np.maximum(rng.standard_normal(shape) + rng.standard_normal(shape[:2] + (1, 1)),
+                          0).astype(np.float32)
+        got = projection_2d(maps)
+        for image, cam in zip(maps, got):
+            x = image.reshape(shape[1], -1).T
+            x = x - x.mean(axis=0)
+            want = (x @ np.linalg.svd(x, full_matrices=True)[2][0]).reshape(shape[2:])
+            assert np.dot(cam.ravel(), want.ravel()) > 0, "sign flipped"
+            np.testing.assert_allclose(cam, want, rtol=0, atol=1e-4 * np.abs(want).max())

@@ -1,18 +1,21 @@
-"""Score-CAM: onnx-gradcam (batched masked forwards on ONNX Runtime) vs pytorch-grad-cam's
-ScoreCAM on the same model, images, target and threads, measured side by side in one run.
+"""onnx-gradcam vs pytorch-grad-cam on the same model, images, target and threads, measured side
+by side in one run, for the methods whose cost is not one gradient pass: Score-CAM (our batched
+masked forwards on ONNX Runtime vs its ScoreCAM) and the SVD methods Eigen-CAM and Eigen-Grad-CAM
+(our one batched QR + SVD call per batch vs its per-image ``np.linalg.svd``).
 
 Needs torch, torchvision and grad-cam, so it runs in its own venv (never the project's):
 
-    /work/venvs/gradcam/bin/python bench/scorecam_vs_torch.py        # PYTHONPATH is set below
+    /work/venvs/gradcam/bin/python bench/methods_vs_torch.py [--methods scorecam,eigencam]
 
-(the venv of tests/fixtures/torch/make_fixtures.py, plus `pip install typer rich` for our CLI
-modules). Prints median seconds of each and the speed-up; checks the two cams agree.
+(the venv of tests/fixtures/torch/make_fixtures.py, plus `pip install typer rich threadpoolctl`
+for our modules). Prints median seconds of each and the speed-up; checks the two cams agree.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import statistics
 import sys
 import time
@@ -52,35 +55,46 @@ def to_onnx(model, x) -> tuple[onnx.ModelProto, str]:
     return proto, og.Explainer(proto).layers[0].name
 
 
+def their_method(method: str):
+    import pytorch_grad_cam as pgc
+
+    return {"scorecam": pgc.ScoreCAM, "eigencam": pgc.EigenCAM,
+            "eigengradcam": pgc.EigenGradCAM}[method]
+
+
 def main() -> None:
-    from pytorch_grad_cam import ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=32, help="masked inputs per forward (both)")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="Score-CAM's masked inputs per forward (both)")
+    parser.add_argument("--methods", default="scorecam,eigencam,eigengradcam")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{'case':36} {'torch s':>8} {'ours s':>8} {'speed-up':>8} {'max |Δcam|':>10}")
-    for name, model, layer, x in models(args.threads):
+    print(f"{'method':13} {'case':36} {'torch s':>8} {'ours s':>8} {'speed-up':>8} "
+          f"{'max |Δcam|':>10}")
+    for method, (name, model, layer, x) in itertools.product(args.methods.split(","),
+                                                             list(models(args.threads))):
         proto, tensor = to_onnx(model, x)
-        ours = og.Explainer(proto, layer=tensor, method="scorecam", providers="cpu",
+        ours = og.Explainer(proto, layer=tensor, method=method, providers="cpu",
                             threads=args.threads, scorecam_batch=args.batch)
         targets = ours.explain(x.numpy()).targets
-        cam = ScoreCAM(model=model, target_layers=[layer])
+        cam = their_method(method)(model=model, target_layers=[layer])
         cam.batch_size = args.batch
         wants = [ClassifierOutputTarget(int(t)) for t in targets]
         t_torch, t_ours = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            theirs = cam(input_tensor=x, targets=wants)
+            expected = cam(input_tensor=x, targets=wants)
             t_torch.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             mine = ours.explain(x.numpy(), targets).cams
             t_ours.append(time.perf_counter() - t0)
         a, b = statistics.median(t_torch), statistics.median(t_ours)
-        print(f"{name:36} {a:8.3f} {b:8.3f} {a / b:8.2f} {np.abs(mine - theirs).max():10.2e}")
+        print(f"{method:13} {name:36} {a:8.3f} {b:8.3f} {a / b:8.2f} "
+              f"{np.abs(mine - expected).max():10.2e}")
 
 
 if __name__ == "__main__":
