@@ -52,44 +52,52 @@ def _expected(model: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return DATA[model][f"{model}__input"], {"t0": targets[0], "t1": targets[1]}
 
 
-def _assert_cams(ex: og.Explainer, model: str) -> None:
+def _assert_cams(ex: og.Explainer, model: str, layer: str) -> None:
     x, targets = _expected(model)
     for key, t in targets.items():
         res = ex.explain(x, t)
-        diff = np.abs(res.cams - DATA[model][f"{model}__cam__{key}"]).max(axis=(1, 2))
+        diff = np.abs(res.cams - DATA[model][f"{model}__{layer}__cam__{key}"]).max(axis=(1, 2))
         assert diff.max() <= TOLERANCE, (
             f"layer {ex.layer_names[0]}, target {key}: map max abs diff per image {diff}")
 
 
 @pytest.mark.parametrize("model, file", FILES)
 def test_auto_layer_is_the_one_a_person_would_pick(model: str, file: str) -> None:
-    layer = MODELS[model]["files"][file]["layer"]
+    layer = MODELS[model]["files"][file]["layers"]["last"]
     ex = og.Explainer(HERE / file, providers="cpu")
-    # Tensors equal in value to the torch layer's output (e.g. an identity-sized adaptive pool
-    # after VGG's last MaxPool) have the same gradient and map.
+    # Tensors equal in value to the framework layer's output (e.g. an identity-sized adaptive
+    # pool after VGG's last MaxPool) have the same gradient and map.
     assert ex.layer_names[0] in layer["all_matching_tensors"], (
         f"{file}: auto-detected {ex.layer_names[0]!r} {list(ex.layers[0].shape)} "
         f"{ex.layers[0].layout}; expected {layer['onnx_tensor']!r} "
-        f"(framework layer {MODELS[model]['framework_layer']})")
-    _assert_cams(ex, model)
+        f"(framework layer {MODELS[model]['layers']['last']['framework_layer']})")
+    _assert_cams(ex, model, "last")
 
 
-@pytest.mark.parametrize("model, file", FILES)
-def test_maps_and_gradients_equal_torch_at_the_named_layer(model: str, file: str) -> None:
-    layer = MODELS[model]["files"][file]["layer"]["onnx_tensor"]
-    ex = og.Explainer(HERE / file, layer=layer, providers="cpu")
+def _layers():
+    for param in FILES:
+        model, file = param.values
+        for layer in MODELS[model]["layers"]:
+            yield pytest.param(model, file, layer, id=f"{param.id}-{layer}")
+
+
+@pytest.mark.parametrize("model, file, layer", list(_layers()))
+def test_maps_and_gradients_equal_the_framework_at_the_named_layer(model: str, file: str,
+                                                                    layer: str) -> None:
+    name = MODELS[model]["files"][file]["layers"][layer]["onnx_tensor"]
+    ex = og.Explainer(HERE / file, layer=name, providers="cpu")
     x, targets = _expected(model)
-    logits = DATA[model][f"{model}__logits"]
-    act = DATA[model][f"{model}__act"]
+    data = DATA[model]
+    logits, act = data[f"{model}__logits"], data[f"{model}__{layer}__act"]
     for key, t in targets.items():
         res = ex.explain(x, t)
         assert np.abs(res.scores - logits).max() <= TOLERANCE * np.abs(logits).max()
         assert np.abs(res.activations[0] - act).max() <= TOLERANCE * np.abs(act).max()
-        grad = DATA[model][f"{model}__grad__{key}"]
+        grad = data[f"{model}__{layer}__grad__{key}"]
         rel = np.abs(res.gradients[0] - grad).max() / np.abs(grad).max()
-        assert rel <= TOLERANCE, f"target {key}: gradient {rel:.2e} off torch autograd"
-        diff = np.abs(res.cams - DATA[model][f"{model}__cam__{key}"]).max()
-        assert diff <= TOLERANCE, f"target {key}: map {diff:.2e} off pytorch-grad-cam"
+        assert rel <= TOLERANCE, f"target {key}: gradient {rel:.2e} off the framework's autograd"
+        diff = np.abs(res.cams - data[f"{model}__{layer}__cam__{key}"]).max()
+        assert diff <= TOLERANCE, f"target {key}: map {diff:.2e} off the framework's Grad-CAM"
 
 
 def test_the_corpus_covers_what_users_meet() -> None:
@@ -98,7 +106,7 @@ def test_the_corpus_covers_what_users_meet() -> None:
     opsets 9-17, some below the loader's minimum (version conversion); no head near a kink."""
     legacy_opsets = set()
     for spec in MODELS.values():
-        assert spec["near_kink_float64"]["head"] == 0
+        assert all(la["near_kink_float64"]["head"] == 0 for la in spec["layers"].values())
         for file, info in spec["files"].items():
             proto = onnx.load(str(HERE / file), load_external_data=False)
             opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
