@@ -76,9 +76,15 @@ def elide_identities(g: onnx.GraphProto) -> None:
             kept.append(node)
     if not rename:
         return
+
+    def final(name: str) -> str:  # a chain a → b → c renames a and b to c
+        while name in rename:
+            name = rename[name]
+        return name
+
     for node in kept:
-        node.input[:] = [rename.get(i, i) for i in node.input]
-        node.output[:] = [rename.get(o, o) for o in node.output]
+        node.input[:] = [final(i) for i in node.input]
+        node.output[:] = [final(o) for o in node.output]
     del g.node[:]
     g.node.extend(kept)
 

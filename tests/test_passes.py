@@ -82,3 +82,20 @@ def test_identities_that_rename_go_and_the_others_stay() -> None:
     x = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
     for want, got in zip(_run(model, x), _run(elided, x)):
         assert np.array_equal(want, got)
+
+
+def test_a_chain_of_identities_renames_to_its_last_name() -> None:
+    """paddle2onnx ends a graph in Identity(Add → fetch_name_0); our explainer graph adds
+    Identity(fetch_name_0 → ogc_scores): the Add must write the last name."""
+    model = _model([
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Identity", ["r"], ["fetch"]),
+        helper.make_node("Identity", ["fetch"], ["y"]),
+        helper.make_node("Neg", ["fetch"], ["z"])],
+        {}, [2, 3], {"y": [2, 3], "z": [2, 3]})
+    elided = _simplified(model, elide_identities)
+    assert [(n.op_type, list(n.input), list(n.output)) for n in elided.graph.node] == [
+        ("Relu", ["x"], ["y"]), ("Neg", ["y"], ["z"])]
+    x = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+    for want, got in zip(_run(model, x), _run(elided, x)):
+        assert np.array_equal(want, got)
