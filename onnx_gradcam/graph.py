@@ -65,6 +65,15 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+def _subgraph_values(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
+    """The typed values declared inside ``graph``'s subgraphs (recursively)."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                yield from (*sub.input, *sub.value_info, *sub.output)
+                yield from _subgraph_values(sub)
+
+
 def _dims(type_proto: onnx.TypeProto) -> Shape | None:
     tensor = type_proto.tensor_type
     if not tensor.HasField("shape"):
@@ -92,6 +101,11 @@ class GraphInfo:
             if shape is not None:
                 self.shapes[value.name] = shape
             self.elem_types[value.name] = value.type.tensor_type.elem_type
+        for value in _subgraph_values(graph):  # If branches, Loop bodies: shapes only
+            shape = _dims(value.type)
+            if shape is not None and value.name not in self.shapes:
+                self.shapes[value.name] = shape
+                self.elem_types[value.name] = value.type.tensor_type.elem_type
         tensors = {t.name: t for t in model.graph.initializer}
         for node in self.nodes:
             if node.op_type == "Constant" and node.output:
