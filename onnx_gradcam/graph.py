@@ -74,6 +74,20 @@ def _subgraph_values(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
                 yield from _subgraph_values(sub)
 
 
+def _captured(node: onnx.NodeProto) -> list[str]:
+    """The names ``node``'s subgraphs read from outside themselves (recursively)."""
+    out: list[str] = []
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for inner in sub.node:
+                for name in [*inner.input, *_captured(inner)]:
+                    if name and name not in local and name not in out:
+                        out.append(name)
+                local.update(inner.output)
+    return out
+
+
 def _dims(type_proto: onnx.TypeProto) -> Shape | None:
     tensor = type_proto.tensor_type
     if not tensor.HasField("shape"):
@@ -127,10 +141,16 @@ class GraphInfo:
         return {o: i for i, n in enumerate(self.nodes) for o in n.output if o}
 
     @cached_property
+    def node_inputs(self) -> list[list[str]]:
+        """Each node's inputs, with the outer tensors its subgraphs read (an ``If`` branch's
+        BatchNormalization reads the Conv output it normalises without naming it as an input)."""
+        return [[*node.input, *_captured(node)] for node in self.nodes]
+
+    @cached_property
     def consumers(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
-        for i, node in enumerate(self.nodes):
-            for name in set(node.input):
+        for i, inputs in enumerate(self.node_inputs):
+            for name in set(inputs):
                 if name:
                     out.setdefault(name, []).append(i)
         return out
@@ -144,7 +164,7 @@ class GraphInfo:
             if index is None or index in seen:
                 continue
             seen.add(index)
-            stack.extend(i for i in self.nodes[index].input if i)
+            stack.extend(i for i in self.node_inputs[index] if i)
         return seen
 
     def descendants(self, tensor: str) -> set[int]:

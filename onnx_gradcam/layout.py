@@ -62,23 +62,24 @@ class Verdict:
 
     tensor: str
     layout: str | None
-    evidence: tuple[str, ...]  # "NHWC: ReduceMean axes [1, 2] at node 'm' (on 'x')"
+    #: what each piece of evidence implies for this tensor, e.g. ``("NHWC", "ReduceMean axes
+    #: [1, 2] at node 'pool'")``; evidence about another tensor of its group names that tensor
+    evidence: tuple[tuple[str, str], ...]
 
-    @property
-    def disputed(self) -> bool:
-        return self.layout is None and bool(self.evidence)
+    def lines(self) -> list[str]:
+        return [f"{layout} by {text}" for layout, text in self.evidence]
 
     def summary(self, most: int = 2) -> str:
         """One line for ``inspect``: the layout and its first pieces of evidence."""
         if not self.evidence:
             return f"{self.layout or '?'} (no evidence in the graph)"
-        shown = "; ".join(self.evidence[:most])
+        shown = "; ".join(self.lines()[:most])
         more = f"; +{len(self.evidence) - most} more" if len(self.evidence) > most else ""
         return f"{self.layout or 'disputed'} ({shown}{more})"
 
     def refusal(self, source: str, shape: object) -> str:
         """The one-line error for a layer whose layout is undecided."""
-        why = (f"the graph disagrees ({'; '.join(self.evidence[:3])})" if self.evidence
+        why = (f"the graph disagrees ({'; '.join(self.lines()[:4])})" if self.evidence
                else "nothing in the graph tells")
         return (f"{source}: cannot tell whether layer {self.tensor!r} {shape} is NCHW or NHWC: "
                 f"{why}; state it with --layer {self.tensor}:NCHW or --layer {self.tensor}:NHWC "
@@ -290,12 +291,13 @@ class Layouts:
     def of(self, name: str) -> Verdict:
         """What the graph says about ``name``'s layout, the tensor's own evidence first."""
         root, parity = self._find(name)
-        said: dict[str, list[str]] = {"NCHW": [], "NHWC": []}
+        said: dict[str, list[tuple[str, str]]] = {"NCHW": [], "NHWC": []}
         items = sorted(self._groups.get(root, []), key=lambda e: e[0].tensor != name)
         for item, other in items:
             layout = flip(item.layout) if parity != other else item.layout
-            where = "" if item.tensor == name else f" (on {item.tensor!r})"
-            said[layout].append(f"{layout}: {item.reason}{where}")
+            text = item.reason if item.tensor == name else (
+                f"{item.reason}, which makes {item.tensor!r} {item.layout}")
+            said[layout].append((layout, text))
         decided = [k for k in LAYOUTS if said[k]]
         layout = decided[0] if len(decided) == 1 else None
         ordered = said[layout] if layout else said["NCHW"][:2] + said["NHWC"][:2]

@@ -228,7 +228,7 @@ def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> La
                                f"{', '.join(close)} (see `onnx-gradcam inspect`)")
     if stated:
         return replace(layer, layout=stated, verdict=Verdict(
-            name, stated, (f"{stated}: stated by the user ({name}:{stated})",)))
+            name, stated, ((stated, f"the user ({name}:{stated})"),)))
     if layer.layout == "?":
         raise OnnxGradCamError(layer.verdict.refusal(model.source, _dims(layer.shape)))
     return layer

@@ -15,7 +15,8 @@ from onnx_gradcam.model import candidate_layers, detect_layer, load_model, resol
 
 def inspect_command(
     model: Path = typer.Argument(..., help="ONNX model file"),
-    layer: str = typer.Option(None, "--layer", help="show the head for this target layer"),
+    layer: str = typer.Option(None, "--layer", help="show the head for this target layer "
+                              "(NAME:NHWC or NAME:NCHW states its layout)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
     """Inputs, outputs, layout, score, the detected target layer, candidates and the head's ops."""
@@ -36,7 +37,7 @@ def inspect_command(
         "score": {"tensor": score,
                   "kind": "logits" if score != loaded.score_output else "output"},
         "layer": {"name": chosen.name, "shape": _dims(chosen.shape), "op": chosen.op,
-                  "layout": chosen.layout},
+                  "layout": chosen.layout, "layout_evidence": chosen.verdict.lines()},
         "head_ops": head,
         "candidates": [{"name": c.name, "shape": _dims(c.shape), "op": c.op, "layout": c.layout}
                        for c in candidate_layers(loaded, score)],
@@ -52,7 +53,7 @@ def inspect_command(
             console.print(f"  {kind[:-1]:6} {item['name']}  {item['shape']}")
     console.print(f"  score  {score} ({facts['score']['kind']}; output {loaded.score_output})")
     console.print(f"  layer  [green]{chosen.name}[/] {_dims(chosen.shape)} "
-                  f"from {chosen.op}, {chosen.layout}")
+                  f"from {chosen.op}, {chosen.verdict.summary()}")
     console.print(f"  head   {' → '.join(head) or '(the layer is the score)'}")
     table = Table("candidate layer", "shape", "op", "layout", title="candidates (forward order)")
     for c in facts["candidates"]:
