@@ -65,6 +65,11 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+def readable(shape: Shape | None) -> list | None:
+    """``shape`` as users read it: unknown dimensions as ``?``."""
+    return None if shape is None else [d if d is not None else "?" for d in shape]
+
+
 def _subgraph_values(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
     """The typed values declared inside ``graph``'s subgraphs (recursively)."""
     for node in graph.node:

@@ -20,7 +20,7 @@ from functools import cached_property
 import onnx
 from onnx import helper
 
-from onnx_gradcam.graph import GraphInfo
+from onnx_gradcam.graph import GraphInfo, readable
 
 LAYOUTS = ("NCHW", "NHWC")
 #: Ops whose data input and output are NCHW by the ONNX spec.
@@ -276,7 +276,7 @@ class Layouts:
         nchw, nhwc = shape[1] in (1, 3), shape[3] in (1, 3)
         if nchw != nhwc:
             layout = "NCHW" if nchw else "NHWC"
-            self._say(name, layout, f"model input of shape {_dims(shape)}")
+            self._say(name, layout, f"model input of shape {readable(shape)}")
 
     # ---- verdicts ------------------------------------------------------------------------------
     @cached_property
@@ -302,10 +302,6 @@ class Layouts:
         layout = decided[0] if len(decided) == 1 else None
         ordered = said[layout] if layout else said["NCHW"][:2] + said["NHWC"][:2]
         return Verdict(name, layout, tuple(ordered))
-
-
-def _dims(shape: tuple) -> list:
-    return [d if d is not None else "?" for d in shape]
 
 
 def pooled(shape: tuple) -> bool:

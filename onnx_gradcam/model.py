@@ -11,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from onnx_gradcam.errors import OnnxGradCamError
-from onnx_gradcam.graph import GraphInfo, Shape
+from onnx_gradcam.graph import GraphInfo, Shape, readable
 from onnx_gradcam.layout import Layouts, Verdict, explicit, pooled
 from onnx_gradcam.metadata import ModelMetadata, read_metadata
 
@@ -182,7 +182,7 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
         chosen = by_name[node.input[0]]
     _refuse_quantized(model, info.ancestors(score) & info.descendants(chosen.name))
     if chosen.layout == "?":
-        raise OnnxGradCamError(chosen.verdict.refusal(model.source, _dims(chosen.shape)))
+        raise OnnxGradCamError(chosen.verdict.refusal(model.source, readable(chosen.shape)))
     return chosen
 
 
@@ -197,10 +197,6 @@ def _refuse_quantized(model: LoadedModel, nodes: set[int]) -> None:
             else "quantized QOperator ops")
     raise OnnxGradCamError(f"{model.source}: {kind} ({listed}{more}) between the input and the "
                            "scores are not supported yet; explain the float model instead")
-
-
-def _dims(shape: Shape) -> list:
-    return [d if d is not None else "?" for d in shape]
 
 
 def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> Layer:
@@ -230,5 +226,5 @@ def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> La
         return replace(layer, layout=stated, verdict=Verdict(
             name, stated, ((stated, f"the user ({name}:{stated})"),)))
     if layer.layout == "?":
-        raise OnnxGradCamError(layer.verdict.refusal(model.source, _dims(layer.shape)))
+        raise OnnxGradCamError(layer.verdict.refusal(model.source, readable(layer.shape)))
     return layer
