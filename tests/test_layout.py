@@ -3,6 +3,8 @@ graph, refusals where the graph disagrees or says nothing, and what is never a c
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -92,7 +94,7 @@ def test_evidence_kinds(case: str) -> None:
     assert any(reason in line for line in verdict.lines()), verdict.lines()
 
 
-def test_if_branches_say_the_layout() -> None:
+def test_if_branches_say_the_layout(tmp_path) -> None:
     """tf2onnx 1.8's learning-phase If: each branch normalises the NCHW Conv output it reads
     from the outer graph and transposes it to NHWC; the If's output (and what follows) is NHWC."""
     def branch(name: str) -> onnx.GraphProto:
@@ -123,6 +125,13 @@ def test_if_branches_say_the_layout() -> None:
     layers = candidate_layers(loaded)
     assert [la.name for la in layers][-2:] == ["bn", "t"]  # the If keeps the Conv on the path
     assert og.Explainer(model).layers[0].name == "t"
+    path = tmp_path / "if.onnx"
+    onnx.save(model, path)
+    shown = run_cli("inspect", str(path), "--json")
+    assert shown.returncode == 0, shown.stderr
+    layer = json.loads(shown.stdout)["layer"]
+    assert layer["name"] == "t" and layer["layout"] == "NHWC"
+    assert any("perm [0, 2, 3, 1] at node 'then_tr'" in e for e in layer["layout_evidence"])
 
 
 def _arr(shape):
