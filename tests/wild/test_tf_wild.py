@@ -96,7 +96,8 @@ def test_learning_phase_if_graph(tmp_path) -> None:
     assert_cams_close(res.cams, net.tape_gradcam(x, res.targets))
 
 
-def keras3_net() -> object:
+def keras3_conv() -> tuple[object, str]:
+    """Conv-BN-ReLU, depthwise ReLU6, 1×1 conv: tf2onnx leaves it NCHW after its input."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Conv2D(8, 3, strides=2, name="conv_a")(inp)
@@ -107,13 +108,29 @@ def keras3_net() -> object:
     x = keras.layers.Conv2D(16, 1, activation="relu", name="conv_c")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dense(CLASSES, name="logits")(x)
-    return keras.Model(inp, keras.layers.Softmax()(x))
+    return keras.Model(inp, keras.layers.Softmax()(x)), "conv_c"
 
 
-def test_keras3_raw_tf2onnx(tmp_path) -> None:
+def keras3_pointwise() -> tuple[object, str]:
+    """A ConvNeXt-style block: Dense on the 4-D tensor (a MatMul over channels-last data) and a
+    LayerNormalization: the last activation stays NHWC in the ONNX graph."""
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(8, 4, strides=4, name="stem")(inp)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+    x = keras.layers.Dense(16, name="expand")(x)
+    x = keras.layers.Activation("relu", name="act")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(CLASSES, name="logits")(x)
+    return keras.Model(inp, keras.layers.Softmax()(x)), "act"
+
+
+@pytest.mark.parametrize(("build", "layout"), [(keras3_conv, "NCHW"), (keras3_pointwise, "NHWC")],
+                         ids=["conv", "pointwise"])
+def test_keras3_raw_tf2onnx(tmp_path, build, layout) -> None:
     """A Keras 3 model converted by tf2onnx as a user would (tf.function → from_function, no
-    metadata): the detected layer is conv_c's activation, the map equals the tape's."""
-    model = keras3_net()
+    metadata): the detected layer is the last activation, the map equals the tape's."""
+    model, act_layer = build()
     spec = (tf.TensorSpec((None, SIZE, SIZE, 3), tf.float32, name="input"),)
     proto, _ = tf2onnx.convert.from_function(tf.function(lambda x: model(x, training=False)),
                                              input_signature=spec, opset=17)
@@ -122,15 +139,16 @@ def test_keras3_raw_tf2onnx(tmp_path) -> None:
     onnx.save(proto, path)
     ex = og.Explainer(path)
     x = np.random.default_rng(2).uniform(-1, 1, (3, SIZE, SIZE, 3)).astype(np.float32)
+    assert ex.layers[0].layout == layout
     res = ex.explain(x)
-    inner = keras.Model(model.inputs, [model.get_layer("conv_c").output, model.output])
+    inner = keras.Model(model.inputs, [model.get_layer(act_layer).output, model.output])
     with tf.GradientTape() as tape:
         acts, _ = inner(x, training=False)
         tape.watch(acts)
         logits = model.get_layer("logits")(tf.reduce_mean(acts, axis=[1, 2]))
         score = tf.reduce_sum(tf.gather(logits, res.targets, axis=1, batch_dims=1))
     grads = tape.gradient(score, acts)
-    # the layer a person would pick: conv_c's output (activations are reported NCHW)
+    # the layer a person would pick (activations are reported NCHW)
     np.testing.assert_allclose(res.activations[0], acts.numpy().transpose(0, 3, 1, 2),
                                rtol=1e-4, atol=1e-5)
     assert_cams_close(res.cams, reference_gradcam(acts.numpy(), grads.numpy(), (SIZE, SIZE)))
