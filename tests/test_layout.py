@@ -236,7 +236,10 @@ def test_weights_are_never_candidates() -> None:
     assert [la.name for la in candidate_layers(loaded)] == ["c"]
 
 
-def test_quantized_qoperator_model_says_what_is_unsupported(tmp_path) -> None:
+@pytest.mark.parametrize(("fmt", "says"), [
+    ("QOperator", r"quantized QOperator ops \(QLinearConv ×2.*\)"),
+    ("QDQ", r"quantize/dequantize \(QDQ\) ops \((Quantize|Dequantize)Linear ×\d+.*\)")])
+def test_quantized_models_say_what_is_unsupported(tmp_path, fmt: str, says: str) -> None:
     quantization = pytest.importorskip("onnxruntime.quantization")
     source = tmp_path / "float.onnx"
     onnx.save(small_cnn(size=16, batch=1), source)
@@ -250,9 +253,9 @@ def test_quantized_qoperator_model_says_what_is_unsupported(tmp_path) -> None:
 
     quantized = tmp_path / "int8.onnx"
     quantization.quantize_static(str(source), str(quantized), Calibration(),
-                                 quant_format=quantization.QuantFormat.QOperator)
-    assert any(n.op_type == "QLinearConv" for n in onnx.load(quantized).graph.node)
-    with pytest.raises(og.OnnxGradCamError,
-                       match=r"int8.onnx: quantized QOperator ops \(QLinearConv ×2.*\) between "
-                             "the input and the scores are not supported yet"):
+                                 quant_format=getattr(quantization.QuantFormat, fmt))
+    ops = {n.op_type for n in onnx.load(quantized).graph.node}
+    assert ("QLinearConv" in ops) == (fmt == "QOperator")
+    with pytest.raises(og.OnnxGradCamError, match=f"int8.onnx: {says} between the input and "
+                       "the scores are not supported yet"):
         og.Explainer(quantized)
