@@ -166,7 +166,8 @@ class Layouts:
             elif perm == [0, 1, 2, 3]:
                 self._join(ins[0], outs[0])
         elif op in SAME_LAYOUT:
-            for name in [*ins, *outs]:
+            data = ins if op in BROADCASTING or op == "Concat" else ins[:1]  # not pads, sizes…
+            for name in [*data, *outs]:
                 shape = self.info.shapes.get(name)
                 # a broadcast operand of unknown rank may be (C,) or (N, C): leave it out
                 if name and (len(shape) == 4 if shape is not None else op not in BROADCASTING):
