@@ -102,9 +102,10 @@ class Explainer:
     """Grad-CAM-family explanations of an ONNX image classifier on plain ONNX Runtime.
 
     ``model``: a path or ``onnx.ModelProto``. ``layer``: an ONNX tensor name (or several, for a
-    multi-layer map), ``None`` = the metadata's ``activation`` or the auto-detected last conv
-    activation. ``method``: a key of :data:`onnx_gradcam.METHODS`. ``providers``: ``auto``,
-    ``cpu``, ``cuda`` or ORT providers (names or ``(name, options)`` pairs). ``score``:
+    multi-layer map; ``NAME:NHWC`` or ``NAME:NCHW`` states a layout the graph doesn't show),
+    ``None`` = the metadata's ``activation`` or the auto-detected last conv activation.
+    ``method``: a key of :data:`onnx_gradcam.METHODS`. ``providers``: ``auto``, ``cpu``,
+    ``cuda`` or ORT providers (names or ``(name, options)`` pairs). ``score``:
     ``logits`` (pre-softmax, the default) or ``probabilities`` (the model's own output).
     ``gradient_builder``: ``onnx`` (our VJP rules, the default) or ``ort-training``
     (onnxruntime-training's builder in its own venv, lowered to standard ONNX; see

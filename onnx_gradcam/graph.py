@@ -65,6 +65,34 @@ def _without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+def readable(shape: Shape | None) -> list | None:
+    """``shape`` as users read it: unknown dimensions as ``?``."""
+    return None if shape is None else [d if d is not None else "?" for d in shape]
+
+
+def _subgraph_values(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
+    """The typed values declared inside ``graph``'s subgraphs (recursively)."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                yield from (*sub.input, *sub.value_info, *sub.output)
+                yield from _subgraph_values(sub)
+
+
+def _captured(node: onnx.NodeProto) -> list[str]:
+    """The names ``node``'s subgraphs read from outside themselves (recursively)."""
+    out: list[str] = []
+    for attr in node.attribute:
+        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+            local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for inner in sub.node:
+                for name in [*inner.input, *_captured(inner)]:
+                    if name and name not in local and name not in out:
+                        out.append(name)
+                local.update(inner.output)
+    return out
+
+
 def _dims(type_proto: onnx.TypeProto) -> Shape | None:
     tensor = type_proto.tensor_type
     if not tensor.HasField("shape"):
@@ -92,6 +120,11 @@ class GraphInfo:
             if shape is not None:
                 self.shapes[value.name] = shape
             self.elem_types[value.name] = value.type.tensor_type.elem_type
+        for value in _subgraph_values(graph):  # If branches, Loop bodies: shapes only
+            shape = _dims(value.type)
+            if shape is not None and value.name not in self.shapes:
+                self.shapes[value.name] = shape
+                self.elem_types[value.name] = value.type.tensor_type.elem_type
         tensors = {t.name: t for t in model.graph.initializer}
         for node in self.nodes:
             if node.op_type == "Constant" and node.output:
@@ -113,10 +146,16 @@ class GraphInfo:
         return {o: i for i, n in enumerate(self.nodes) for o in n.output if o}
 
     @cached_property
+    def node_inputs(self) -> list[list[str]]:
+        """Each node's inputs, with the outer tensors its subgraphs read (an ``If`` branch's
+        BatchNormalization reads the Conv output it normalises without naming it as an input)."""
+        return [[*node.input, *_captured(node)] for node in self.nodes]
+
+    @cached_property
     def consumers(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
-        for i, node in enumerate(self.nodes):
-            for name in set(node.input):
+        for i, inputs in enumerate(self.node_inputs):
+            for name in set(inputs):
                 if name:
                     out.setdefault(name, []).append(i)
         return out
@@ -130,7 +169,7 @@ class GraphInfo:
             if index is None or index in seen:
                 continue
             seen.add(index)
-            stack.extend(i for i in self.nodes[index].input if i)
+            stack.extend(i for i in self.node_inputs[index] if i)
         return seen
 
     def descendants(self, tensor: str) -> set[int]:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import onnx
 
 from onnx_gradcam.errors import OnnxGradCamError
-from onnx_gradcam.graph import GraphInfo, Shape
+from onnx_gradcam.graph import GraphInfo, Shape, readable
+from onnx_gradcam.layout import Layouts, Verdict, explicit, pooled
 from onnx_gradcam.metadata import ModelMetadata, read_metadata
 
-#: Ops a target layer may be stepped back through (layout-only or element-wise, one input).
-PASS_THROUGH = {"Transpose", "Identity", "Dropout", "Relu", "Clip", "LeakyRelu", "Sigmoid",
-                "HardSwish", "HardSigmoid", "Elu", "Selu", "Tanh", "Gelu", "Softplus"}
 #: Ops after which a tensor is a model's class probabilities rather than raw scores.
 PROBABILITY_OPS = {"Softmax", "Sigmoid"}
 MIN_OPSET = 16  # ScatterElements(reduction="add") for MaxPool/Slice/Gather gradients
@@ -23,12 +22,13 @@ MIN_OPSET = 16  # ScatterElements(reduction="add") for MaxPool/Slice/Gather grad
 
 @dataclass(frozen=True)
 class Layer:
-    """A candidate target layer: a rank-4 tensor with spatial size > 1."""
+    """A candidate target layer: a rank-4 activation with spatial size > 1."""
 
     name: str
     shape: Shape
     op: str
-    layout: str  # NCHW or NHWC
+    layout: str  # NCHW or NHWC (? in a candidate list: the graph can't tell)
+    verdict: Verdict | None = field(default=None, compare=False)  # the evidence for layout
 
 
 @dataclass
@@ -49,6 +49,12 @@ class LoadedModel:
             return self.metadata.preprocessing.layout
         shape = self.input_shape
         return "NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
+
+    @cached_property
+    def layouts(self) -> Layouts:
+        """The layout evidence of every 4-D tensor (the metadata's input layout counts)."""
+        stated = any(p.key == "onnx_gradcam.layout" for p in self.proto.metadata_props)
+        return Layouts(self.info, (self.input_layout, "metadata") if stated else None)
 
 
 def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
@@ -128,89 +134,97 @@ def logits_of(info: GraphInfo, score: str) -> str:
     return score
 
 
-#: Element-wise ops with several inputs (broadcasting): the layout follows their 4-D input.
-ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Where", "Pow", "PRelu"}
-#: Reductions (with keepdims) keep their input's layout: an NHWC mean is (N, 1, 1, C).
-KEEPDIMS_REDUCTIONS = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"}
-#: Ops whose output is NCHW by the ONNX spec.
-CHANNELS_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "BatchNormalization",
-                  "GlobalAveragePool", "GlobalMaxPool", "InstanceNormalization", "LRN"}
+#: Ops of ONNX Runtime's quantized formats (QOperator: QLinearConv, …; QDQ: the pairs).
+QUANTIZED = {"ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear",
+             "DynamicQuantizeMatMul", "QuantizeLinear", "DequantizeLinear"}
 
 
-def activation_layout(info: GraphInfo, name: str) -> str:
-    """NHWC if ``name`` comes from a Transpose to channels-last through element-wise ops (of any
-    number of inputs: the walk follows a 4-D input), NCHW if from a channels-first op."""
-    seen: set[str] = set()
-    while name in info.producer and name not in seen:
-        seen.add(name)
-        node = info.nodes[info.producer[name]]
-        if node.op_type == "Transpose":
-            perm = [int(p) for p in next(
-                (a.ints for a in node.attribute if a.name == "perm"), [])]
-            return "NHWC" if perm == [0, 2, 3, 1] else "NCHW"
-        if node.op_type in CHANNELS_FIRST:
-            return "NCHW"
-        if node.op_type in PASS_THROUGH or node.op_type in KEEPDIMS_REDUCTIONS:
-            name = node.input[0]
-        elif node.op_type in ELEMENTWISE:
-            rank4 = [i for i in node.input if len(info.shapes.get(i, ())) == 4]
-            if not rank4:
-                return "NCHW"
-            name = rank4[0]
-        else:
-            return "NCHW"
-    return "NCHW"
+def activation_layout(info: GraphInfo, name: str) -> str | None:
+    """``name``'s layout from the graph's evidence alone (None: undecided)."""
+    return Layouts(info).of(name).layout
 
 
 def candidate_layers(model: LoadedModel, score: str | None = None) -> list[Layer]:
-    """Rank-4 float tensors (spatial size > 1) that feed the score, in forward order."""
+    """Rank-4 float activations (computed from the input, spatially larger than 1 × 1 in either
+    layout) that feed the score, in forward order; ``layout`` ``?`` where the graph can't tell."""
     info = model.info
     upstream = info.ancestors(score or model.logits)
+    upstream &= info.descendants(model.input_name)  # weights and Constants are not activations
     out = []
     for index in sorted(upstream):
         node = info.nodes[index]
         for name in node.output:
             shape = info.shapes.get(name)
-            if shape is None or len(shape) != 4 or info.elem_types.get(name) not in (1, 10, 11):
+            if (shape is None or len(shape) != 4 or pooled(shape)
+                    or info.elem_types.get(name) not in (1, 10, 11)):
                 continue
-            layout = activation_layout(info, name)
-            spatial = shape[2:] if layout == "NCHW" else shape[1:3]
-            if all(d == 1 for d in spatial):
-                continue
-            out.append(Layer(name, shape, node.op_type, layout))
+            verdict = model.layouts.of(name)
+            out.append(Layer(name, shape, node.op_type, verdict.layout or "?", verdict))
     return out
 
 
 def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
-    """The last candidate layer, stepped back through Transposes to the graph's internal tensor."""
+    """The last candidate layer, stepped back through Transposes to the graph's internal tensor;
+    refused when the graph can't tell its layout or quantized ops sit between it and the score."""
+    score = score or model.logits
     layers = candidate_layers(model, score)
+    info = model.info
     if not layers:
+        _refuse_quantized(model, info.ancestors(score))
         raise OnnxGradCamError(f"{model.source}: no rank-4 activation with spatial size > 1 "
                                "feeds the scores; this tool explains convolutional classifiers")
     chosen = layers[-1]
     by_name = {layer.name: layer for layer in layers}
-    info = model.info
     while chosen.name in info.producer:
         node = info.nodes[info.producer[chosen.name]]
         if node.op_type not in ("Transpose", "Identity") or node.input[0] not in by_name:
             break
         chosen = by_name[node.input[0]]
+    _refuse_quantized(model, info.ancestors(score) & info.descendants(chosen.name))
+    if chosen.layout == "?":
+        raise OnnxGradCamError(chosen.verdict.refusal(model.source, readable(chosen.shape)))
     return chosen
 
 
+def _refuse_quantized(model: LoadedModel, nodes: set[int]) -> None:
+    counts = Counter(op for op in (model.info.nodes[i].op_type for i in nodes)
+                     if op.startswith("QLinear") or op in QUANTIZED)
+    if not counts:
+        return
+    listed = ", ".join(f"{op} ×{n}" for op, n in counts.most_common(3))
+    more = ", …" if len(counts) > 3 else ""
+    kind = ("quantize/dequantize (QDQ) ops" if set(counts) <= {"QuantizeLinear", "DequantizeLinear"}
+            else "quantized QOperator ops")
+    raise OnnxGradCamError(f"{model.source}: {kind} ({listed}{more}) between the input and the "
+                           "scores are not supported yet; explain the float model instead")
+
+
 def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> Layer:
-    """The layer called ``name``; an unknown name fails with the closest candidates listed."""
-    layers = candidate_layers(model, score)
-    for layer in layers:
-        if layer.name == name:
-            return layer
+    """The layer called ``name`` (``NAME:NHWC``/``NAME:NCHW`` states its layout, overriding the
+    graph's evidence); an unknown name fails with the closest candidates listed, a layer whose
+    layout the graph can't tell and the name doesn't state is refused."""
     info = model.info
-    if name in info.shapes and name in set(info.tensor_names()) | set(info.graph_inputs):
+    if name not in info.shapes:
+        name, stated = explicit(name)
+    else:
+        stated = None
+    layers = candidate_layers(model, score)
+    layer = next((la for la in layers if la.name == name), None)
+    if layer is None and name in info.shapes and name in set(info.tensor_names()) | set(
+            info.graph_inputs):
         shape = info.shapes[name]
-        if len(shape) == 4:
-            return Layer(name, shape, info.op_of(name), activation_layout(info, name))
-        raise OnnxGradCamError(f"layer {name!r} has shape {shape}; a target layer must be 4-D")
-    names = [layer.name for layer in layers]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.3) or names[-3:]
-    raise OnnxGradCamError(f"unknown layer {name!r} in {model.source}; closest candidates: "
-                           f"{', '.join(close)} (see `onnx-gradcam inspect`)")
+        if len(shape) != 4:
+            raise OnnxGradCamError(f"layer {name!r} has shape {shape}; a target layer must be 4-D")
+        verdict = model.layouts.of(name)
+        layer = Layer(name, shape, info.op_of(name), verdict.layout or "?", verdict)
+    if layer is None:
+        names = [la.name for la in layers]
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.3) or names[-3:]
+        raise OnnxGradCamError(f"unknown layer {name!r} in {model.source}; closest candidates: "
+                               f"{', '.join(close)} (see `onnx-gradcam inspect`)")
+    if stated:
+        return replace(layer, layout=stated, verdict=Verdict(
+            name, stated, ((stated, f"the user ({name}:{stated})"),)))
+    if layer.layout == "?":
+        raise OnnxGradCamError(layer.verdict.refusal(model.source, readable(layer.shape)))
+    return layer

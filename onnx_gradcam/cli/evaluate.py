@@ -23,7 +23,8 @@ def evaluate_command(
     method: str = typer.Option("gradcam", "--method", "-m",
                                help=f"one of {', '.join(METHODS)}; a comma list; or all"),
     masks: Path = typer.Option(None, "--masks", help="folder of ground-truth masks (same stems)"),
-    layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable)"),
+    layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable; "
+                             "NAME:NHWC or NAME:NCHW states its layout)"),
     steps: int = typer.Option(20, "--steps", min=2, help="deletion/insertion steps"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     provider: str = typer.Option("auto", "--provider", help="auto, cpu or cuda"),

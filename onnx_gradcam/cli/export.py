@@ -18,7 +18,8 @@ def export_command(
     output: Path = typer.Option(None, "-o", "--output", help="where to write the exported model"),
     method: str = typer.Option("gradcam", "--method", "-m",
                                help=f"one of {', '.join(GRAPH_METHODS)}"),
-    layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable)"),
+    layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable; "
+                             "NAME:NHWC or NAME:NCHW states its layout)"),
     score: str = typer.Option("logits", "--score", help="logits (pre-softmax) or probabilities"),
     upsample: bool = typer.Option(True, "--upsample/--no-upsample",
                                   help="output `cam` at the input size (else only `cam_coarse`)"),

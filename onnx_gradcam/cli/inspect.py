@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from onnx_gradcam.autodiff.builder import head_nodes
+from onnx_gradcam.graph import readable
 from onnx_gradcam.model import candidate_layers, detect_layer, load_model, resolve_layer
 
 
 def inspect_command(
     model: Path = typer.Argument(..., help="ONNX model file"),
-    layer: str = typer.Option(None, "--layer", help="show the head for this target layer"),
+    layer: str = typer.Option(None, "--layer", help="show the head for this target layer "
+                              "(NAME:NHWC or NAME:NCHW states its layout)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
 ) -> None:
     """Inputs, outputs, layout, score, the detected target layer, candidates and the head's ops."""
@@ -29,16 +31,16 @@ def inspect_command(
     facts = {
         "model": str(model),
         "opset": info.opset,
-        "inputs": [{"name": n, "shape": _dims(info.shapes.get(n))} for n in info.graph_inputs],
-        "outputs": [{"name": n, "shape": _dims(info.shapes.get(n))} for n in info.graph_outputs],
+        "inputs": [{"name": n, "shape": readable(info.shapes.get(n))} for n in info.graph_inputs],
+        "outputs": [{"name": n, "shape": readable(info.shapes.get(n))} for n in info.graph_outputs],
         "input_layout": loaded.input_layout,
         "score_output": loaded.score_output,
         "score": {"tensor": score,
                   "kind": "logits" if score != loaded.score_output else "output"},
-        "layer": {"name": chosen.name, "shape": _dims(chosen.shape), "op": chosen.op,
-                  "layout": chosen.layout},
+        "layer": {"name": chosen.name, "shape": readable(chosen.shape), "op": chosen.op,
+                  "layout": chosen.layout, "layout_evidence": chosen.verdict.lines()},
         "head_ops": head,
-        "candidates": [{"name": c.name, "shape": _dims(c.shape), "op": c.op, "layout": c.layout}
+        "candidates": [{"name": c.name, "shape": readable(c.shape), "op": c.op, "layout": c.layout}
                        for c in candidate_layers(loaded, score)],
         "metadata": {p.key: p.value for p in loaded.proto.metadata_props},
     }
@@ -51,8 +53,8 @@ def inspect_command(
         for item in facts[kind]:
             console.print(f"  {kind[:-1]:6} {item['name']}  {item['shape']}")
     console.print(f"  score  {score} ({facts['score']['kind']}; output {loaded.score_output})")
-    console.print(f"  layer  [green]{chosen.name}[/] {_dims(chosen.shape)} "
-                  f"from {chosen.op}, {chosen.layout}")
+    console.print(f"  layer  [green]{chosen.name}[/] {readable(chosen.shape)} "
+                  f"from {chosen.op}, {chosen.verdict.summary()}")
     console.print(f"  head   {' → '.join(head) or '(the layer is the score)'}")
     table = Table("candidate layer", "shape", "op", "layout", title="candidates (forward order)")
     for c in facts["candidates"]:
@@ -60,7 +62,3 @@ def inspect_command(
     console.print(table)
     for key, value in facts["metadata"].items():
         console.print(f"  {key} = {value[:80]}")
-
-
-def _dims(shape: tuple | None) -> list | None:
-    return None if shape is None else [d if d is not None else "?" for d in shape]

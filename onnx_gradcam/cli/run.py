@@ -59,7 +59,8 @@ def run_command(
     output: Path = typer.Option(..., "-o", "--output", help="output folder"),
     method: str = typer.Option("gradcam", "--method", "-m",
                                help=f"one of {', '.join(METHODS)}; a comma list; or all"),
-    layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable)"),
+    layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable; "
+                             "NAME:NHWC or NAME:NCHW states its layout)"),
     target: str = typer.Option(None, "--target", help="class index or label to explain"),
     top_k: int = typer.Option(1, "--top-k", min=1, help="explain each of the top K classes"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
