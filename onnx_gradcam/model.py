@@ -12,7 +12,7 @@ import onnx
 
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape, readable
-from onnx_gradcam.layout import Layouts, Verdict, explicit, pooled
+from onnx_gradcam.layout import SAME_LAYOUT, Layouts, Verdict, explicit, pooled
 from onnx_gradcam.metadata import ModelMetadata, read_metadata
 
 #: Ops after which a tensor is a model's class probabilities rather than raw scores.
@@ -173,8 +173,8 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
         _refuse_quantized(model, info.ancestors(score))
         raise OnnxGradCamError(f"{model.source}: no rank-4 activation with spatial size > 1 "
                                "feeds the scores; this tool explains convolutional classifiers")
-    chosen = layers[-1]
     by_name = {layer.name: layer for layer in layers}
+    chosen = _before_class_map(model, score, layers[-1], by_name)
     while chosen.name in info.producer:
         node = info.nodes[info.producer[chosen.name]]
         if node.op_type not in ("Transpose", "Identity") or node.input[0] not in by_name:
@@ -184,6 +184,40 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
     if chosen.layout == "?":
         raise OnnxGradCamError(chosen.verdict.refusal(model.source, readable(chosen.shape)))
     return chosen
+
+
+#: Ops that mix channels: a layer with one of them on its way to the scores is not a class map.
+CHANNEL_MIXING = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "ConvInteger",
+                  "MatMulInteger"}
+
+
+def _before_class_map(model: LoadedModel, score: str, layer: Layer,
+                      by_name: dict[str, Layer]) -> Layer:
+    """``layer``, or the features a person would explain when ``layer`` is the class-score map of
+    a Conv-then-pool classifier (SqueezeNet, NiN): one channel per class and nothing mixing
+    channels on the way to the scores. Grad-CAM there weighs each class map by its own
+    gradient alone, so the recommended layer is the classifier conv's input."""
+    info = model.info
+    classes = [d for d in info.shapes.get(score, ())[1:] if d != 1]
+    channels = layer.shape[1] if layer.layout == "NCHW" else layer.shape[-1]
+    if len(classes) != 1 or classes[0] is None or channels != classes[0]:
+        return layer
+    between = info.ancestors(score) & info.descendants(layer.name)
+    if any(info.nodes[i].op_type in CHANNEL_MIXING for i in between):
+        return layer
+    name = layer.name
+    while name in info.producer:  # back through the class map's activation to its conv
+        node = info.nodes[info.producer[name]]
+        if node.op_type in CHANNEL_MIXING:
+            features = node.input[0]
+            while features not in by_name and features in info.producer and \
+                    info.nodes[info.producer[features]].op_type in ("Identity", "Dropout"):
+                features = info.nodes[info.producer[features]].input[0]
+            return by_name.get(features, layer)
+        if node.op_type not in SAME_LAYOUT and node.op_type != "BatchNormalization":
+            return layer
+        name = node.input[0]
+    return layer
 
 
 def _refuse_quantized(model: LoadedModel, nodes: set[int]) -> None:
