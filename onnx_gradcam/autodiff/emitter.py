@@ -174,6 +174,11 @@ class Emitter:
         return lambda *inputs, **kw: self.emit(op_type, *inputs, **kw)
 
     # ---- static facts ------------------------------------------------------------------------
+    @property
+    def float_type(self) -> int:
+        """The ONNX element type of the float dtype (for ``Cast(…, to=…)``)."""
+        return helper.np_dtype_to_tensor_dtype(np.dtype(self.dtype))
+
     def shape(self, name: str) -> tuple[int | None, ...] | None:
         """The static shape of a forward tensor (dims None where symbolic), or None if unknown."""
         return self.shapes.get(name)

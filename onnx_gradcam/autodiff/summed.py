@@ -24,6 +24,7 @@ import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE
+from onnx_gradcam.autodiff.rules._common import has_pads
 from onnx_gradcam.graph import GraphInfo
 
 #: an axis of a tensor on the way, as the (size, role) factors it is made of, in row-major
@@ -97,9 +98,7 @@ def _carry(node: Node, axes: list[Factors], out: tuple[int | None, ...] | None
 def _sum_preserving(node: Node) -> bool:
     if node.op_type == "MaxPool":
         return len(node.outputs) == 1 or not node.outputs[1]
-    unpadded = not any(node.attr("pads", [])) and node.attr("auto_pad", "NOTSET") in (
-        "NOTSET", "VALID")
-    return unpadded and not node.attr("ceil_mode", 0)
+    return not has_pads(node) and not node.attr("ceil_mode", 0)
 
 
 def _regroup(flat: Factors, dims: list[int]) -> list[Factors] | None:

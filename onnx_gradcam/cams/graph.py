@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from onnx import helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Value
 
@@ -168,7 +167,7 @@ def _per_position(op: Emitter, acts: Value, value: float) -> Value:
     if shape is not None and None not in shape[2:]:
         return op.const(value / float(shape[2] * shape[3]))
     positions = op.Cast(op.ReduceProd(op.dims(acts, 2, 4), keepdims=0),
-                        to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
+                        to=op.float_type)
     return op.Div(op.const(value), positions)
 
 
@@ -228,7 +227,7 @@ def _interpolation(op: Emitter, src: int, dst: int,
     far = op.Mul(op.OneHot(op.const(left + 1), depth, values), op.const(frac[:, None]))
     weights = op.Add(near, far)
     if op.dtype != np.float32:
-        weights = op.Cast(weights, to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
+        weights = op.Cast(weights, to=op.float_type)
     return weights
 
 

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
-from onnx_gradcam.autodiff.rules.elementwise import unbroadcast
-
-Dys = Sequence[Value | None]
+from onnx_gradcam.autodiff.rules._common import Dys, unbroadcast
 
 
 @vjp("Gemm")

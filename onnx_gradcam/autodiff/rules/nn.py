@@ -8,49 +8,7 @@ import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
-
-Dys = Sequence[Value | None]
-
-
-def spatial_begin_pads(op: Emitter, node: Node, x: str, kernel: Sequence[int]) -> Value:
-    """The padding added before each spatial axis of ``x`` by a Conv/pool node (int64 (r,)).
-
-    Explicit ``pads`` are static; ``auto_pad`` SAME_* pads depend on the input size, so they are
-    computed in the graph: total = max((⌈X/s⌉ − 1)·s + k_eff − X, 0), begin = total // 2 (UPPER)
-    or ⌈total / 2⌉ (LOWER).
-    """
-    r = len(kernel)
-    strides = list(node.attr("strides", [1] * r))
-    dilations = list(node.attr("dilations", [1] * r))
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    if auto_pad in ("NOTSET", "VALID"):
-        pads = list(node.attr("pads", [0] * 2 * r)) if auto_pad == "NOTSET" else [0] * 2 * r
-        return op.const(pads[:r])
-    k_eff = np.array([(k - 1) * d + 1 for k, d in zip(kernel, dilations)], dtype=np.int64)
-    s = np.array(strides, dtype=np.int64)
-    size = op.dims(x, 2, 2 + r)
-    out = op.Div(op.Sub(op.Add(size, s), 1), s)  # ⌈X / s⌉
-    total = op.Max(op.Sub(op.Add(op.Mul(op.Sub(out, 1), s), k_eff), size), op.const([0] * r))
-    if auto_pad == "SAME_LOWER":
-        total = op.Add(total, 1)
-    return op.Div(total, 2)
-
-
-def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
-                     kernel: Sequence[int], group: int) -> Value:
-    """Scatter ``dy`` back through sliding windows: ``ConvTranspose(dy, w)`` cropped to ``x``.
-
-    The transposed conv (no pads, output_padding = stride − 1) covers the whole padded input;
-    slicing ``[pad_begin, pad_begin + X)`` on each spatial axis leaves the input's gradient.
-    """
-    r = len(kernel)
-    strides = list(node.attr("strides", [1] * r))
-    full = op.ConvTranspose(
-        dy, w, strides=strides, dilations=list(node.attr("dilations", [1] * r)), group=group,
-        pads=[0] * 2 * r, output_padding=[s - 1 for s in strides], kernel_shape=list(kernel))
-    begin = spatial_begin_pads(op, node, x, kernel)
-    end = op.Add(begin, op.dims(x, 2, 2 + r))
-    return op.Slice(full, begin, end, op.const(list(range(2, 2 + r))))
+from onnx_gradcam.autodiff.rules._common import Dys, strides_dilations, transpose_window
 
 
 def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequence[int],
@@ -61,7 +19,7 @@ def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequen
     the whole batch. ONNX Runtime's ConvTranspose took ~6× as long on MobileNetV3's head.
     None where the conv is not of that kind."""
     r = len(kernel)
-    strides = node.attr("strides", [1] * r)
+    strides, _ = strides_dilations(node, r)
     padded = node.attr("auto_pad", "NOTSET") == "NOTSET" and any(node.attr("pads", [0] * 2 * r))
     if group != 1 or any(k != 1 for k in kernel) or any(s != 1 for s in strides) or padded:
         return None

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from onnx import numpy_helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
-
-Dys = Sequence[Value | None]
+from onnx_gradcam.autodiff.rules._common import Dys
 
 #: the attributes that define the 1-D interpolation (``axes`` and the sizes policy do not)
 INTERPOLATION = ("mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
