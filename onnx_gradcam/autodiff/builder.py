@@ -57,7 +57,7 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, constants=info.constants,
                  prefix=prefix, overridable=info.overridable)
     if seed_classes is not None:
-        op.one_hot[seed] = seed_classes
+        op.mark_one_hot(seed, seed_classes, like=score)
     head = head_nodes(info, activation, score)
     if score != activation and not head:
         raise OnnxGradCamError(f"tensor {activation!r} does not feed the score {score!r}")

@@ -50,7 +50,7 @@ def div_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 def identity_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = dy (Dropout at inference is the identity; its mask output has no gradient)."""
     if node.op_type == "Dropout" and node.input(2) is not None:
-        mode = op.constant(node.input(2))
+        mode = op.value_of(node.input(2))
         if mode is None or bool(mode):
             raise ValueError("Dropout in training mode is not differentiable here")
     return [dys[0]] + [None] * (len(node.inputs) - 1)

@@ -17,7 +17,7 @@ def gemm_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     ta, tb = int(node.attr("transA", 0)), int(node.attr("transB", 0))
     if ta:
         da = op.Gemm(b, dy, alpha=alpha, transA=tb, transB=1)
-    elif dy in op.one_hot:  # a one-hot seed: dA = α·(rows of B'ᵀ)
+    elif op.is_one_hot(dy):  # a one-hot seed: dA = α·(rows of B'ᵀ)
         da = op.rows_product(dy, b if tb else op.Transpose(b, perm=[1, 0]))
         da = da if alpha == 1.0 else op.scale(da, "Mul", alpha)
     else:

@@ -27,9 +27,7 @@ def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequen
     shape, w_shape = op.shape(x), op.shape(w)
     if shape is not None and all(d == 1 for d in shape[2:]):
         outs = w_shape[0] if w_shape and w_shape[0] else 0  # static: Reshapes around it fold
-        rows = op.carry_one_hot(dy, op.Reshape(dy, op.const([-1, outs] if outs else [0, -1])),
-                                node.outputs[0])
-        return op.reshape_like(op.rows_product(rows, w2d), x)
+        return op.reshape_like(op.rows_product(op.rows(dy, outs), w2d), x)
     w_t = op.Transpose(w2d, perm=[1, 0])
     return op.reshape_like(op.MatMul(w_t, op.Reshape(dy, op.const([0, 0, -1]))), x)
 
@@ -70,7 +68,7 @@ def batch_norm_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         raise ValueError(f"BatchNormalization {node.name!r} is in training mode")
     x, scale, _, _, var = node.inputs[:5]
     eps = float(node.attr("epsilon", 1e-5))
-    scale_v, var_v = op.constant(scale), op.constant(var)
+    scale_v, var_v = op.value_of(scale), op.value_of(var)
     if scale_v is not None and var_v is not None:
         factor: Value | np.ndarray = scale_v.astype(np.float64) / np.sqrt(var_v + eps)
     else:

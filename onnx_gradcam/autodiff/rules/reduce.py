@@ -20,7 +20,7 @@ def reduce_axes(op: Emitter, node: Node) -> list[int] | None:
     rank = op.rank(node.inputs[0])
     axes = node.attr("axes")
     if axes is None and node.input(1) is not None:
-        value = op.constant(node.input(1))
+        value = op.value_of(node.input(1))
         if value is None:
             raise ValueError(f"{node.op_type} {node.name!r}: axes are computed at run time")
         axes = value.tolist()
@@ -79,7 +79,7 @@ def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 
 def _divide(op: Emitter, dy: Value, count: Value) -> Value:
     """dy / count, through :meth:`Emitter.scale` where the count is a constant."""
-    value = op.initializer_value(count)
+    value = op.value_of(count)
     if value is not None and value.size == 1:
         return op.scale(dy, "Div", float(value))
     return op.Div(dy, count)

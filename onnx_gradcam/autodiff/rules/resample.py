@@ -20,7 +20,7 @@ def _scales(op: Emitter, node: Node) -> str | None:
     name = node.input(2)
     if name is None or op.shape(name) == (0,):
         return None
-    value = op.constant(name)
+    value = op.value_of(name)
     return None if value is not None and value.size == 0 else name
 
 
@@ -28,9 +28,9 @@ def _is_identity(op: Emitter, node: Node, axis: int, index: int) -> bool:
     """Whether the node provably leaves ``axis`` alone (scale 1, or size = the static dim)."""
     scales = _scales(op, node)
     if scales is not None:
-        value = op.constant(scales)
+        value = op.value_of(scales)
         return value is not None and bool(value[index] == 1.0)
-    sizes, shape = op.constant(node.input(3)), op.shape(node.inputs[0])
+    sizes, shape = op.value_of(node.input(3)), op.shape(node.inputs[0])
     return sizes is not None and shape is not None and shape[axis] == int(sizes[index])
 
 

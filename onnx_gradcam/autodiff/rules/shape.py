@@ -16,18 +16,15 @@ from onnx_gradcam.autodiff.rules._common import Dys, iota, scatter_add_flat, unb
 @vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = Reshape(dy, Shape(x))"""
-    x, y = node.inputs[0], node.outputs[0]
-    dx = op.carry_one_hot(dys[0], op.reshape_like(dys[0], x), x, y)
-    return [dx] + [None] * (len(node.inputs) - 1)
+    return [op.reshape_like(dys[0], node.inputs[0])] + [None] * (len(node.inputs) - 1)
 
 
 @vjp("Transpose")
 def transpose_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = Transpose(dy, perm⁻¹) (a Reshape where only unit axes move)"""
-    x, y = node.inputs[0], node.outputs[0]
+    x = node.inputs[0]
     perm = node.attr("perm") or list(reversed(range(op.rank(x))))
-    dx = op.transpose_like(dys[0], [int(i) for i in np.argsort(perm)], x)
-    return [op.carry_one_hot(dys[0], dx, x, y) if perm[0] == 0 else dx]
+    return [op.transpose_like(dys[0], [int(i) for i in np.argsort(perm)], x)]
 
 
 @vjp("Expand")
