@@ -1,10 +1,9 @@
 """Clean-ups of an assembled graph: drop what no output needs, elide renaming Identities and
 fold chains of reshapes.
 
-ONNX Runtime runs every node of a graph, and on a small model each node costs about a
-microsecond however little it computes; the explainer graph's tail is a dozen such nodes, so
-these passes are worth ~2 % of a small model's inference. Each keeps the graph's outputs, their
-names and their values exactly.
+ONNX Runtime runs every node of a graph, and each node has a fixed cost however little it
+computes, which on a small model is a visible share of the explainer graph's tail. Each pass
+keeps the graph's outputs, their names and their values exactly.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ Operand = Union[str, float, int, np.ndarray, None]  # noqa: UP007 (a runtime ali
 
 
 #: Ops whose inputs broadcast against each other. A Python number given to one of them becomes
-#: a constant of the other operands' rank, all dims 1, not a rank-0 scalar: ONNX Runtime
-#: (1.31, CPU) runs a tensor with trailing unit dims, like a head's (N, C, 1, 1), against a
-#: scalar one element at a time — measured 40× slower than against a (1, 1, 1, 1) constant.
+#: a constant of the other operands' rank, all dims 1, not a rank-0 scalar: ONNX Runtime's CPU
+#: kernels run a tensor with trailing unit dims, like a head's (N, C, 1, 1), against a rank-0
+#: scalar one element at a time, and against a (1, 1, 1, 1) constant as one vectorised loop.
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean",
                 "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or",
                 "Xor", "Where", "BitShift"}

@@ -2,7 +2,7 @@
 
 Grad-CAM needs only w_k = (1/h·w) Σ_ij ∂s/∂A_kij. In a VGG-style head the layer A is pooled,
 flattened and multiplied by a constant weight matrix, y = flatten(pool(A))·W, and the backward
-pass to A re-reads all of W (12800 × 4096 floats, 210 MB, in VGG16 at 160 px) to form
+pass to A re-reads all of W (12800 × 4096 values in VGG16 at 160 px) to form
 g_x = g_y·Wᵀ, only for Grad-CAM to sum it over the positions again. The sums commute with the
 ops in between:
 

@@ -30,7 +30,8 @@ ConstantG = Callable[[Emitter, Value, Value, Value | None], Value]
 def weighted_sum(op: Emitter, weights: Value, acts: Value) -> Value:
     """cam (N, 1, h, w) = Σ_k w_k · A_k for NCHW activations and weights (N, K, 1, 1) (or any
     shape whose flattening per sample is the K weights), as one batched MatMul
-    (N, 1, K) × (N, K, h·w): in ONNX Runtime a third of the time of Mul + ReduceSum."""
+    (N, 1, K) × (N, K, h·w): one GEMM per sample instead of a broadcast product written out
+    in full and summed again."""
     shape = op.shape(acts)
     channels = shape[1] if shape is not None else None
     w = op.Reshape(weights, op.const([-1, 1, channels] if channels else [0, 1, -1]))
@@ -249,8 +250,7 @@ def upsample(op: Emitter, maps: Value, size: Value | tuple[int, int],
 
     Where both sizes are static (``source`` = (h, w)) and it is an upsampling, as two MatMuls
     with constant interpolation matrices (≤ 1e-6 from cv2.resize, which interpolates rows
-    first; in ONNX Runtime a third of the time of a ``Resize``, which recomputes its
-    coordinates on every run; :func:`_upsample_at`)."""
+    first; a ``Resize`` recomputes its coordinates on every run; :func:`_upsample_at`)."""
     static = _static_upsampling(size, source)
     if static is not None:
         return _upsample_at(op, maps, *static)
@@ -298,9 +298,8 @@ def heatmap(op: Emitter, coarse: list[Value], size: Value | tuple[int, int],
     ~1e-7 for an upsampling). lo and hi, the extremes of U·c₀ over the whole output grid, lie
     on the subgrid of :func:`extreme_samples` (bilinear = linear along each axis between
     source pixels): at most 2h × 2w values. The result is clipped to [0, 1], which rounding
-    can miss by an ulp. ≤ 1e-6 from the two steps (tests/test_export.py); against those steps
-    on the full map, MobileNetV3Small's batch of 16 (16 maps of 160²) costs ~1.00 instead of
-    ~1.05 of a plain inference."""
+    can miss by an ulp. ≤ 1e-6 from the two steps (tests/test_export.py), which would each
+    read and write the full-size map once more."""
     sources = list(sources) or [(None, None)] * len(coarse)
     static = _static_upsampling(size, sources[0]) if len(coarse) == 1 else None
     if static is None:
