@@ -9,22 +9,12 @@ kept 4-D (a channel of one) so that ``Resize`` takes it as it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Value
-
-if TYPE_CHECKING:
-    from onnx_gradcam.cams import Method
-
-#: a method's map from (op, A, G)
-GraphCam = Callable[[Emitter, Value, Value], Value]
-#: weights w (N, K, 1, 1) from a spatially constant G = g (N, K, 1, 1)
-ConstantWeights = Callable[[Emitter, Value], Value]
-#: a map from (op, A, g, mean_ij A or None) for a spatially constant G = g
-ConstantG = Callable[[Emitter, Value, Value, Value | None], Value]
+from onnx_gradcam.cams.method import Method
 
 
 def weighted_sum(op: Emitter, weights: Value, acts: Value) -> Value:
