@@ -57,11 +57,6 @@ class Node:
         return self.inputs[i] if i < len(self.inputs) and self.inputs[i] else None
 
 
-#: the most values a constant is copied for (scaled once at load, :meth:`Emitter.scale`):
-#: a head's 1×1-conv weight, not a VGG fc layer
-FOLD_LIMIT = 4 * 2**20
-
-
 @dataclass
 class Emitter:
     """Collects the nodes and constants of a gradient graph.
@@ -296,60 +291,11 @@ class Emitter:
         """``dy · matrix`` for a 2-D ``dy`` (M, C) and ``matrix`` (C, K); where ``dy`` is known
         one-hot (:attr:`one_hot`) that product is exactly the selected rows, so it is emitted
         as a ``Gather`` that reads M rows instead of the whole matrix (a classifier's last
-        weight, read whole per image otherwise)."""
+        weight, read whole per image otherwise; :func:`~onnx_gradcam.autodiff.folding.scale`
+        folds a scaling into the matrix)."""
         if dy not in self.one_hot:
             return self.emit("MatMul", dy, matrix)
         return self.emit("Gather", matrix, self.one_hot[dy][0], axis=0)
-
-    def scale(self, x: Value, op_type: str, factor: float) -> Value:
-        """``x`` ``op_type`` (Mul or Div) a constant ``factor``. Where ``x`` is rows gathered
-        from a constant matrix (:meth:`rows_product`), or a product a·B with a constant B
-        (reshaped or not), the matrix is scaled instead: a constant ONNX Runtime folds when the
-        session loads, so the scaling costs nothing per run (the 1/(h·w) of an average-pooling
-        head)."""
-        producer = self._producer(x)
-        if (producer is not None and producer.op_type == "Gather" and _axis(producer) == 0
-                and self.foldable(producer.input[0])):
-            matrix = self.emit(op_type, producer.input[0], factor)
-            return self.emit("Gather", matrix, producer.input[1], axis=0)
-        reshapes = []  # x = Reshape(…(MatMul(a, B))) with a constant B: a·(B·factor), reshaped
-        while producer is not None and producer.op_type == "Reshape":
-            reshapes.append(producer.input[1])
-            producer = self._producer(producer.input[0])
-        if (producer is not None and producer.op_type == "MatMul"
-                and self.foldable(producer.input[1])
-                and self._constant_size(producer.input[1]) <= FOLD_LIMIT):
-            out = self.emit("MatMul", producer.input[0],
-                            self.emit(op_type, producer.input[1], factor))
-            for shape in reversed(reshapes):
-                out = self.emit("Reshape", out, shape)
-            return out
-        return self.emit(op_type, x, factor)
-
-    def _constant_size(self, name: str) -> int:
-        """How many values a foldable tensor holds (its largest constant source's count)."""
-        if name in self._const_values:
-            return int(self._const_values[name].size)
-        if name in self.constants:
-            shape = self.shapes.get(name)
-            return int(np.prod(shape)) if shape is not None else int(self.constants[name].size)
-        producer = self._producer(name)
-        return max((self._constant_size(i) for i in producer.input if i), default=0) if (
-            producer is not None) else 0
-
-    def _producer(self, name: str) -> onnx.NodeProto | None:
-        """The emitted node that computes ``name``, or None."""
-        return next((n for n in reversed(self.nodes) if name in n.output), None)
-
-    def foldable(self, name: str) -> bool:
-        """Whether ``name`` is a forward constant, or computed by emitted nodes from constants
-        only (a value ONNX Runtime's constant folding computes once)."""
-        if name in self._const_values:
-            return True
-        if name in self.constants:
-            return name not in self.overridable
-        producer = self._producer(name)
-        return producer is not None and all(self.foldable(i) for i in producer.input if i)
 
     def broadcast(self, x: Value, like: str, axes: Sequence[int]) -> Value:
         """``Expand(x, Shape(like))`` for an ``x`` of ``like``'s rank that has size 1 along
@@ -368,6 +314,3 @@ class Emitter:
     def zeros_like(self, like: str) -> Value:
         return self.emit("Expand", self.const(0.0), self.emit("Shape", like))
 
-
-def _axis(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "axis"), 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.folding import scale
 from onnx_gradcam.autodiff.registry import vjp
 from onnx_gradcam.autodiff.rules._common import Dys, unbroadcast
 
@@ -29,7 +30,7 @@ def _gemm_da(op: Emitter, dy: Value, b: str, alpha: float, ta: int, tb: int) -> 
         return op.Gemm(b, dy, alpha=alpha, transA=tb, transB=1)
     if op.is_one_hot(dy):
         da = op.rows_product(dy, b if tb else op.Transpose(b, perm=[1, 0]))
-        return da if alpha == 1.0 else op.scale(da, "Mul", alpha)
+        return da if alpha == 1.0 else scale(op, da, "Mul", alpha)
     return op.Gemm(dy, b, alpha=alpha, transA=0, transB=1 - tb)
 
 

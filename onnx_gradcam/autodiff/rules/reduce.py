@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.folding import scale
 from onnx_gradcam.autodiff.registry import vjp
 from onnx_gradcam.autodiff.rules._common import (
     Dys,
@@ -68,7 +69,7 @@ def reduce_sum_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = dy / number of reduced elements, broadcast back over the reduced axes (divided
     before the axes are restored: the scaling can then move onto a classifier's constant
-    weight, see :meth:`Emitter.scale`)"""
+    weight, see :func:`~onnx_gradcam.autodiff.folding.scale`)"""
     if reduce_axes(op, node) == []:
         return [dys[0], None]
     x, y = node.inputs[0], node.outputs[0]
@@ -78,10 +79,11 @@ def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 
 
 def _divide(op: Emitter, dy: Value, count: Value) -> Value:
-    """dy / count, through :meth:`Emitter.scale` where the count is a constant."""
+    """dy / count, through :func:`~onnx_gradcam.autodiff.folding.scale` where the count is a
+    constant."""
     value = op.value_of(count)
     if value is not None and value.size == 1:
-        return op.scale(dy, "Div", float(value))
+        return scale(op, dy, "Div", float(value))
     return op.Div(dy, count)
 
 
