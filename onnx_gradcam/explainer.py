@@ -15,8 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_gradcam.autodiff.builder import build_gradient
-from onnx_gradcam.cams import METHODS, postprocess, reduce_map
-from onnx_gradcam.cams.graph import GRAPH_METHODS, GraphCam
+from onnx_gradcam.cams import METHODS, Method, postprocess, reduce_map
 from onnx_gradcam.cams.score import scorecam
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.explainer_graph import (
@@ -161,11 +160,11 @@ class Explainer:
         return [la.name for la in self.layers]
 
     @property
-    def graph_cam(self) -> GraphCam | None:
+    def graph_cam(self) -> Method | None:
         """The method as graph nodes, when the map is computed inside the explainer graph."""
         if self.eigen_smooth:
             return None
-        return GRAPH_METHODS.get(self.method.name)
+        return self.method if self.method.graph is not None else None
 
     def _build(self, rows: bool = False, targets: str = "ranks") -> ExplainerModel:
         return explainer_model(
@@ -470,7 +469,7 @@ class Explainer:
 
     def _coarse(self, acts: np.ndarray, grads: np.ndarray | None, x: np.ndarray,
                 targets: np.ndarray) -> np.ndarray:
-        if self.method.name == "scorecam":
+        if self.method.masked_scores:
             weights = scorecam(acts, x, targets, self.forward, self.model.input_layout,
                                self.scorecam_batch)
             return reduce_map(weights, acts, channel=True, eigen=self.eigen_smooth)

@@ -26,7 +26,8 @@ from onnx_gradcam.autodiff.builder import (
 )
 from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.autodiff.summed import gradient_mean
-from onnx_gradcam.cams.graph import GraphCam, gradcam, heatmap, layer_coarse
+from onnx_gradcam.cams import Method
+from onnx_gradcam.cams.graph import heatmap, layer_coarse
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
 from onnx_gradcam.passes import simplify
@@ -176,7 +177,7 @@ def replicate_head(info: GraphInfo, activation: str, score: str, rows: str, tag:
 
 def explainer_model(info: GraphInfo, activations: list[str], score: str,
                     with_gradient: bool = True, rows: bool = False,
-                    builder: str = "onnx", cam: GraphCam | None = None,
+                    builder: str = "onnx", cam: Method | None = None,
                     layouts: Sequence[str] = (), targets: str = "ranks",
                     input_layout: str = "NCHW") -> ExplainerModel:
     """The full explainer graph (see module docstring) for one or more target layers.
@@ -186,7 +187,7 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     sample ``ogc_rows[m]`` for the target ``ogc_target[m]`` through a replicated head
     (:func:`replicate_head`): gradients and ``ogc_targets`` then have M rows, in one pass.
     ``builder`` picks the gradient builder (:func:`gradient_builder`). With ``cam`` (a method
-    of :data:`onnx_gradcam.cams.graph.GRAPH_METHODS`) and the activations' ``layouts``, the
+    of :data:`onnx_gradcam.cams.GRAPH_METHODS`) and the activations' ``layouts``, the
     graph also outputs each layer's coarse map (``ogc_coarse``, ``ogc_coarse_1``, …) and the
     post-processed heatmap ``ogc_cams`` at the size of the input (whose ``input_layout`` says
     where its height and width are).
@@ -251,7 +252,7 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
                              shapes=dict(head_info.shapes), prefix=f"ogc_cam{index}/")
             coarse.append(indexed(COARSE, index))
             mean = None
-            if cam is gradcam and grad.pooled is None:
+            if cam.mean_weights and grad.pooled is None:
                 mean = gradient_mean(cam_op, head_info, activation,
                                      1 if layouts[index] == "NCHW" else 3,
                                      head_nodes(head_info, activation, head_score),

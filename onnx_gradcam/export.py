@@ -34,7 +34,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH, normalise
+from onnx_gradcam.cams import GRAPH_METHODS, METHODS
+from onnx_gradcam.cams.graph import normalise
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer_graph import TARGET, TARGETS, input_hw
 from onnx_gradcam.images import atomic_write
@@ -54,7 +55,7 @@ EXPORT_PREFIX = PREFIX + "export."
 def check_exportable(method: str) -> None:
     """Raise one clear line if ``method`` cannot be computed inside one ONNX graph."""
     if method not in GRAPH_METHODS:
-        why = NOT_IN_GRAPH.get(method, "it is not a known method")
+        why = METHODS[method].not_in_graph if method in METHODS else "it is not a known method"
         raise OnnxGradCamError(f"cannot export {method!r}: {why}; exportable methods: "
                                f"{', '.join(GRAPH_METHODS)}")
 

@@ -1,13 +1,14 @@
 """Clean-ups of an assembled graph: drop what no output needs, elide renaming Identities and
 fold chains of reshapes.
 
-ONNX Runtime runs every node of a graph, and on a small model each node costs about a
-microsecond however little it computes; the explainer graph's tail is a dozen such nodes, so
-these passes are worth ~2 % of a small model's inference. Each keeps the graph's outputs, their
-names and their values exactly.
+ONNX Runtime runs every node of a graph, and each node has a fixed cost however little it
+computes, which on a small model is a visible share of the explainer graph's tail. Each pass
+keeps the graph's outputs, their names and their values exactly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import onnx
 from onnx import helper, numpy_helper
@@ -33,17 +34,27 @@ def names_used(node: onnx.NodeProto) -> set[str]:
     return names
 
 
+def live_nodes(nodes: Sequence[onnx.NodeProto], outputs: Iterable[str]
+               ) -> list[onnx.NodeProto]:
+    """The nodes ``outputs`` depend on, in their given order (which need not be topological)."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    live: set[int] = set()
+    pending = [producer[o] for o in outputs if o in producer]
+    while pending:
+        index = pending.pop()
+        if index not in live:
+            live.add(index)
+            pending += [producer[i] for i in names_used(nodes[index]) if i in producer]
+    return [n for i, n in enumerate(nodes) if i in live]
+
+
 def prune(g: onnx.GraphProto) -> None:
     """Drop nodes, initializers and value infos no graph output depends on (ONNX Runtime runs
     every node of a graph, needed or not)."""
-    needed = {o.name for o in g.output}
-    keep = []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed |= names_used(node)
+    keep = live_nodes(g.node, [o.name for o in g.output])
+    needed = {o.name for o in g.output} | {i for n in keep for i in names_used(n)}
     del g.node[:]
-    g.node.extend(reversed(keep))
+    g.node.extend(keep)
     inputs = {i.name for i in g.input}
     for items in (g.initializer, g.value_info):  # deleted in place: a rebuilt list would copy
         drop = [i for i, t in enumerate(items)   # every kept weight (a model's size, per call)

@@ -66,6 +66,22 @@ def test_method_matches_formula(name: str) -> None:
     np.testing.assert_allclose(got, expected(name, A, G), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_record_is_consistent(name: str) -> None:
+    """A method either has a graph form or says why not; graph shortcuts (and a twin for
+    nonnegative activations) only on methods with a graph form; the record's name is its key."""
+    method = METHODS[name]
+    assert method.name == name
+    assert (method.graph is None) == bool(method.not_in_graph)
+    shortcuts = [method.mean_weights, method.broadcast_safe, method.constant_weights,
+                 method.constant_g, method.when_nonnegative]
+    if method.graph is None:
+        assert not any(shortcuts)
+    twin = method.when_nonnegative
+    assert twin is None or twin.graph is not None and twin.name in METHODS
+    assert method.masked_scores == (method.weighted is None)
+
+
 @pytest.mark.parametrize("name", [m for m in GRADIENT_METHODS if m != "eigencam"])
 def test_zero_gradient_gives_zero_map_without_nan(name: str) -> None:
     zero = np.zeros_like(G)

@@ -10,8 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnx_gradcam as og
-from onnx_gradcam.cams import postprocess
-from onnx_gradcam.cams.graph import GRAPH_METHODS
+from onnx_gradcam.cams import GRAPH_METHODS, postprocess
 from onnx_gradcam.explainer_graph import explainer_model
 from onnx_gradcam.model import load_model
 from tests.models import nhwc_cnn, small_cnn

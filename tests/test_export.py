@@ -15,8 +15,8 @@ from onnx import TensorProto, helper
 
 import onnx_gradcam as og
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.cams import min_max
-from onnx_gradcam.cams.graph import GRAPH_METHODS, extreme_samples, heatmap, linear_taps, upsample
+from onnx_gradcam.cams import GRAPH_METHODS, min_max
+from onnx_gradcam.cams.graph import extreme_samples, heatmap, linear_taps, upsample
 from onnx_gradcam.export import export_explainer, export_model, triton_config, write_triton
 from tests.models import nhwc_cnn, small_cnn
 from tests.test_cams import coarse_cases, two_step_heatmap

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnx_gradcam.autodiff import rules as _rules  # noqa: F401  (fills the registry)
 from onnx_gradcam.autodiff.emitter import Emitter, Node
 from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, VJP_RULES
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.graph import GraphInfo
+from onnx_gradcam.passes import live_nodes
 
 
 @dataclass
@@ -57,7 +57,7 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, constants=info.constants,
                  prefix=prefix, overridable=info.overridable)
     if seed_classes is not None:
-        op.one_hot[seed] = seed_classes
+        op.mark_one_hot(seed, seed_classes, like=score)
     head = head_nodes(info, activation, score)
     if score != activation and not head:
         raise OnnxGradCamError(f"tensor {activation!r} does not feed the score {score!r}")
@@ -101,7 +101,9 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     if total is None:
         raise OnnxGradCamError(f"the score {score!r} does not depend on tensor {activation!r}")
     gradient = op.Identity(total)
-    nodes, inits = _prune(op.nodes, op.initializers, gradient)
+    nodes = live_nodes(op.nodes, [gradient])
+    read = {i for n in nodes for i in n.input}
+    inits = [t for t in op.initializers if t.name in read]
     kept = {o for n in nodes for o in n.output} | {seed}
     return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
                          op.broadcasts.get(total),
@@ -121,18 +123,6 @@ def _total(op: Emitter, parts: list[str] | None) -> str | None:
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else op.Sum(*parts)
-
-
-def _prune(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], output: str):
-    """Drop emitted nodes (and constants) the gradient does not need."""
-    needed = {output}
-    kept = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(i for i in node.input if i)
-    kept.reverse()
-    return kept, [t for t in inits if t.name in needed]
 
 
 def resolve_targets(op: Emitter, score2d: str, target: str | None, classes: int | None = None,
@@ -170,5 +160,5 @@ def seed_one_hot(op: Emitter, score2d: str, target: str | None, classes: int | N
     else:
         indices = op.Range(op.const(0), op.Gather(op.Shape(score2d), op.const(1)), op.const(1))
     hot = op.Equal(op.unsqueeze(resolved, [1]), indices)
-    seed = op.Cast(hot, to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
+    seed = op.Cast(hot, to=op.float_type)
     return seed, resolved

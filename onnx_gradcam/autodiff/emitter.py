@@ -20,9 +20,9 @@ Operand = Union[str, float, int, np.ndarray, None]  # noqa: UP007 (a runtime ali
 
 
 #: Ops whose inputs broadcast against each other. A Python number given to one of them becomes
-#: a constant of the other operands' rank, all dims 1, not a rank-0 scalar: ONNX Runtime
-#: (1.31, CPU) runs a tensor with trailing unit dims, like a head's (N, C, 1, 1), against a
-#: scalar one element at a time — measured 40× slower than against a (1, 1, 1, 1) constant.
+#: a constant of the other operands' rank, all dims 1, not a rank-0 scalar: ONNX Runtime's CPU
+#: kernels run a tensor with trailing unit dims, like a head's (N, C, 1, 1), against a rank-0
+#: scalar one element at a time, and against a (1, 1, 1, 1) constant as one vectorised loop.
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean",
                 "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or",
                 "Xor", "Where", "BitShift"}
@@ -57,17 +57,19 @@ class Node:
         return self.inputs[i] if i < len(self.inputs) and self.inputs[i] else None
 
 
-#: the most values a constant is copied for (scaled once at load, :meth:`Emitter.scale`):
-#: a head's 1×1-conv weight, not a VGG fc layer
-FOLD_LIMIT = 4 * 2**20
-
-
 @dataclass
 class Emitter:
     """Collects the nodes and constants of a gradient graph.
 
     ``shapes`` holds the static shapes known from shape inference (``None`` for a symbolic dim),
     ``constants`` the values of the forward graph's initializers and Constant nodes.
+
+    Besides the nodes it keeps two facts that only the emitting rule knows and no pass could
+    read back from the graph: :attr:`broadcasts` (which axes of a broadcast's source have size
+    1, also where shapes are symbolic) and :attr:`one_hot` (which tensors are one-hot rows, and
+    whether their forward shape lets a reshape keep them so, from the forward shapes the
+    emitted graph does not carry). Rules do not feed them: :meth:`broadcast`,
+    :meth:`mark_one_hot` and the reshape helpers do.
     """
 
     opset: int
@@ -85,10 +87,10 @@ class Emitter:
     _ranks: dict[str, int] = field(default_factory=dict)  # of emitted element-wise results
     #: results of :meth:`broadcast` → (the tensor they broadcast, its size-1 axes)
     broadcasts: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
-    #: results of :meth:`rows_product` that gather rows → (matrix, row indices)
-    gathered: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: 2-D tensors (M, C) known to be one-hot rows → their int64 class indices (M,) in 0..C−1
-    one_hot: dict[str, str] = field(default_factory=dict)
+    #: tensors known to be one-hot rows (M, C) (flattened per row) → (their int64 class indices
+    #: (M,) in 0..C−1, whether their shape has one non-unit axis besides the batch, statically:
+    #: then a reshape to another such shape keeps every row's order, so its result is one-hot too)
+    one_hot: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
     # ---- naming and constants -------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -115,9 +117,13 @@ class Emitter:
             self._const_values[name] = array
         return self._const_cache[key]
 
-    def initializer_value(self, name: str) -> np.ndarray | None:
-        """The value of a constant made by :meth:`const`, or None."""
-        return self._const_values.get(name)
+    def value_of(self, name: str | None) -> np.ndarray | None:
+        """The value of a forward initializer/Constant or of a constant made by :meth:`const`;
+        None where it is computed at run time."""
+        if name is None:
+            return None
+        known = self._const_values.get(name)
+        return known if known is not None else self.constants.get(name)
 
     def _operand(self, value: Operand, rank: int | None = None) -> str:
         """A tensor name for ``value``; a Python number (or a forward scalar constant) beside
@@ -142,7 +148,7 @@ class Emitter:
         """Record the rank of a tensor made elsewhere (another emitter's output)."""
         self._ranks[name] = rank
 
-    def rank_of(self, name: str) -> int | None:
+    def known_rank(self, name: str) -> int | None:
         """The rank of a forward tensor or of an emitted element-wise result, if known."""
         shape = self.shapes.get(name)
         return len(shape) if shape is not None else self._ranks.get(name)
@@ -156,7 +162,7 @@ class Emitter:
         names = [self.fresh(op_type) for _ in range(outputs)]
         rank = None
         if op_type in ELEMENTWISE and not domain:
-            ranks = [r for r in (self.rank_of(i) for i in inputs if isinstance(i, str))
+            ranks = [r for r in (self.known_rank(i) for i in inputs if isinstance(i, str))
                      if r is not None]
             rank = max(ranks, default=None)
             if rank is not None:
@@ -174,19 +180,22 @@ class Emitter:
         return lambda *inputs, **kw: self.emit(op_type, *inputs, **kw)
 
     # ---- static facts ------------------------------------------------------------------------
+    @property
+    def float_type(self) -> int:
+        """The ONNX element type of the float dtype (for ``Cast(…, to=…)``)."""
+        return helper.np_dtype_to_tensor_dtype(np.dtype(self.dtype))
+
     def shape(self, name: str) -> tuple[int | None, ...] | None:
         """The static shape of a forward tensor (dims None where symbolic), or None if unknown."""
         return self.shapes.get(name)
 
     def rank(self, name: str) -> int:
+        """The rank of a forward tensor, or a ValueError naming it where shape inference gave
+        none (:meth:`known_rank` also knows emitted element-wise results, and says None)."""
         shape = self.shapes.get(name)
         if shape is None:
             raise ValueError(f"rank of tensor {name!r} is unknown (shape inference gave none)")
         return len(shape)
-
-    def constant(self, name: str | None) -> np.ndarray | None:
-        """The value of a forward initializer/Constant, or None if it is computed at run time."""
-        return None if name is None else self.constants.get(name)
 
     # ---- opset-aware helpers -----------------------------------------------------------------
     def reduce(self, op_type: str, x: Operand, axes: Sequence[int], keepdims: int = 1) -> Value:
@@ -227,97 +236,66 @@ class Emitter:
         :func:`onnx_gradcam.passes.fold_reshapes`), else Shape(like)."""
         target = self.reshape_target(like)
         if target is not None:
-            return self.emit("Reshape", x, self.const(target))
-        return self.emit("Reshape", x, self.emit("Shape", like))
+            out = self.emit("Reshape", x, self.const(target))
+        else:
+            out = self.emit("Reshape", x, self.emit("Shape", like))
+        return self._keep_one_hot(x, out, like)
 
     def transpose_like(self, x: Operand, perm: Sequence[int], like: str) -> Value:
         """``Transpose(x, perm)``, whose result has ``like``'s shape. Where the axes it moves
         have size 1 (the order of the values stays: (N, 1, 1, C) ↔ (N, C, 1, 1)), a Reshape,
         which costs nothing and folds into neighbouring Reshapes."""
         target = self.reshape_target(like)  # a symbolic dim is −1: never a unit axis
+        out = None
         if target is not None and len(target) == len(perm):
             moved = [p for p, d in zip(perm, target) if d != 1]
             if moved == sorted(moved):
-                return self.emit("Reshape", x, self.const(target))
-        return self.emit("Transpose", x, perm=[int(p) for p in perm])
+                out = self.emit("Reshape", x, self.const(target))
+        if out is None:
+            out = self.emit("Transpose", x, perm=[int(p) for p in perm])
+        return self._keep_one_hot(x, out, like) if perm[0] == 0 else out
+
+    def rows(self, x: Value, columns: int | None) -> Value:
+        """``x`` as 2-D (M, ``columns``) (None: whatever is left), its batch axis kept."""
+        out = self.emit("Reshape", x, self.const([-1, columns] if columns else [0, -1]))
+        if x in self.one_hot and self.one_hot[x][1]:
+            self.one_hot[out] = (self.one_hot[x][0], bool(columns))
+        return out
+
+    # ---- one-hot rows ------------------------------------------------------------------------
+    def mark_one_hot(self, name: Value, classes: Value, like: str) -> None:
+        """Record that ``name``, shaped like the forward tensor ``like``, holds one-hot rows
+        with the int64 class indices ``classes``."""
+        self.one_hot[name] = (classes, self._one_axis(like))
+
+    def is_one_hot(self, name: Value) -> bool:
+        return name in self.one_hot
+
+    def _one_axis(self, name: str) -> bool:
+        """Whether ``name``'s shape is static with at most one non-unit axis besides the batch
+        ((N, C), (N, C, 1, 1), (N, 1, 1, C)): reshapes between such shapes keep every row."""
+        shape = self.shape(name)
+        return (shape is not None and None not in shape[1:]
+                and sum(d != 1 for d in shape[1:]) <= 1)
+
+    def _keep_one_hot(self, src: Operand, dst: Value, like: str) -> Value:
+        """``dst``, the values of ``src`` laid out like the forward tensor ``like``: one-hot
+        rows too where ``src`` is and both shapes keep every row's order."""
+        if isinstance(src, str) and src in self.one_hot:
+            classes, kept = self.one_hot[src]
+            if kept and self._one_axis(like):
+                self.one_hot[dst] = (classes, True)
+        return dst
 
     def rows_product(self, dy: Value, matrix: Value) -> Value:
         """``dy · matrix`` for a 2-D ``dy`` (M, C) and ``matrix`` (C, K); where ``dy`` is known
         one-hot (:attr:`one_hot`) that product is exactly the selected rows, so it is emitted
         as a ``Gather`` that reads M rows instead of the whole matrix (a classifier's last
-        weight: 5 MB read per image for MobileNet's 1280 × 1000)."""
-        indices = self.one_hot.get(dy)
-        if indices is None:
+        weight, read whole per image otherwise; :func:`~onnx_gradcam.autodiff.folding.scale`
+        folds a scaling into the matrix)."""
+        if dy not in self.one_hot:
             return self.emit("MatMul", dy, matrix)
-        out = self.emit("Gather", matrix, indices, axis=0)
-        self.gathered[out] = (matrix, indices)
-        return out
-
-    def scale(self, x: Value, op_type: str, factor: float) -> Value:
-        """``x`` ``op_type`` (Mul or Div) a constant ``factor``. Where ``x`` is rows gathered
-        from a constant matrix (:meth:`rows_product`), or a product a·B with a constant B
-        (reshaped or not), the matrix is scaled instead: a constant ONNX Runtime folds when the
-        session loads, so the scaling costs nothing per run (the 1/(h·w) of an average-pooling
-        head)."""
-        source = self.gathered.get(x)
-        if source is not None and self.foldable(source[0]):
-            matrix = self.emit(op_type, source[0], factor)
-            out = self.emit("Gather", matrix, source[1], axis=0)
-            self.gathered[out] = (matrix, source[1])
-            return out
-        reshapes = []  # x = Reshape(…(MatMul(a, B))) with a constant B: a·(B·factor), reshaped
-        producer = self._producer(x)
-        while producer is not None and producer.op_type == "Reshape":
-            reshapes.append(producer.input[1])
-            producer = self._producer(producer.input[0])
-        if (producer is not None and producer.op_type == "MatMul"
-                and self.foldable(producer.input[1])
-                and self._constant_size(producer.input[1]) <= FOLD_LIMIT):
-            out = self.emit("MatMul", producer.input[0],
-                            self.emit(op_type, producer.input[1], factor))
-            for shape in reversed(reshapes):
-                out = self.emit("Reshape", out, shape)
-            return out
-        return self.emit(op_type, x, factor)
-
-    def _constant_size(self, name: str) -> int:
-        """How many values a foldable tensor holds (its largest constant source's count)."""
-        if name in self._const_values:
-            return int(self._const_values[name].size)
-        if name in self.constants:
-            shape = self.shapes.get(name)
-            return int(np.prod(shape)) if shape is not None else int(self.constants[name].size)
-        producer = self._producer(name)
-        return max((self._constant_size(i) for i in producer.input if i), default=0) if (
-            producer is not None) else 0
-
-    def _producer(self, name: str) -> onnx.NodeProto | None:
-        """The emitted node that computes ``name``, or None."""
-        return next((n for n in reversed(self.nodes) if name in n.output), None)
-
-    def foldable(self, name: str) -> bool:
-        """Whether ``name`` is a forward constant, or computed by emitted nodes from constants
-        only (a value ONNX Runtime's constant folding computes once)."""
-        if name in self._const_values:
-            return True
-        if name in self.constants:
-            return name not in self.overridable
-        producer = self._producer(name)
-        return producer is not None and all(self.foldable(i) for i in producer.input if i)
-
-    def carry_one_hot(self, src: Value, dst: Value, *forward: str) -> Value:
-        """Returns ``dst``, the values of ``src`` reshaped or transposed between the forward
-        tensors ``forward``; where each of those holds at most one non-unit axis besides the
-        batch ((N, C), (N, C, 1, 1), (N, 1, 1, C)), every row keeps its order, so a one-hot
-        ``src`` makes ``dst`` one-hot too (as its (N, −1) flattening)."""
-        def one_axis(name: str) -> bool:
-            shape = self.shape(name)
-            return (shape is not None and None not in shape[1:]
-                    and sum(d != 1 for d in shape[1:]) <= 1)
-
-        if src in self.one_hot and all(one_axis(t) for t in forward):
-            self.one_hot[dst] = self.one_hot[src]
-        return dst
+        return self.emit("Gather", matrix, self.one_hot[dy][0], axis=0)
 
     def broadcast(self, x: Value, like: str, axes: Sequence[int]) -> Value:
         """``Expand(x, Shape(like))`` for an ``x`` of ``like``'s rank that has size 1 along
@@ -335,3 +313,4 @@ class Emitter:
 
     def zeros_like(self, like: str) -> Value:
         return self.emit("Expand", self.const(0.0), self.emit("Shape", like))
+

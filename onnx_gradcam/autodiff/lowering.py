@@ -20,10 +20,15 @@ from onnx import helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import registrar
-from onnx_gradcam.autodiff.rules.nn import transpose_window
+from onnx_gradcam.autodiff.rules._common import (
+    iota_of_shape,
+    scatter_add_to_shape,
+    transpose_window,
+)
 from onnx_gradcam.autodiff.rules.reduce import average_pool_vjp
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo
+from onnx_gradcam.passes import live_nodes
 
 Lowering = Callable[[Emitter, Node, Node | None], Sequence[Value | None]]
 LOWERINGS: dict[str, Lowering] = {}
@@ -38,23 +43,6 @@ lowers = registrar(LOWERINGS, "lowering")
 def _like(op: Emitter, value: float, like: Value) -> Value:
     """The constant ``value`` in the float type of ``like`` (CastLike from opset 15)."""
     return op.CastLike(value, like) if op.opset >= 15 else op.const(value)
-
-
-def _flat_scatter(op: Emitter, shape: Value, index: Value, dy: Value) -> Value:
-    """dX of shape ``shape`` with dX.flat[index] += dy (``index`` flat positions, like dy)."""
-    size = op.ReduceProd(shape, keepdims=1)
-    zeros = op.Expand(_like(op, 0.0, dy), size)
-    flat = op.const([-1])
-    reduction = "add" if op.opset >= 16 else None
-    return op.Reshape(op.ScatterElements(zeros, op.Reshape(index, flat), op.Reshape(dy, flat),
-                                         axis=0, reduction=reduction), shape)
-
-
-def _iota(op: Emitter, shape: Value) -> Value:
-    """int64 flat positions 0, 1, … laid out in ``shape``: indexing it says where values came
-    from, so the gradient of any gather-like op is a scatter-add at the gathered positions."""
-    size = op.ReduceProd(shape, keepdims=0)
-    return op.Reshape(op.Range(op.const(0), size, op.const(1)), shape)
 
 
 def broadcast_axes(op: Emitter, a: Value, b: Value) -> tuple[Value, Value]:
@@ -99,12 +87,8 @@ def _forward(node: Node, forward: Node | None) -> Node:
 def scale_lowering(op: Emitter, node: Node, forward: Node | None) -> list[Value]:
     """Y = X · s, or X / s with ``scale_down=1`` (s: a one-element tensor of any numeric type)."""
     x, s = node.inputs[0], node.inputs[1]
-    s = op.CastLike(s, x) if op.opset >= 15 else op.Cast(s, to=_float_type(op))
+    s = op.CastLike(s, x) if op.opset >= 15 else op.Cast(s, to=op.float_type)
     return [op.Div(x, s) if node.attr("scale_down", 0) else op.Mul(x, s)]
-
-
-def _float_type(op: Emitter) -> int:
-    return helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype))
 
 
 @lowers("ReluGrad")
@@ -206,7 +190,7 @@ def broadcast_gradient_args_lowering(op: Emitter, node: Node, forward: Node | No
 @lowers("ConvGrad")
 def conv_grad_lowering(op: Emitter, node: Node, forward: Node | None) -> list[Value | None]:
     """ConvGrad(dY, X, W) → (dX, dW, dB); only dX = ConvTranspose(dY, W) cropped to X (the
-    forward strides/pads/dilations/group; see :func:`~.rules.nn.transpose_window`)."""
+    forward strides/pads/dilations/group; see :func:`~.rules._common.transpose_window`)."""
     dy, x, w = node.inputs[:3]
     w_shape = op.shape(w)
     kernel = node.attr("kernel_shape") or (list(w_shape[2:]) if w_shape else None)
@@ -223,7 +207,7 @@ def max_pool_grad_lowering(op: Emitter, node: Node, forward: Node | None) -> lis
         raise ValueError("column-major indices (storage_order=1) are not supported")
     x = _forward(node, forward).inputs[0]
     dy, indices = node.inputs[0], node.inputs[1]
-    return [_flat_scatter(op, op.Shape(x), indices, dy)]
+    return [scatter_add_to_shape(op, op.Shape(x), indices, dy)]
 
 
 @lowers("AveragePoolGrad")
@@ -239,16 +223,16 @@ def slice_grad_lowering(op: Emitter, node: Node, forward: Node | None) -> list[V
     """SliceGrad(dY, shape, starts, ends[, axes, steps]): dX = 0 except dX[slice] = dY, as a
     scatter at Slice(iota(shape), starts, ends, axes, steps)."""
     dy, shape = node.inputs[0], node.inputs[1]
-    index = op.Slice(_iota(op, shape), *node.inputs[2:6])
-    return [_flat_scatter(op, shape, index, dy)]
+    index = op.Slice(iota_of_shape(op, shape), *node.inputs[2:6])
+    return [scatter_add_to_shape(op, shape, index, dy)]
 
 
 @lowers("GatherGrad")
 def gather_grad_lowering(op: Emitter, node: Node, forward: Node | None) -> list[Value]:
     """GatherGrad(shape, indices, dY): dX.flat[Gather(iota(shape), indices, axis)] += dY."""
     shape, indices, dy = node.inputs[:3]
-    index = op.Gather(_iota(op, shape), indices, axis=int(node.attr("axis", 0)))
-    return [_flat_scatter(op, shape, index, dy)]
+    index = op.Gather(iota_of_shape(op, shape), indices, axis=int(node.attr("axis", 0)))
+    return [scatter_add_to_shape(op, shape, index, dy)]
 
 
 @lowers("GatherElementsGrad")
@@ -279,17 +263,6 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     return ordered
 
 
-def _prune(nodes: list[onnx.NodeProto], output: str) -> list[onnx.NodeProto]:
-    """The nodes ``output`` depends on, in their given order (which need not be topological)."""
-    needed, kept = {output}, set()
-    while True:
-        new = {i for i, n in enumerate(nodes) if i not in kept and needed & set(n.output)}
-        if not new:
-            return [n for i, n in enumerate(nodes) if i in kept]
-        kept |= new
-        needed.update(x for i in new for x in nodes[i].input)
-
-
 def lower_nodes(info: GraphInfo, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
                 output: str, renames: dict[str, str], prefix: str, dtype: np.dtype,
                 sources: dict[str, onnx.NodeProto] | None = None
@@ -305,7 +278,7 @@ def lower_nodes(info: GraphInfo, nodes: list[onnx.NodeProto], inits: list[onnx.T
     init_names = {t.name for t in inits}
     forward = {o for n in info.nodes for o in n.output} | set(info.constants)
     forward |= set(info.graph_inputs) | set(renames)
-    ordered = _toposort(_prune(nodes, output), forward | init_names)
+    ordered = _toposort(live_nodes(nodes, [output]), forward | init_names)
     needed = {output} | {i for n in ordered for i in n.input}
     names = {o: prefix + o for n in ordered for o in n.output if o}
     names.update({t: prefix + t for t in init_names})
@@ -343,7 +316,7 @@ def lower_nodes(info: GraphInfo, nodes: list[onnx.NodeProto], inits: list[onnx.T
                                        f"output {out!r}, which the gradient needs")
             names[out] = value
     gradient = op.Identity(names[output])
-    kept = _prune(op.nodes, gradient)
+    kept = live_nodes(op.nodes, [gradient])
     needed = {i for n in kept for i in n.input}  # the initializers still read
     renamed_inits = []
     for tensor in inits:

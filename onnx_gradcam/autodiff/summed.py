@@ -2,7 +2,7 @@
 
 Grad-CAM needs only w_k = (1/h·w) Σ_ij ∂s/∂A_kij. In a VGG-style head the layer A is pooled,
 flattened and multiplied by a constant weight matrix, y = flatten(pool(A))·W, and the backward
-pass to A re-reads all of W (12800 × 4096 floats, 210 MB, in VGG16 at 160 px) to form
+pass to A re-reads all of W (12800 × 4096 values in VGG16 at 160 px) to form
 g_x = g_y·Wᵀ, only for Grad-CAM to sum it over the positions again. The sums commute with the
 ops in between:
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE
+from onnx_gradcam.autodiff.rules._common import has_pads
 from onnx_gradcam.graph import GraphInfo
 
 #: an axis of a tensor on the way, as the (size, role) factors it is made of, in row-major
@@ -97,9 +98,7 @@ def _carry(node: Node, axes: list[Factors], out: tuple[int | None, ...] | None
 def _sum_preserving(node: Node) -> bool:
     if node.op_type == "MaxPool":
         return len(node.outputs) == 1 or not node.outputs[1]
-    unpadded = not any(node.attr("pads", [])) and node.attr("auto_pad", "NOTSET") in (
-        "NOTSET", "VALID")
-    return unpadded and not node.attr("ceil_mode", 0)
+    return not has_pads(node) and not node.attr("ceil_mode", 0)
 
 
 def _regroup(flat: Factors, dims: list[int]) -> list[Factors] | None:

@@ -1,15 +1,12 @@
-"""CAM methods: one small function per method, one shared post-processing path."""
+"""CAM methods: one :class:`Method` record per method in :data:`METHODS`, one shared
+post-processing path. A new method is a numpy form (:mod:`~onnx_gradcam.cams.gradient`), a graph
+form where one ONNX graph can compute it (:mod:`~onnx_gradcam.cams.graph`) and one record here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import numpy as np
-
-from onnx_gradcam.cams.eigen import eigencam, eigengradcam, projection_2d
+from onnx_gradcam.cams import graph
+from onnx_gradcam.cams.eigen import eigencam, eigengradcam
 from onnx_gradcam.cams.gradient import (
-    channel_weighted,
     gradcam,
     gradcam_elementwise,
     gradcam_plusplus,
@@ -17,50 +14,35 @@ from onnx_gradcam.cams.gradient import (
     layercam,
     xgradcam,
 )
+from onnx_gradcam.cams.method import Method, reduce_map
 from onnx_gradcam.cams.postprocess import min_max, postprocess, upsample
 
-
-@dataclass(frozen=True)
-class Method:
-    """A CAM method. ``weighted(acts, grads)`` gives the weighted activations (N, K, h, w);
-    the coarse map is their channel sum, or their first principal component where ``eigen``
-    (Eigen-CAM's own definition, or any method with ``eigen_smooth``). Score-CAM's weights come
-    from extra forward passes, so the explainer computes them."""
-
-    name: str
-    weighted: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
-    needs_gradient: bool = True
-    eigen: bool = False
-    channel: bool = False  # ``weighted`` returns channel weights (N, K)
-
-    def cam(self, acts: np.ndarray, grads: np.ndarray, eigen_smooth: bool = False) -> np.ndarray:
-        """The coarse map (N, h, w) before ReLU and normalisation."""
-        assert self.weighted is not None
-        return reduce_map(self.weighted(acts, grads), acts, self.channel,
-                          self.eigen or eigen_smooth)
+#: why a method without a graph form cannot live in one ONNX graph
+_SVD = "it needs an SVD, and no standard ONNX op computes one"
 
 
-def reduce_map(weighted: np.ndarray, acts: np.ndarray, channel: bool, eigen: bool) -> np.ndarray:
-    """Σ_k w_k·A_k for channel weights (N, K), or the channel sum of weighted activations
-    (N, K, h, w); with ``eigen``, the first principal component of w_k·A_k instead."""
-    if channel:
-        if eigen:
-            return projection_2d(channel_weighted(weighted, acts))
-        n, k, h, w = acts.shape
-        return np.matmul(weighted[:, None, :], acts.reshape(n, k, h * w)).reshape(n, h, w)
-    return projection_2d(weighted) if eigen else weighted.sum(axis=1)
-
+_LAYERCAM = Method("layercam", layercam, graph=graph.layercam, broadcast_safe=True,
+                   constant_weights=graph.weights_are_relu_g)
 
 METHODS: dict[str, Method] = {m.name: m for m in [
-    Method("gradcam", gradcam, channel=True),
-    Method("hirescam", hirescam),
-    Method("gradcam_elementwise", gradcam_elementwise),
-    Method("gradcam++", gradcam_plusplus, channel=True),
-    Method("xgradcam", xgradcam, channel=True),
-    Method("layercam", layercam),
-    Method("scorecam", None, needs_gradient=False),
-    Method("eigencam", eigencam, needs_gradient=False, eigen=True),
-    Method("eigengradcam", eigengradcam, eigen=True),
+    Method("gradcam", gradcam, channel=True, graph=graph.gradcam, mean_weights=True,
+           constant_weights=graph.weights_are_g),
+    Method("hirescam", hirescam, graph=graph.hirescam, broadcast_safe=True,
+           constant_weights=graph.weights_are_g),
+    Method("gradcam_elementwise", gradcam_elementwise, graph=graph.gradcam_elementwise,
+           broadcast_safe=True, when_nonnegative=_LAYERCAM),
+    Method("gradcam++", gradcam_plusplus, channel=True, graph=graph.gradcam_plusplus,
+           constant_g=graph.gradcam_plusplus_constant_g),
+    Method("xgradcam", xgradcam, channel=True, graph=graph.xgradcam, broadcast_safe=True,
+           constant_g=graph.xgradcam_constant_g),
+    _LAYERCAM,
+    Method("scorecam", None, needs_gradient=False, masked_scores=True,
+           not_in_graph="it runs one extra forward pass per channel of the target layer"),
+    Method("eigencam", eigencam, needs_gradient=False, eigen=True, not_in_graph=_SVD),
+    Method("eigengradcam", eigengradcam, eigen=True, not_in_graph=_SVD),
 ]}
 
-__all__ = ["METHODS", "Method", "min_max", "postprocess", "reduce_map", "upsample"]
+#: The methods an exported model can compute: one gradient pass, then element-wise math.
+GRAPH_METHODS: dict[str, Method] = {n: m for n, m in METHODS.items() if m.graph is not None}
+
+__all__ = ["GRAPH_METHODS", "METHODS", "Method", "min_max", "postprocess", "reduce_map", "upsample"]

@@ -25,7 +25,7 @@ def projection_2d(maps: np.ndarray) -> np.ndarray:
         maps = np.nan_to_num(maps, nan=0.0)
     n, k = maps.shape[:2]
     x = np.swapaxes(maps.reshape(n, k, -1), 1, 2)
-    # factorisations this small gain nothing from BLAS threads, and lose 100x when those
+    # factorisations this small gain nothing from BLAS threads, and lose much when those
     # threads wait on cores ONNX Runtime's thread pool (or another process) is spinning on
     with _blas().limit(limits=1, user_api="blas"):
         cams = first_component(x - x.mean(axis=1, keepdims=True))

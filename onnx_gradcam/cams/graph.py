@@ -9,20 +9,19 @@ kept 4-D (a channel of one) so that ``Resize`` takes it as it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from onnx import helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Value
-
-GraphCam = Callable[[Emitter, Value, Value], Value]
+from onnx_gradcam.cams.method import Method
 
 
 def weighted_sum(op: Emitter, weights: Value, acts: Value) -> Value:
     """cam (N, 1, h, w) = Σ_k w_k · A_k for NCHW activations and weights (N, K, 1, 1) (or any
     shape whose flattening per sample is the K weights), as one batched MatMul
-    (N, 1, K) × (N, K, h·w): in ONNX Runtime a third of the time of Mul + ReduceSum."""
+    (N, 1, K) × (N, K, h·w): one GEMM per sample instead of a broadcast product written out
+    in full and summed again."""
     shape = op.shape(acts)
     channels = shape[1] if shape is not None else None
     w = op.Reshape(weights, op.const([-1, 1, channels] if channels else [0, 1, -1]))
@@ -77,25 +76,25 @@ def layercam(op: Emitter, acts: Value, grads: Value) -> Value:
     return op.reduce("ReduceSum", op.Mul(op.Relu(grads), acts), [1])
 
 
-def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layout: str,
+def layer_coarse(op: Emitter, method: Method, acts: Value, grads: Value, layout: str,
                  pooled: tuple[Value, tuple[int, ...]] | None = None,
                  mean: Value | None = None, nonnegative: bool = False,
                  acts_mean: Value | None = None) -> Value:
-    """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC.
+    """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC, by
+    the cheapest of the method's shortcuts that applies (:class:`~onnx_gradcam.cams.Method`).
 
     ``pooled``: a tensor of G's rank that G is a broadcast of (the gradient of a global average
     pooling head), and its size-1 axes. Where it has size 1 on both spatial axes (G the same at
     every position), the full-size G is never formed (an Expand, and the methods' products, of
-    K·h·w values saved: ~5 % of a small model's inference): Grad-CAM's weights are ``pooled``
-    itself, and the methods of :data:`BROADCAST_SAFE` take it in G's place (ONNX broadcasting
-    gives the same values). Where it pools only part of the space, Grad-CAM takes its mean.
+    K·h·w values saved): the method's constant-G shortcut reads ``pooled`` instead. Where it
+    pools only part of the space, mean weights are its mean.
     ``mean``: G's mean over the positions per channel (N, K) where the head gives it without
-    forming G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`): Grad-CAM's weights.
-    ``nonnegative``: A ≥ 0 by construction (a ReLU's output): then relu(G ⊙ A) = relu(G) ⊙ A,
-    so element-wise Grad-CAM is Layer-CAM's formula (for a constant G, one weighted sum).
+    forming G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`).
+    ``nonnegative``: A ≥ 0 by construction (a ReLU's output), which lets a method take the
+    shortcuts of its ``when_nonnegative`` twin.
     ``acts_mean``: a forward tensor holding mean_ij A per channel (the head's own average
-    pool, K values per sample in any shape), which the :data:`CONSTANT_G` forms read instead
-    of summing A again."""
+    pool, K values per sample in any shape), which ``constant_g`` forms read instead of summing
+    A again."""
     to_nchw = [0, 3, 1, 2]
     value, size_one = pooled if pooled is not None else (None, ())
     for tensor in (grads, value):
@@ -104,39 +103,41 @@ def layer_coarse(op: Emitter, method: GraphCam, acts: Value, grads: Value, layou
     if layout == "NHWC":
         size_one = tuple(to_nchw.index(a) for a in size_one)
     constant = value is not None and {2, 3} <= set(size_one) and 1 not in size_one
-    if method is gradcam_elementwise and nonnegative:
-        method = layercam
+    if nonnegative and method.when_nonnegative is not None:
+        method = method.when_nonnegative
+    cam = method.graph
+    assert cam is not None, f"{method.name} has no graph form"
     # A tf2onnx NHWC tensor is NCHW inside ONNX Runtime, whose transpose optimizer cancels this
-    # Transpose against its own; reading the NHWC tensor as it is made ORT materialise it (a
-    # transpose of A per call, 0.1 ms on MobileNetV3Small at batch 16)
+    # Transpose against its own; reading the NHWC tensor as it is makes ORT materialise it (a
+    # transpose of A per call)
     if layout == "NHWC":
         shape = op.shape(acts)
         acts = op.Transpose(acts, perm=to_nchw)
         if shape is not None:
             op.shapes[acts] = tuple(shape[i] for i in to_nchw)
     # weights (N, K), (N, K, 1, 1) or (N, 1, 1, K), flattened per sample
-    if method is gradcam and mean is not None:
+    if method.mean_weights and mean is not None:
         return weighted_sum(op, mean, acts)
-    if constant and method in CONSTANT_WEIGHTS:
-        return weighted_sum(op, CONSTANT_WEIGHTS[method](op, value), acts)
+    if constant and method.constant_weights is not None:
+        return weighted_sum(op, method.constant_weights(op, value), acts)
     if layout == "NHWC":
         grads = op.Transpose(grads, perm=to_nchw)
     if value is None or 1 in size_one:  # no pooled gradient, or a channel broadcast too
-        return method(op, acts, grads)
+        return cam(op, acts, grads)
     value = op.Transpose(value, perm=to_nchw) if layout == "NHWC" else value
-    if method is gradcam:
+    if method.mean_weights:
         return weighted_sum(op, op.reduce("ReduceMean", value, [2, 3]), acts)
-    if constant and method in CONSTANT_G:
-        return CONSTANT_G[method](op, acts, value, acts_mean)
-    return method(op, acts, value if constant and method in BROADCAST_SAFE else grads)
+    if constant and method.constant_g is not None:
+        return method.constant_g(op, acts, value, acts_mean)
+    return cam(op, acts, value if constant and method.broadcast_safe else grads)
 
 
-def _same(op: Emitter, g: Value) -> Value:
+def weights_are_g(op: Emitter, g: Value) -> Value:
     """Grad-CAM (mean_ij G = g) and HiRes-CAM (Σ_k (G ⊙ A)_k = Σ_k g_k A_k): w_k = g_k."""
     return g
 
 
-def _relu(op: Emitter, g: Value) -> Value:
+def weights_are_relu_g(op: Emitter, g: Value) -> Value:
     """Layer-CAM: Σ_k relu(G)_k ⊙ A_k = Σ_k relu(g_k) A_k: w_k = relu(g_k)."""
     return op.Relu(g)
 
@@ -157,11 +158,11 @@ def _per_position(op: Emitter, acts: Value, value: float) -> Value:
     if shape is not None and None not in shape[2:]:
         return op.const(value / float(shape[2] * shape[3]))
     positions = op.Cast(op.ReduceProd(op.dims(acts, 2, 4), keepdims=0),
-                        to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
+                        to=op.float_type)
     return op.Div(op.const(value), positions)
 
 
-def _xgradcam_constant_g(op: Emitter, acts: Value, g: Value,
+def xgradcam_constant_g(op: Emitter, acts: Value, g: Value,
                          acts_mean: Value | None = None) -> Value:
     """XGrad-CAM for G = g_k at every position: w_k = g_k·S_k / (S_k + 1e-7), S = Σ_ab A;
     with S = h·w·m (m = mean_ij A), w_k = g_k·m_k / (m_k + 1e-7/(h·w))."""
@@ -170,7 +171,7 @@ def _xgradcam_constant_g(op: Emitter, acts: Value, g: Value,
     return weighted_sum(op, weights, acts)
 
 
-def _gradcam_plusplus_constant_g(op: Emitter, acts: Value, g: Value,
+def gradcam_plusplus_constant_g(op: Emitter, acts: Value, g: Value,
                                  acts_mean: Value | None = None) -> Value:
     """Grad-CAM++ for G = g_k at every position: α is the same at every position too, so
     w_k = h·w·relu(g_k)·α_k. With r = relu(g) and S = h·w·m (m = mean_ij A), for g > 0
@@ -181,42 +182,6 @@ def _gradcam_plusplus_constant_g(op: Emitter, acts: Value, g: Value,
     slope = op.Add(op.Mul(_spatial_mean(op, acts, acts_mean), r), _per_position(op, acts, 2.0))
     den = op.Add(op.Mul(r2, slope), _per_position(op, acts, 1e-6))
     return weighted_sum(op, op.Div(op.Mul(r2, r), den), acts)
-
-
-#: Methods that give the same map when a spatially constant G comes as (N, K, 1, 1): G meets A
-#: only element-wise before any sum over the positions (Grad-CAM++ sums terms of G alone over
-#: the positions, so it takes a constant G through :data:`CONSTANT_G`).
-BROADCAST_SAFE: set[GraphCam] = {hirescam, gradcam_elementwise, xgradcam, layercam}
-
-#: For a spatially constant G = g_k (N, K, 1, 1): the methods whose map is then Σ_k w_k A_k
-#: with weights w = f(g), one weighted sum on A (a batched MatMul instead of products and sums
-#: over K·h·w values)
-CONSTANT_WEIGHTS: dict[GraphCam, Callable[[Emitter, Value], Value]] = {
-    gradcam: _same, hirescam: _same, layercam: _relu}
-
-#: The same maps for a spatially constant G (N, K, 1, 1), by their own formulas (which need
-#: A's mean over the positions: NCHW, or the head's own average pool), ending in one
-#: weighted sum; called (op, A, g, mean_ij A or None)
-CONSTANT_G: dict[GraphCam, Callable[[Emitter, Value, Value, Value | None], Value]] = {
-    xgradcam: _xgradcam_constant_g, gradcam_plusplus: _gradcam_plusplus_constant_g}
-
-
-#: The methods an exported model can compute: one gradient pass, then element-wise math.
-GRAPH_METHODS: dict[str, GraphCam] = {
-    "gradcam": gradcam,
-    "hirescam": hirescam,
-    "gradcam_elementwise": gradcam_elementwise,
-    "gradcam++": gradcam_plusplus,
-    "xgradcam": xgradcam,
-    "layercam": layercam,
-}
-
-#: Why the other methods cannot live in one ONNX graph.
-NOT_IN_GRAPH: dict[str, str] = {
-    "scorecam": "it runs one extra forward pass per channel of the target layer",
-    "eigencam": "it needs an SVD, and no standard ONNX op computes one",
-    "eigengradcam": "it needs an SVD, and no standard ONNX op computes one",
-}
 
 
 def min_max(op: Emitter, maps: Value) -> Value:
@@ -253,7 +218,7 @@ def _interpolation(op: Emitter, src: int, dst: int,
     far = op.Mul(op.OneHot(op.const(left + 1), depth, values), op.const(frac[:, None]))
     weights = op.Add(near, far)
     if op.dtype != np.float32:
-        weights = op.Cast(weights, to=helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)))
+        weights = op.Cast(weights, to=op.float_type)
     return weights
 
 
@@ -275,8 +240,7 @@ def upsample(op: Emitter, maps: Value, size: Value | tuple[int, int],
 
     Where both sizes are static (``source`` = (h, w)) and it is an upsampling, as two MatMuls
     with constant interpolation matrices (≤ 1e-6 from cv2.resize, which interpolates rows
-    first; in ONNX Runtime a third of the time of a ``Resize``, which recomputes its
-    coordinates on every run; :func:`_upsample_at`)."""
+    first; a ``Resize`` recomputes its coordinates on every run; :func:`_upsample_at`)."""
     static = _static_upsampling(size, source)
     if static is not None:
         return _upsample_at(op, maps, *static)
@@ -324,9 +288,8 @@ def heatmap(op: Emitter, coarse: list[Value], size: Value | tuple[int, int],
     ~1e-7 for an upsampling). lo and hi, the extremes of U·c₀ over the whole output grid, lie
     on the subgrid of :func:`extreme_samples` (bilinear = linear along each axis between
     source pixels): at most 2h × 2w values. The result is clipped to [0, 1], which rounding
-    can miss by an ulp. ≤ 1e-6 from the two steps (tests/test_export.py); against those steps
-    on the full map, MobileNetV3Small's batch of 16 (16 maps of 160²) costs ~1.00 instead of
-    ~1.05 of a plain inference."""
+    can miss by an ulp. ≤ 1e-6 from the two steps (tests/test_export.py), which would each
+    read and write the full-size map once more."""
     sources = list(sources) or [(None, None)] * len(coarse)
     static = _static_upsampling(size, sources[0]) if len(coarse) == 1 else None
     if static is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from onnx_gradcam.cams.graph import GRAPH_METHODS
+from onnx_gradcam.cams import GRAPH_METHODS
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
 from onnx_gradcam.export import export_explainer, write_triton

@@ -3,30 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import unary_vjp, vjp
-
-Dys = Sequence[Value | None]
-
-
-def unbroadcast(op: Emitter, dx: Value, x: str, y: str) -> Value:
-    """Sum ``dx`` (shaped like the op's output ``y``) back to the shape of the input ``x``.
-
-    Leading axes that broadcasting added are summed away; axes where ``x`` has a static 1 and
-    ``y`` does not are summed with keepdims. Symbolic dims are taken as not broadcast.
-    """
-    x_shape, y_shape = op.shape(x), op.shape(y)
-    if x_shape is None or y_shape is None:
-        raise ValueError(f"cannot unbroadcast to {x!r}: its shape is unknown")
-    lead = len(y_shape) - len(x_shape)
-    if lead > 0:
-        dx = op.reduce("ReduceSum", dx, list(range(lead)), keepdims=0)
-    axes = [i for i, (a, b) in enumerate(zip(x_shape, y_shape[lead:])) if a == 1 and b != 1]
-    if axes:
-        dx = op.reduce("ReduceSum", dx, axes, keepdims=1)
-    return dx
+from onnx_gradcam.autodiff.rules._common import Dys, unbroadcast
 
 
 @vjp("Add")
@@ -70,7 +50,7 @@ def div_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 def identity_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = dy (Dropout at inference is the identity; its mask output has no gradient)."""
     if node.op_type == "Dropout" and node.input(2) is not None:
-        mode = op.constant(node.input(2))
+        mode = op.value_of(node.input(2))
         if mode is None or bool(mode):
             raise ValueError("Dropout in training mode is not differentiable here")
     return [dys[0]] + [None] * (len(node.inputs) - 1)

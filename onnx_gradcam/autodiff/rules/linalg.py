@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.folding import scale
 from onnx_gradcam.autodiff.registry import vjp
-from onnx_gradcam.autodiff.rules.elementwise import unbroadcast
-
-Dys = Sequence[Value | None]
+from onnx_gradcam.autodiff.rules._common import Dys, unbroadcast
 
 
 @vjp("Gemm")
@@ -19,22 +16,29 @@ def gemm_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     dy = dys[0]
     alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
     ta, tb = int(node.attr("transA", 0)), int(node.attr("transB", 0))
-    if ta:
-        da = op.Gemm(b, dy, alpha=alpha, transA=tb, transB=1)
-    elif dy in op.one_hot:  # a one-hot seed: dA = α·(rows of B'ᵀ)
-        da = op.rows_product(dy, b if tb else op.Transpose(b, perm=[1, 0]))
-        da = da if alpha == 1.0 else op.scale(da, "Mul", alpha)
-    else:
-        da = op.Gemm(dy, b, alpha=alpha, transA=0, transB=1 - tb)
-    if tb:
-        db = op.Gemm(dy, a, alpha=alpha, transA=1, transB=ta)
-    else:
-        db = op.Gemm(a, dy, alpha=alpha, transA=1 - ta, transB=0)
-    out: list[Value | None] = [da, db]
+    out: list[Value | None] = [_gemm_da(op, dy, b, alpha, ta, tb),
+                               _gemm_db(op, dy, a, alpha, ta, tb)]
     if node.input(2) is not None:
         dc = dy if beta == 1.0 else op.Mul(dy, beta)
         out.append(unbroadcast(op, dc, node.inputs[2], node.outputs[0]))
     return out
+
+
+def _gemm_da(op: Emitter, dy: Value, b: str, alpha: float, ta: int, tb: int) -> Value:
+    """dA = α·dY·B'ᵀ (transposed back if transA); for a one-hot dY, α·(rows of B'ᵀ)."""
+    if ta:
+        return op.Gemm(b, dy, alpha=alpha, transA=tb, transB=1)
+    if op.is_one_hot(dy):
+        da = op.rows_product(dy, b if tb else op.Transpose(b, perm=[1, 0]))
+        return da if alpha == 1.0 else scale(op, da, "Mul", alpha)
+    return op.Gemm(dy, b, alpha=alpha, transA=0, transB=1 - tb)
+
+
+def _gemm_db(op: Emitter, dy: Value, a: str, alpha: float, ta: int, tb: int) -> Value:
+    """dB = α·A'ᵀ·dY (transposed back if transB)."""
+    if tb:
+        return op.Gemm(dy, a, alpha=alpha, transA=1, transB=ta)
+    return op.Gemm(a, dy, alpha=alpha, transA=1 - ta, transB=0)
 
 
 def _swap_last(op: Emitter, x: Value, rank: int) -> Value:
@@ -52,10 +56,7 @@ def matmul_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     if rank_a < 2:
         raise ValueError(f"MatMul {node.name!r}: a 1-D first operand is not supported")
     if rank_b == 1:
-        dy_col = op.unsqueeze(dy, [-1])
-        da = op.Mul(dy_col, b)
-        db = op.reduce("ReduceSum", op.Mul(a, dy_col), list(range(rank_a - 1)), keepdims=0)
-        return [da, db]
+        return _matmul_column(op, a, b, dy, rank_a)
     rank_y = op.rank(y)
     if rank_y == 2 and rank_b == 2:
         da = op.rows_product(dy, _swap_last(op, b, rank_b))
@@ -63,6 +64,14 @@ def matmul_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         da = op.MatMul(dy, _swap_last(op, b, rank_b))
     db = op.MatMul(_swap_last(op, a, rank_a), dy)
     return [_unbroadcast_batch(op, da, a, rank_y), _unbroadcast_batch(op, db, b, rank_y)]
+
+
+def _matmul_column(op: Emitter, a: str, b: str, dy: Value, rank_a: int) -> list[Value | None]:
+    """Y = A·b for a 1-D b (a column, its axis dropped): dA = dY ⊗ b, db = Σ A·dY."""
+    dy_col = op.unsqueeze(dy, [-1])
+    da = op.Mul(dy_col, b)
+    db = op.reduce("ReduceSum", op.Mul(a, dy_col), list(range(rank_a - 1)), keepdims=0)
+    return [da, db]
 
 
 def _unbroadcast_batch(op: Emitter, d: Value, x: str, rank_y: int) -> Value:

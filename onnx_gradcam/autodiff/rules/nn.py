@@ -8,49 +8,7 @@ import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
-
-Dys = Sequence[Value | None]
-
-
-def spatial_begin_pads(op: Emitter, node: Node, x: str, kernel: Sequence[int]) -> Value:
-    """The padding added before each spatial axis of ``x`` by a Conv/pool node (int64 (r,)).
-
-    Explicit ``pads`` are static; ``auto_pad`` SAME_* pads depend on the input size, so they are
-    computed in the graph: total = max((⌈X/s⌉ − 1)·s + k_eff − X, 0), begin = total // 2 (UPPER)
-    or ⌈total / 2⌉ (LOWER).
-    """
-    r = len(kernel)
-    strides = list(node.attr("strides", [1] * r))
-    dilations = list(node.attr("dilations", [1] * r))
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    if auto_pad in ("NOTSET", "VALID"):
-        pads = list(node.attr("pads", [0] * 2 * r)) if auto_pad == "NOTSET" else [0] * 2 * r
-        return op.const(pads[:r])
-    k_eff = np.array([(k - 1) * d + 1 for k, d in zip(kernel, dilations)], dtype=np.int64)
-    s = np.array(strides, dtype=np.int64)
-    size = op.dims(x, 2, 2 + r)
-    out = op.Div(op.Sub(op.Add(size, s), 1), s)  # ⌈X / s⌉
-    total = op.Max(op.Sub(op.Add(op.Mul(op.Sub(out, 1), s), k_eff), size), op.const([0] * r))
-    if auto_pad == "SAME_LOWER":
-        total = op.Add(total, 1)
-    return op.Div(total, 2)
-
-
-def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
-                     kernel: Sequence[int], group: int) -> Value:
-    """Scatter ``dy`` back through sliding windows: ``ConvTranspose(dy, w)`` cropped to ``x``.
-
-    The transposed conv (no pads, output_padding = stride − 1) covers the whole padded input;
-    slicing ``[pad_begin, pad_begin + X)`` on each spatial axis leaves the input's gradient.
-    """
-    r = len(kernel)
-    strides = list(node.attr("strides", [1] * r))
-    full = op.ConvTranspose(
-        dy, w, strides=strides, dilations=list(node.attr("dilations", [1] * r)), group=group,
-        pads=[0] * 2 * r, output_padding=[s - 1 for s in strides], kernel_shape=list(kernel))
-    begin = spatial_begin_pads(op, node, x, kernel)
-    end = op.Add(begin, op.dims(x, 2, 2 + r))
-    return op.Slice(full, begin, end, op.const(list(range(2, 2 + r))))
+from onnx_gradcam.autodiff.rules._common import Dys, strides_dilations, transpose_window
 
 
 def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequence[int],
@@ -58,10 +16,10 @@ def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequen
     """A 1×1 conv with stride 1, no padding and one group is a matrix product over channels:
     dX = Wᵀ·dY as one batched MatMul ((Cin, Cout) × (N, Cout, H·W)), or, where the map is
     1×1 (a conv used as a dense layer), one GEMM (N, Cout) × (Cout, Cin) that reads W once for
-    the whole batch. ONNX Runtime's ConvTranspose took ~6× as long on MobileNetV3's head.
+    the whole batch (ONNX Runtime's ConvTranspose has no such fast path for 1×1 kernels).
     None where the conv is not of that kind."""
     r = len(kernel)
-    strides = node.attr("strides", [1] * r)
+    strides, _ = strides_dilations(node, r)
     padded = node.attr("auto_pad", "NOTSET") == "NOTSET" and any(node.attr("pads", [0] * 2 * r))
     if group != 1 or any(k != 1 for k in kernel) or any(s != 1 for s in strides) or padded:
         return None
@@ -69,9 +27,7 @@ def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequen
     shape, w_shape = op.shape(x), op.shape(w)
     if shape is not None and all(d == 1 for d in shape[2:]):
         outs = w_shape[0] if w_shape and w_shape[0] else 0  # static: Reshapes around it fold
-        rows = op.carry_one_hot(dy, op.Reshape(dy, op.const([-1, outs] if outs else [0, -1])),
-                                node.outputs[0])
-        return op.reshape_like(op.rows_product(rows, w2d), x)
+        return op.reshape_like(op.rows_product(op.rows(dy, outs), w2d), x)
     w_t = op.Transpose(w2d, perm=[1, 0])
     return op.reshape_like(op.MatMul(w_t, op.Reshape(dy, op.const([0, 0, -1]))), x)
 
@@ -112,7 +68,7 @@ def batch_norm_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         raise ValueError(f"BatchNormalization {node.name!r} is in training mode")
     x, scale, _, _, var = node.inputs[:5]
     eps = float(node.attr("epsilon", 1e-5))
-    scale_v, var_v = op.constant(scale), op.constant(var)
+    scale_v, var_v = op.value_of(scale), op.value_of(var)
     if scale_v is not None and var_v is not None:
         factor: Value | np.ndarray = scale_v.astype(np.float64) / np.sqrt(var_v + eps)
     else:

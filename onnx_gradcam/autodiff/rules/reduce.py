@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.folding import scale
 from onnx_gradcam.autodiff.registry import vjp
-from onnx_gradcam.autodiff.rules.nn import spatial_begin_pads, transpose_window
-
-Dys = Sequence[Value | None]
+from onnx_gradcam.autodiff.rules._common import (
+    Dys,
+    has_pads,
+    spatial_begin_pads,
+    strides_dilations,
+    transpose_window,
+)
 
 
 def reduce_axes(op: Emitter, node: Node) -> list[int] | None:
@@ -18,7 +21,7 @@ def reduce_axes(op: Emitter, node: Node) -> list[int] | None:
     rank = op.rank(node.inputs[0])
     axes = node.attr("axes")
     if axes is None and node.input(1) is not None:
-        value = op.constant(node.input(1))
+        value = op.value_of(node.input(1))
         if value is None:
             raise ValueError(f"{node.op_type} {node.name!r}: axes are computed at run time")
         axes = value.tolist()
@@ -50,13 +53,7 @@ def count_ratio(op: Emitter, x: str, y: str, axes: list[int] | None = None) -> V
         return op.const(float(np.prod([xs[a] for a in axes], dtype=np.int64)))
     if xs and ys and len(xs) == len(ys) and None not in xs[1:] + ys[1:]:
         return op.const(float(np.prod(xs[1:], dtype=np.int64) // np.prod(ys[1:], dtype=np.int64)))
-    return op.Cast(op.Div(op.Size(x), op.Size(y)), to=_onnx_float(op))
-
-
-def _onnx_float(op: Emitter) -> int:
-    from onnx import helper
-
-    return helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype))
+    return op.Cast(op.Div(op.Size(x), op.Size(y)), to=op.float_type)
 
 
 @vjp("ReduceSum")
@@ -72,7 +69,7 @@ def reduce_sum_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = dy / number of reduced elements, broadcast back over the reduced axes (divided
     before the axes are restored: the scaling can then move onto a classifier's constant
-    weight, see :meth:`Emitter.scale`)"""
+    weight, see :func:`~onnx_gradcam.autodiff.folding.scale`)"""
     if reduce_axes(op, node) == []:
         return [dys[0], None]
     x, y = node.inputs[0], node.outputs[0]
@@ -82,10 +79,11 @@ def reduce_mean_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 
 
 def _divide(op: Emitter, dy: Value, count: Value) -> Value:
-    """dy / count, through :meth:`Emitter.scale` where the count is a constant."""
-    value = op.initializer_value(count)
+    """dy / count, through :func:`~onnx_gradcam.autodiff.folding.scale` where the count is a
+    constant."""
+    value = op.value_of(count)
     if value is not None and value.size == 1:
-        return op.scale(dy, "Div", float(value))
+        return scale(op, dy, "Div", float(value))
     return op.Div(dy, count)
 
 
@@ -99,7 +97,7 @@ def global_average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | N
 
 def _max_vjp(op: Emitter, x: str, y_kept: Value, dy_kept: Value, axes: list[int]) -> Value:
     """dx = dy·1[x = max] / (number of ties), as TensorFlow's max gradient splits ties."""
-    hit = op.Cast(op.Equal(x, y_kept), to=_onnx_float(op))
+    hit = op.Cast(op.Equal(x, y_kept), to=op.float_type)
     ties = op.reduce("ReduceSum", hit, axes, keepdims=1)
     return op.Mul(op.Div(hit, ties), dy_kept)
 
@@ -138,21 +136,42 @@ def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
     kernel = [int(k) for k in node.attr("kernel_shape")]
-    r = len(kernel)
     channels = (op.shape(x) or (None, None))[1]
     if channels is None:
         raise ValueError(f"MaxPool {node.name!r}: channel count unknown")
-    strides = [int(v) for v in node.attr("strides", [1] * r)]
-    dilations = [int(v) for v in node.attr("dilations", [1] * r)]
-    spatial = op.const(list(range(2, 2 + r)))
+    padded, size_y = _padded_for_windows(op, node, x, y, kernel)
+    offsets = list(np.ndindex(*kernel))
+    parts = _first_hits(op, node, padded, y, dy, size_y, offsets)
+    stacked = op.Concat(*parts, axis=2)  # (N, C, k·k, h, w)
+    flat_shape = op.Concat(op.dims(y, 0, 1),
+                           op.const([channels * len(offsets)]), size_y, axis=0)
+    routed = op.Reshape(stacked, flat_shape)
+    kernels = op.const(_offset_kernels(channels, kernel, offsets, op.dtype))
+    return [transpose_window(op, node, routed, kernels, x, kernel, channels)]
+
+
+def _padded_for_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[int]
+                        ) -> tuple[Value, Value]:
+    """``x`` padded with −inf (which never equals a window's max) so that every window of
+    every output lies inside it, whatever the padding or ceil mode; and y's spatial size."""
+    r = len(kernel)
+    strides, dilations = strides_dilations(node, r)
     size_x, size_y = op.dims(x, 2, 2 + r), op.dims(y, 2, 2 + r)
     begin = spatial_begin_pads(op, node, x, kernel)
     reach = op.Add(op.Mul(op.Sub(size_y, 1), strides),  # last index any window reads, + 1
                    [(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
     end = op.Max(op.Sub(reach, op.Add(begin, size_x)), op.const([0] * r))
     zeros = op.const([0, 0])
-    padded = op.Pad(x, op.Concat(zeros, begin, zeros, end, axis=0), op.const(-np.inf))
-    offsets = list(np.ndindex(*kernel))
+    return op.Pad(x, op.Concat(zeros, begin, zeros, end, axis=0), op.const(-np.inf)), size_y
+
+
+def _first_hits(op: Emitter, node: Node, padded: Value, y: str, dy: Value, size_y: Value,
+                offsets: list[tuple[int, ...]]) -> list[Value]:
+    """Per kernel offset, dy where that offset is the window's first maximum (row-major), else
+    0, with a unit axis at 2 for stacking: each output's cotangent goes to exactly one offset."""
+    r = len(offsets[0])
+    strides, dilations = strides_dilations(node, r)
+    spatial = op.const(list(range(2, 2 + r)))
     claimed, parts = None, []
     for offset in offsets:
         start = [o * d for o, d in zip(offset, dilations)]
@@ -163,15 +182,18 @@ def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
             hit = op.And(hit, op.Not(claimed))
         claimed = hit if claimed is None else op.Or(claimed, hit)
         parts.append(op.unsqueeze(op.Where(hit, dy, 0.0), [2]))
-    stacked = op.Concat(*parts, axis=2)  # (N, C, k·k, h, w)
-    flat_shape = op.Concat(op.dims(y, 0, 1),
-                           op.const([channels * len(offsets)]), size_y, axis=0)
-    routed = op.Reshape(stacked, flat_shape)
-    one_hot = np.zeros([channels * len(offsets), 1, *kernel], dtype=op.dtype)
+    return parts
+
+
+def _offset_kernels(channels: int, kernel: list[int], offsets: list[tuple[int, ...]],
+                    dtype: np.dtype) -> np.ndarray:
+    """Grouped ConvTranspose weights (channels·k·k, 1, *kernel): filter (c, n) is one-hot at
+    offset n, so each stacked part goes back to its own offset within its channel's window."""
+    one_hot = np.zeros([channels * len(offsets), 1, *kernel], dtype=dtype)
     for c in range(channels):
         for n, offset in enumerate(offsets):
             one_hot[(c * len(offsets) + n, 0, *offset)] = 1.0
-    return [transpose_window(op, node, routed, op.const(one_hot), x, kernel, channels)]
+    return one_hot
 
 
 @vjp("AveragePool")
@@ -184,7 +206,7 @@ def average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     if channels is None:
         raise ValueError(f"AveragePool {node.name!r}: channel count unknown")
     area = float(np.prod(kernel))
-    if node.attr("count_include_pad", 0) or not _has_pads(node):
+    if node.attr("count_include_pad", 0) or not has_pads(node):
         scaled = op.Div(dy, area)
     else:
         counts = op.Mul(op.AveragePool(op.Expand(op.const(1.0), op.Shape(x)), **dict(
@@ -192,8 +214,3 @@ def average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         scaled = op.Div(dy, counts)
     ones = op.const(np.ones([channels, 1] + kernel, dtype=op.dtype))
     return [transpose_window(op, node, scaled, ones, x, kernel, channels)]
-
-
-def _has_pads(node: Node) -> bool:
-    return node.attr("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") or any(
-        node.attr("pads", [0]))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from onnx import numpy_helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
-
-Dys = Sequence[Value | None]
+from onnx_gradcam.autodiff.rules._common import Dys
 
 #: the attributes that define the 1-D interpolation (``axes`` and the sizes policy do not)
 INTERPOLATION = ("mode", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside",
@@ -23,7 +20,7 @@ def _scales(op: Emitter, node: Node) -> str | None:
     name = node.input(2)
     if name is None or op.shape(name) == (0,):
         return None
-    value = op.constant(name)
+    value = op.value_of(name)
     return None if value is not None and value.size == 0 else name
 
 
@@ -31,9 +28,9 @@ def _is_identity(op: Emitter, node: Node, axis: int, index: int) -> bool:
     """Whether the node provably leaves ``axis`` alone (scale 1, or size = the static dim)."""
     scales = _scales(op, node)
     if scales is not None:
-        value = op.constant(scales)
+        value = op.value_of(scales)
         return value is not None and bool(value[index] == 1.0)
-    sizes, shape = op.constant(node.input(3)), op.shape(node.inputs[0])
+    sizes, shape = op.value_of(node.input(3)), op.shape(node.inputs[0])
     return sizes is not None and shape is not None and shape[axis] == int(sizes[index])
 
 

@@ -6,55 +6,25 @@ to learn where every output element came from, then scatter-add ``dy`` back to t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
-from onnx_gradcam.autodiff.rules.elementwise import unbroadcast
-
-Dys = Sequence[Value | None]
-
-
-def iota(op: Emitter, x: str) -> Value:
-    """An int64 tensor shaped like ``x`` holding each element's row-major flat index."""
-    size = op.Size(x)
-    return op.Reshape(op.Range(op.const(0), size, op.const(1)), op.Shape(x))
-
-
-def scatter_add_flat(op: Emitter, x: str, indices: Value, dy: Value, spare: bool = False) -> Value:
-    """Gradient shaped like ``x``: ``dy[i]`` added at flat position ``indices[i]``.
-
-    With ``spare`` the buffer has one extra slot at index Size(x), a sink for contributions
-    that land nowhere in ``x`` (e.g. constant padding), dropped before reshaping.
-    """
-    length = op.Size(x)
-    if spare:
-        length = op.Add(length, 1)
-    zeros = op.Expand(op.const(0.0), op.Reshape(length, op.const([1])))
-    flat = op.ScatterElements(zeros, op.Reshape(indices, op.const([-1])),
-                              op.Reshape(dy, op.const([-1])), axis=0, reduction="add")
-    if spare:
-        flat = op.Slice(flat, op.const([0]), op.Reshape(op.Size(x), op.const([1])))
-    return op.Reshape(flat, op.Shape(x))
+from onnx_gradcam.autodiff.rules._common import Dys, iota, scatter_add_flat, unbroadcast
 
 
 @vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = Reshape(dy, Shape(x))"""
-    x, y = node.inputs[0], node.outputs[0]
-    dx = op.carry_one_hot(dys[0], op.reshape_like(dys[0], x), x, y)
-    return [dx] + [None] * (len(node.inputs) - 1)
+    return [op.reshape_like(dys[0], node.inputs[0])] + [None] * (len(node.inputs) - 1)
 
 
 @vjp("Transpose")
 def transpose_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = Transpose(dy, perm⁻¹) (a Reshape where only unit axes move)"""
-    x, y = node.inputs[0], node.outputs[0]
+    x = node.inputs[0]
     perm = node.attr("perm") or list(reversed(range(op.rank(x))))
-    dx = op.transpose_like(dys[0], [int(i) for i in np.argsort(perm)], x)
-    return [op.carry_one_hot(dys[0], dx, x, y) if perm[0] == 0 else dx]
+    return [op.transpose_like(dys[0], [int(i) for i in np.argsort(perm)], x)]
 
 
 @vjp("Expand")
