@@ -91,11 +91,26 @@ def export_model(explainer: Explainer, upsample: bool = True,
 def export_explainer(explainer: Explainer, path: str | Path | None = None, *,
                      upsample: bool = True, target_required: bool = False) -> onnx.ModelProto:
     """Build the exported model and, if ``path`` is given, write it there (atomically)."""
+    if path is not None:
+        check_output_path(Path(path), explainer.model.files)
     model = export_model(explainer, upsample, target_required)
     if path is not None:
         data = model.SerializeToString()
         atomic_write(Path(path), data)
     return model
+
+
+def check_output_path(path: Path, reads: tuple[Path, ...] | list[Path]) -> None:
+    """An export goes to a file that is not a folder, nor any file the run reads (the source
+    model, its external data)."""
+    if path.is_dir():
+        raise OnnxGradCamError(f"-o {path}: is a folder; name the file to write, e.g. "
+                               f"{path / 'explain.onnx'}")
+    target = path.resolve()
+    for source in reads:
+        if source.resolve() == target:
+            raise OnnxGradCamError(f"-o {path}: is {source}, which the export reads; write "
+                                   "to another file")
 
 
 # ---- pieces ----------------------------------------------------------------------------------
@@ -234,12 +249,16 @@ def triton_config(model: onnx.ModelProto, name: str) -> str:
             f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n")
 
 
-def write_triton(model: onnx.ModelProto, repository: str | Path, name: str) -> Path:
+def write_triton(model: onnx.ModelProto, repository: str | Path, name: str,
+                 reads: tuple[Path, ...] = ()) -> Path:
     """Write ``repository/name/config.pbtxt`` and ``repository/name/1/model.onnx``; return the
-    model's folder. An existing ``name`` folder is overwritten file by file."""
+    model's folder. An existing ``name`` folder is overwritten file by file, but never a file
+    in ``reads`` (the source model and its data)."""
     if not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith("."):
         raise OnnxGradCamError(f"Triton model name {name!r}: use letters, digits, _ - and .")
     folder = Path(repository) / name
+    for path in (folder / "1" / "model.onnx", folder / "config.pbtxt"):
+        check_output_path(path, reads)
     atomic_write(folder / "1" / "model.onnx", model.SerializeToString())
     atomic_write(folder / "config.pbtxt", triton_config(model, name).encode())
     return folder
