@@ -45,12 +45,15 @@ class Result:
 def cli(*args: object) -> Result:
     """The ``onnx-gradcam`` command in this process, through its error boundary ``main``."""
     out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+    code, argv = 0, sys.argv
+    sys.argv = ["onnx-gradcam", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
     return Result(code, out.getvalue(), err.getvalue())
 
 
