@@ -151,19 +151,23 @@ def error_row(path: Path, exc: Exception) -> dict:
 
 
 def check_preprocessing(explainer: Explainer, pre: Preprocessing, max_pixels: int) -> None:
-    """The input size must be positive, within the pixel budget, and the model's own where its
-    input is fixed (checked before any image is decoded)."""
+    """The input size must be positive, the model's own where its input is fixed, and within
+    the pixel budget where it is not (checked before any image is decoded)."""
     assert pre.size is not None
     height, width = pre.size
     if height < 1 or width < 1:
-        raise OnnxGradCamError(f"--size {height},{width}: both sides must be at least 1")
-    fixed = explainer.input_size
-    if pre.layout == explainer.model.input_layout and fixed and tuple(fixed) != (height, width):
-        raise OnnxGradCamError(f"--size {height},{width}: the model's input "
-                               f"{explainer.model.input_name!r} is fixed at {fixed[0]},{fixed[1]}")
-    if height * width > max_pixels:
-        raise OnnxGradCamError(f"--size {height},{width} is over the pixel budget of "
-                               f"{max_pixels} (--max-pixels)")
+        raise OnnxGradCamError(f"input size {height},{width} (--size): both sides must be at "
+                               "least 1")
+    shape = explainer.model.input_shape
+    static = shape[2:4] if explainer.model.input_layout == "NCHW" else shape[1:3]
+    if None not in static and pre.layout == explainer.model.input_layout:
+        if tuple(static) != (height, width):
+            raise OnnxGradCamError(
+                f"input size {height},{width} (--size): the model's input "
+                f"{explainer.model.input_name!r} is fixed at {static[0]},{static[1]}")
+    elif height * width > max_pixels:
+        raise OnnxGradCamError(f"input size {height},{width} (--size) is over the pixel budget "
+                               f"of {max_pixels} (--max-pixels)")
 
 
 def decoded_chunks(explainer: Explainer, paths: Sequence[Path], pre: Preprocessing,

@@ -443,7 +443,7 @@ def test_the_api_refuses_non_integer_targets(model_path, targets):
 
 # ---- resources -------------------------------------------------------------------------------
 @pytest.mark.parametrize("size, words", [
-    ("100000,100000", ["fixed at 32,32"]),
+    ("100000,100000", ["fixed at 32,32", "--size"]),
     ("0,0", ["--size", "≥ 1"]),
     ("-3,5", ["--size"]),
     ("2.5,3", ["--size", "whole numbers"]),

@@ -36,6 +36,7 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     """Entry point: an OnnxGradCamError, or a file the system refuses to read or write,
     becomes one red line on stderr and a non-zero exit."""
+    _quiet_decoders()
     try:
         code = app(args=argv, standalone_mode=False)
     except OnnxGradCamError as exc:
@@ -54,6 +55,14 @@ def main(argv: list[str] | None = None) -> None:
         raise
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _quiet_decoders() -> None:
+    """OpenCV logs its own lines for every file it cannot decode; the run reports each such
+    file once, as its error line."""
+    import cv2.utils.logging
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 def _error(message: str, code: int) -> None:
