@@ -219,13 +219,6 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
     names = _Names(options.outdir)
     images, errors, rows = [], [], []
     started = time.perf_counter()
-    for decoded in decoded_chunks(lead, paths, pre, options.batch_size, errors, progress,
-                                  options.max_pixels):
-        for done, grids in explain_finite(
-                lambda part: _explain_chunk(explainers, part, options, labels, fixed_target,
-                                            names, errors), decoded, errors):
-            images += done
-            rows += grids
     report = {
         "model": lead.model.source,
         "demo_model": options.demo_model,
@@ -238,8 +231,21 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
                           "std": list(pre.std)},
         "images": images,
         "errors": errors,
-        "seconds": round(time.perf_counter() - started, 4),
     }
+    try:
+        for decoded in decoded_chunks(lead, paths, pre, options.batch_size, errors, progress,
+                                      options.max_pixels):
+            for done, grids in explain_finite(
+                    lambda part: _explain_chunk(explainers, part, options, labels,
+                                                fixed_target, names, errors), decoded, errors):
+                images += done
+                rows += grids
+    except BaseException as exc:  # Ctrl-C, or a failure the run cannot go on from
+        # list what was written, so a later --overwrite can remove it
+        report["interrupted"] = f"{type(exc).__name__}: {exc}".strip(": ")
+        write_json(options.outdir / REPORT, report)
+        raise
+    report["seconds"] = round(time.perf_counter() - started, 4)
     if rows:
         sheet = options.outdir / "contact_sheet.png"
         save_image(sheet, contact_sheet(rows))
@@ -308,9 +314,11 @@ def _explain_chunk(explainers: list[Explainer], decoded: list[Decoded], options:
         try:
             explained, grid, row = _write_image(item, stem, bases, i, scores[i], options,
                                                 labels, names, written)
-        except OSError as exc:
-            for path in written:  # nothing half-written stays behind unlisted
+        except BaseException as exc:
+            for path in written:  # no image's files stay behind half-written and unlisted
                 path.unlink(missing_ok=True)
+            if not isinstance(exc, OSError):
+                raise
             errors.append(error_row(item.path, OnnxGradCamError(
                 f"cannot write its outputs: {exc.strerror or exc}")))
             continue

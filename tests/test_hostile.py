@@ -558,6 +558,38 @@ def test_a_symlink_at_an_output_name_is_replaced_not_followed(model_path, images
     assert not [p for p in os.listdir(out) if p.startswith(".")]  # no temporary files
 
 
+def test_an_interrupted_run_leaves_complete_listed_files(model_path, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a run: only complete files, each listed in report.json (marked
+    interrupted), so --overwrite can clear them."""
+    from onnx_gradcam import runner
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        write_image(folder / f"{i}.png", 20, 20, seed=i)
+    calls = []
+    real = runner.save_image
+
+    def interrupted(path, rgb):
+        calls.append(path)
+        if len(calls) == 4:  # image 1's second overlay (two per image with --top-k 2)
+            raise KeyboardInterrupt
+        real(path, rgb)
+
+    monkeypatch.setattr(runner, "save_image", interrupted)
+    out = tmp_path / "out"
+    assert cli("run", model_path, folder, "-o", out, "--top-k", "2", "--batch-size",
+               "1").returncode == 130
+    report = report_of(out)
+    assert "KeyboardInterrupt" in report["interrupted"]
+    assert explained(out) == {"0.png"}
+    assert set(os.listdir(out)) == listed_files(report)  # image 1's first overlay removed
+    monkeypatch.setattr(runner, "save_image", real)
+    assert cli("run", model_path, folder, "-o", out, "--overwrite").returncode == 0
+    assert set(os.listdir(out)) == listed_files(report_of(out))
+    assert explained(out) == {"0.png", "1.png", "2.png", "3.png"}
+
+
 def test_a_symlink_to_a_secret_named_like_an_image_leaks_nothing(model_path, images, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0:TOPSECRET\n")
