@@ -21,28 +21,29 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 from hypothesis import HealthCheck, event, given, note, seed, settings
 from hypothesis import strategies as st
 
-from onnx_gradcam.metadata import metadata_props, write_metadata
-from tests.models import small_cnn
-from tests.test_hostile import cli, digest, listed_files, png_header, strict_json, subprocess_cli
+from tests.test_hostile import (
+    cli,
+    digest,
+    labelled_cnn,
+    listed_files,
+    png_header,
+    save,
+    strict_json,
+    subprocess_cli,
+)
 
 SEED = int(os.environ.get("ONNX_GRADCAM_FUZZ_SEED", "1414"))
-LABELS = ["ant", "bee", "cat", "dog", "eel"]
 FUZZ = settings(max_examples=80, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    model = small_cnn(size=32, softmax=True)
-    write_metadata(model, metadata_props(labels=LABELS))
-    path = tmp_path_factory.mktemp("fuzz-model") / "small.onnx"
-    onnx.save(model, path)
-    return path
+    return save(labelled_cnn(), tmp_path_factory.mktemp("fuzz") / "small.onnx")
 
 
 # ---- crafted files ---------------------------------------------------------------------------
@@ -178,19 +179,24 @@ def _check_run(out: Path, inputs: dict[str, Crafted], folder: Path, code: int,
 
 @seed(SEED)
 @FUZZ
-@given(files=st.lists(crafted_file(), min_size=1, max_size=4), args=OPTIONS)
-def test_fuzz_run(model_path, files, args) -> None:
-    note(f"fuzz seed {SEED} (ONNX_GRADCAM_FUZZ_SEED); options {args}")
+@given(files=st.lists(crafted_file(), min_size=1, max_size=4), args=OPTIONS,
+       where=st.sampled_from(["apart"] * 6 + ["the input folder", "inside the input"]))
+def test_fuzz_run(model_path, files, args, where) -> None:
+    note(f"fuzz seed {SEED} (ONNX_GRADCAM_FUZZ_SEED); options {args}; -o {where}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
         inputs = _write(folder, files)
         before = digest(folder), model_path.read_bytes()
-        out = Path(tmp) / "out"
+        out = {"apart": Path(tmp) / "out", "the input folder": folder,
+               "inside the input": folder / "out"}[where]
         result = cli("run", model_path, folder, "-o", out, "-q", *args)
         note(result.stderr)
         event(f"exit {result.returncode}, report {(out / 'report.json').exists()}")
         assert "Traceback" not in result.stderr
         assert (digest(folder), model_path.read_bytes()) == before, "an input changed"
+        if where != "apart":
+            assert result.returncode in (1, 2) and sorted(os.listdir(folder)) == sorted(inputs)
+            return
         _check_run(out, inputs, folder, result.returncode, args)
         if result.returncode in (0, 1) and (out / "report.json").exists():
             again = cli("run", model_path, folder, "-o", out, "-q", *args)

@@ -111,11 +111,16 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
+def labelled_cnn() -> onnx.ModelProto:
+    """small_cnn at 32 × 32 with a softmax output and five labels in its metadata."""
     model = small_cnn(size=32, softmax=True)
     write_metadata(model, metadata_props(labels=LABELS))
-    return save(model, tmp_path_factory.mktemp("model") / "small.onnx")
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return save(labelled_cnn(), tmp_path_factory.mktemp("model") / "small.onnx")
 
 
 @pytest.fixture
