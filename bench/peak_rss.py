@@ -112,8 +112,9 @@ def main() -> None:
                 if images:
                     shape = cv2.imread(images[0]["explanations"][0]["overlay"]).shape
                     overlay = f"; overlay {shape[1]} x {shape[0]}"
+            said = last.replace(str(tmp_path) + os.sep, "")
             line = (f"{name:45s} peak RSS {rss:8.0f} MiB  {seconds:6.1f} s  exit {code}"
-                    f"{overlay}{'; ' + last[:90] if code else ''}")
+                    f"{overlay}{'; ' + said if code else ''}")
             print(line, flush=True)
             lines.append(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
