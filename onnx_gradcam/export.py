@@ -37,7 +37,7 @@ from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.cams.graph import GRAPH_METHODS, NOT_IN_GRAPH, normalise
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer_graph import TARGET, TARGETS, input_hw
-from onnx_gradcam.images import atomic_write
+from onnx_gradcam.images import atomic_write, check_output_file
 from onnx_gradcam.metadata import PREFIX, write_metadata
 from onnx_gradcam.passes import simplify
 
@@ -92,25 +92,12 @@ def export_explainer(explainer: Explainer, path: str | Path | None = None, *,
                      upsample: bool = True, target_required: bool = False) -> onnx.ModelProto:
     """Build the exported model and, if ``path`` is given, write it there (atomically)."""
     if path is not None:
-        check_output_path(Path(path), explainer.model.files)
+        check_output_file(Path(path), explainer.model.files)
     model = export_model(explainer, upsample, target_required)
     if path is not None:
         data = model.SerializeToString()
         atomic_write(Path(path), data)
     return model
-
-
-def check_output_path(path: Path, reads: tuple[Path, ...] | list[Path]) -> None:
-    """An export goes to a file that is not a folder, nor any file the run reads (the source
-    model, its external data)."""
-    if path.is_dir():
-        raise OnnxGradCamError(f"-o {path}: is a folder; name the file to write, e.g. "
-                               f"{path / 'explain.onnx'}")
-    target = path.resolve()
-    for source in reads:
-        if source.resolve() == target:
-            raise OnnxGradCamError(f"-o {path}: is {source}, which the export reads; write "
-                                   "to another file")
 
 
 # ---- pieces ----------------------------------------------------------------------------------
@@ -258,7 +245,7 @@ def write_triton(model: onnx.ModelProto, repository: str | Path, name: str,
         raise OnnxGradCamError(f"Triton model name {name!r}: use letters, digits, _ - and .")
     folder = Path(repository) / name
     for path in (folder / "1" / "model.onnx", folder / "config.pbtxt"):
-        check_output_path(path, reads)
+        check_output_file(path, reads)
     atomic_write(folder / "1" / "model.onnx", model.SerializeToString())
     atomic_write(folder / "config.pbtxt", triton_config(model, name).encode())
     return folder

@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -247,6 +248,20 @@ def strict_json(value: object) -> str:
 def write_json(path: Path, value: object) -> None:
     """Write :func:`strict_json` of ``value`` atomically."""
     atomic_write(path, strict_json(value).encode())
+
+
+def check_output_file(path: Path, reads: Sequence[Path], flag: str = "-o",
+                      example: str = "explain.onnx") -> None:
+    """A file the command writes (``flag``) is not a folder, nor any file it reads (the model,
+    its external data, images, masks): inputs are never outputs."""
+    if path.is_dir():
+        raise OnnxGradCamError(f"{flag} {path}: is a folder; name the file to write, e.g. "
+                               f"{path / example}")
+    target = path.resolve()
+    for source in reads:
+        if source.resolve() == target:
+            raise OnnxGradCamError(f"{flag} {path}: is {source}, which this command reads; "
+                                   "write to another file")
 
 
 def save_image(path: Path, rgb: np.ndarray) -> None:

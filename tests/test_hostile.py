@@ -176,11 +176,27 @@ def test_export_refuses_to_overwrite_its_source(model_path, tmp_path):
     source = tmp_path / "self.onnx"
     source.write_bytes(model_path.read_bytes())
     before = source.read_bytes()
-    one_error(cli("export", source, "-o", source), "which the export reads")
-    one_error(cli("export", source, "-o", tmp_path / "." / "self.onnx"), "export reads")
-    with pytest.raises(OnnxGradCamError, match="export reads"):
+    one_error(cli("export", source, "-o", source), "which this command reads")
+    one_error(cli("export", source, "-o", tmp_path / "." / "self.onnx"), "command reads")
+    served = tmp_path / "repo" / "x" / "1" / "model.onnx"  # a Triton entry's own model
+    served.parent.mkdir(parents=True)
+    served.write_bytes(before)
+    one_error(cli("export", served, "--triton", tmp_path / "repo", "--triton-name", "x"),
+              "--triton", "command reads")
+    assert served.read_bytes() == before and not (served.parents[1] / "config.pbtxt").exists()
+    with pytest.raises(OnnxGradCamError, match="command reads"):
         og.Explainer(source).export(source)
     assert source.read_bytes() == before
+
+
+def test_evaluate_json_and_convert_never_overwrite_an_input(model_path, images, tmp_path):
+    before = digest(images), model_path.read_bytes()
+    one_error(cli("evaluate", model_path, images, "--json", images / "a.png"), "command reads")
+    one_error(cli("evaluate", model_path, images, "--json", model_path), "command reads")
+    one_error(cli("evaluate", model_path, images, "--json", images), "is a folder")
+    pytest.importorskip("converters")
+    one_error(cli("convert", model_path, "-o", model_path), "command reads")
+    assert (digest(images), model_path.read_bytes()) == before
 
 
 def test_export_refuses_to_overwrite_the_models_external_data(tmp_path):

@@ -13,7 +13,7 @@ from onnx_gradcam.cams import METHODS
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.evaluate import evaluate
 from onnx_gradcam.explainer import Explainer
-from onnx_gradcam.images import DEFAULT_MAX_PIXELS, list_images, write_json
+from onnx_gradcam.images import DEFAULT_MAX_PIXELS, check_output_file, list_images, write_json
 
 
 def evaluate_command(
@@ -37,15 +37,13 @@ def evaluate_command(
     (over the images that have a mask of their size: the column says how many)."""
     if masks is not None and not masks.is_dir():
         raise OnnxGradCamError(f"{masks}: masks must be a folder")
-    if output is not None and output.is_dir():
-        raise OnnxGradCamError(f"--json {output}: is a folder; name a file, e.g. "
-                               f"{output / 'evaluate.json'}")
-    inputs = {p.resolve() for p in list_images(images)}
-    if output is not None and output.resolve() in inputs:
-        raise OnnxGradCamError(f"--json {output}: is one of the input images; name another file")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
     explainers = [Explainer(model, layer=layer or None, method=m, providers=provider,
                             batch_size=batch_size) for m in methods]
+    if output is not None:
+        reads = [*explainers[0].model.files, *list_images(images),
+                 *(list_images([masks]) if masks else [])]
+        check_output_file(output, reads, "--json", "evaluate.json")
     console = Console(stderr=True, quiet=quiet)
     with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as bar:

@@ -10,7 +10,8 @@ from rich.console import Console
 from onnx_gradcam.cams.graph import GRAPH_METHODS
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
-from onnx_gradcam.export import check_output_path, export_explainer, write_triton
+from onnx_gradcam.export import export_explainer, write_triton
+from onnx_gradcam.images import check_output_file
 
 
 def export_command(
@@ -41,7 +42,7 @@ def export_command(
     name = triton_name or f"{model.stem}_explain"
     if triton is not None:  # refuse before writing anything
         for path in (triton / name / "1" / "model.onnx", triton / name / "config.pbtxt"):
-            check_output_path(path, explainer.model.files)
+            check_output_file(path, explainer.model.files, "--triton")
     exported = export_explainer(explainer, output, upsample=upsample,
                                 target_required=target_required)
     console = Console(stderr=True)
