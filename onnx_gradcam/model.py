@@ -94,6 +94,9 @@ def _read_proto(path: Path) -> onnx.ModelProto:
         raise OnnxGradCamError(f"{path}: no such model file")
     if path.is_dir():
         raise OnnxGradCamError(f"{path}: is a folder, expected an .onnx model file")
+    if path.stat().st_size >= 2**31:  # not read: protobuf cannot parse it anyway
+        raise OnnxGradCamError(f"{path}: not an ONNX model (over protobuf's 2 GiB limit; large "
+                               "models keep their weights as external data)")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises many kinds

@@ -305,7 +305,7 @@ def _explain_chunk(explainers: list[Explainer], decoded: list[Decoded], options:
 
         def files(stem: str, bases=bases) -> list[str]:
             suffixes = (".png", ".npy") if options.save_npy else (".png",)
-            out = [names.file(f"{stem}_{ex.method.name}_{labels.slug(t)}", s)
+            out = [names.file(_base(stem, ex, labels, t), s)
                    for ex, _, _, t in bases for s in suffixes]
             return out + ([names.file(f"{stem}_grid", ".png")] if options.grid else [])
 
@@ -334,6 +334,11 @@ def _explain_chunk(explainers: list[Explainer], decoded: list[Decoded], options:
     return out, grids
 
 
+def _base(stem: str, explainer: Explainer, labels: Labels, target: int) -> str:
+    """An overlay's (and its .npy's) name before the suffix and any shortening."""
+    return f"{stem}_{explainer.method.name}_{labels.slug(target)}"
+
+
 def _write_image(item: Decoded, stem: str, bases: list, i: int, scores: np.ndarray,
                  options: RunOptions, labels: Labels, names: _Names, written: list[Path]
                  ) -> tuple[list[dict], str | None, np.ndarray | None]:
@@ -343,7 +348,7 @@ def _write_image(item: Decoded, stem: str, bases: list, i: int, scores: np.ndarr
     rgb = bounded(item.rgb)
     explained, panels = [], []
     for ex, cams, rank, target in bases:
-        base = f"{stem}_{ex.method.name}_{labels.slug(target)}"
+        base = _base(stem, ex, labels, target)
         picture = overlay(rgb, cams[i, rank], options.alpha, options.colormap)
         path = options.outdir / names.file(base, ".png")
         save_image(path, picture)
