@@ -60,8 +60,8 @@ def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
 
 def header_size(path: Path) -> tuple[int, int] | None:
     """(H, W) from the file's header without decoding its pixels (Pillow reads only the
-    header), or None where Pillow does not know the format. A header past Pillow's own
-    decompression-bomb limit gives the size its error names."""
+    header), or None where Pillow does not know the format. Past Pillow's own
+    decompression-bomb limit only the pixel count is known (its error names it): (count, 1)."""
     from PIL import Image
 
     try:
