@@ -32,9 +32,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/onnx-gradcam run models/demo.onnx models/samples -o demo-out --top-k 2 --save-npy
+	$(VENV)/bin/onnx-gradcam run models/demo.onnx models/samples -o demo-out --top-k 2 --save-npy \
+	  --overwrite
 	$(VENV)/bin/onnx-gradcam run models/demo.onnx models/samples -o demo-out/methods --method all \
-	  --grid --quiet
+	  --grid --quiet --overwrite
 	@echo "demo: overlays and report.json are in demo-out/, the method grids in demo-out/methods/"
 
 $(ORT_VENV)/.installed:

@@ -19,3 +19,11 @@ class UnsupportedOpError(OnnxGradCamError):
     def __init__(self, message: str, node_output: str = "") -> None:
         super().__init__(message)
         self.node_output = node_output
+
+
+class NonFiniteError(OnnxGradCamError):
+    """NaN or infinity in an input, a score or a map; ``samples`` are the batch indices."""
+
+    def __init__(self, message: str, samples: list[int]) -> None:
+        super().__init__(message)
+        self.samples = samples

@@ -5,27 +5,35 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from onnx_gradcam import metrics
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
-from onnx_gradcam.images import IMAGE_SUFFIXES, list_images
+from onnx_gradcam.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, decode_image, list_images
 from onnx_gradcam.metadata import Preprocessing
-from onnx_gradcam.runner import decoded_chunks
+from onnx_gradcam.runner import Decoded, check_preprocessing, decoded_chunks, explain_finite
 
 
-def find_mask(masks: Path, image: Path) -> np.ndarray | None:
+def find_mask(masks: Path, image: Path, size: tuple[int, int] | None = None,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
     """The ground-truth mask for ``image``: a file with the same stem under ``masks``
-    (non-zero pixels = object), or None."""
-    for candidate in sorted(masks.glob(image.stem + ".*")):
+    (non-zero pixels = object), or None where there is none. A mask that does not decode, or
+    (given the image's ``size`` (H, W)) is not that size, raises one line naming it."""
+    for candidate in sorted(masks.glob(_escaped(image.stem) + ".*")):
         if candidate.suffix.lower() in IMAGE_SUFFIXES:
-            mask = cv2.imread(str(candidate), cv2.IMREAD_GRAYSCALE)
-            if mask is None:
-                raise OnnxGradCamError(f"{candidate}: cannot decode mask")
-            return mask > 0
+            rgb, original = decode_image(candidate, max_pixels)
+            if size is not None and tuple(original) != tuple(size):
+                raise OnnxGradCamError(
+                    f"{candidate}: mask is {original[1]} × {original[0]} pixels but its image "
+                    f"{image} is {size[1]} × {size[0]}")
+            return rgb.max(axis=2) > 0
     return None
+
+
+def _escaped(stem: str) -> str:
+    """``stem`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in stem)
 
 
 def _probabilities(explainer: Explainer) -> Callable[[np.ndarray], np.ndarray]:
@@ -36,21 +44,28 @@ def _probabilities(explainer: Explainer) -> Callable[[np.ndarray], np.ndarray]:
 def evaluate(explainers: Sequence[Explainer], inputs: Sequence[Path],
              masks: Path | None = None, preprocessing: Preprocessing | None = None,
              steps: int = 20, batch_size: int = 16,
-             progress: Callable[[int], None] | None = None) -> dict:
+             progress: Callable[[int], None] | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Average Drop, Increase in Confidence, deletion and insertion AUC (and the pointing game
-    where masks are given) per method, over every image; bad images are listed, not fatal."""
+    where masks are given) per method, over every image; bad images are listed, not fatal.
+    With ``masks``, each image without a usable mask is listed under ``mask_problems``
+    (missing, undecodable or of another size) and the pointing game counts only the others
+    (``pointing_images`` of ``images``)."""
     lead = explainers[0]
     pre = lead.preprocessing(preprocessing)
+    check_preprocessing(lead, pre, max_pixels)
     probabilities = _probabilities(lead)
     channel_axis = 0 if pre.layout == "NCHW" else 2
     paths = list_images(list(inputs))
     per: dict[str, dict[str, list]] = {
         ex.method.name: {"full": [], "masked": [], "deletion": [], "insertion": [], "hits": []}
         for ex in explainers}
-    errors = []
-    for decoded in decoded_chunks(lead, paths, pre, batch_size, errors, progress):
-        _score_chunk(explainers, [d.path for d in decoded], np.stack([d.x for d in decoded]),
-                     per, probabilities, masks, steps, channel_axis)
+    errors: list[dict] = []
+    problems: list[dict] = []
+    for decoded in decoded_chunks(lead, paths, pre, batch_size, errors, progress, max_pixels):
+        truths = _masks(decoded, masks, max_pixels, problems) if masks else {}
+        explain_finite(lambda part, truths=truths: _score_chunk(
+            explainers, part, per, probabilities, truths, steps, channel_axis), decoded, errors)
     summary = {}
     for method, values in per.items():
         if not values["full"]:
@@ -63,28 +78,55 @@ def evaluate(explainers: Sequence[Explainer], inputs: Sequence[Path],
             "deletion_auc": float(np.mean(values["deletion"])),
             "insertion_auc": float(np.mean(values["insertion"])),
         }
-        if values["hits"]:
-            row["pointing_game"] = float(np.mean(values["hits"]) * 100)
+        if masks is not None:
             row["pointing_images"] = len(values["hits"])
+            if values["hits"]:
+                row["pointing_game"] = float(np.mean(values["hits"]) * 100)
         summary[method] = row
-    return {"model": lead.model.source, "steps": steps, "metrics": summary, "errors": errors}
+    result = {"model": lead.model.source, "steps": steps, "metrics": summary, "errors": errors}
+    if masks is not None:
+        failed = {e["path"] for e in errors}
+        result["mask_problems"] = [p for p in problems if p["path"] not in failed]
+    return result
 
 
-def _score_chunk(explainers, paths, batch, per, probabilities, masks, steps, channel_axis):
-    for ex in explainers:
-        res = ex.explain(batch)
+def _masks(decoded: list[Decoded], masks: Path, max_pixels: int,
+           problems: list[dict]) -> dict[Path, np.ndarray]:
+    """The usable mask of each decoded image; the others are listed in ``problems``."""
+    found = {}
+    for item in decoded:
+        try:
+            mask = find_mask(masks, item.path, item.size, max_pixels)
+        except OnnxGradCamError as exc:
+            problems.append({"path": str(item.path), "problem": str(exc)})
+            continue
+        if mask is None:
+            problems.append({"path": str(item.path),
+                             "problem": f"{item.path}: no mask named {item.path.stem}.* in "
+                                        f"{masks}"})
+        else:
+            found[item.path] = mask
+    return found
+
+
+def _score_chunk(explainers, decoded, per, probabilities, truths, steps, channel_axis):
+    """Score one chunk with every method; nothing is recorded unless every method explains
+    it (a non-finite score raises first), so a retried chunk is never counted twice."""
+    batch = np.stack([d.x for d in decoded])
+    results = [ex.explain(batch) for ex in explainers]
+    for ex, res in zip(explainers, results):
         values = per[ex.method.name]
         full = probabilities(batch)[np.arange(len(batch)), res.targets]
         cams = np.expand_dims(res.cams, channel_axis + 1).astype(batch.dtype)
         masked = probabilities(batch * cams)[np.arange(len(batch)), res.targets]
         values["full"] += full.tolist()
         values["masked"] += masked.tolist()
-        for i, path in enumerate(paths):
+        for i, item in enumerate(decoded):
             target = int(res.targets[i])
             values["deletion"].append(metrics.deletion_auc(
                 batch[i], res.cams[i], target, probabilities, steps, channel_axis))
             values["insertion"].append(metrics.insertion_auc(
                 batch[i], res.cams[i], target, probabilities, steps, channel_axis))
-            mask = find_mask(masks, path) if masks else None
+            mask = truths.get(item.path)
             if mask is not None:
                 values["hits"].append(metrics.pointing_game(res.cams[i], mask))

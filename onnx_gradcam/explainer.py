@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx_gradcam.autodiff.builder import build_gradient
 from onnx_gradcam.cams import METHODS, Method, postprocess, reduce_map
 from onnx_gradcam.cams.score import scorecam
-from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
+from onnx_gradcam.errors import NonFiniteError, OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.explainer_graph import (
     ROWS,
     SCORES,
@@ -26,7 +26,7 @@ from onnx_gradcam.explainer_graph import (
     ExplainerModel,
     explainer_model,
 )
-from onnx_gradcam.images import preprocess, read_image, to_rgb8
+from onnx_gradcam.images import DEFAULT_MAX_PIXELS, preprocess, read_image, to_rgb8
 from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.model import (
     Layer,
@@ -231,7 +231,10 @@ class Explainer:
                 self._argmax[n] = np.full(n, -1, dtype=np.int64)
                 self._argmax[n].flags.writeable = False
             return self._argmax[n]
-        out = np.atleast_1d(np.asarray(targets, dtype=np.int64))
+        given = np.asarray(targets)
+        if given.dtype.kind not in "iu":
+            raise OnnxGradCamError(f"targets must be class indices (integers), got {targets!r}")
+        out = np.atleast_1d(given.astype(np.int64))
         if out.size == 1 and n > 1:
             out = np.repeat(out, n)
         if out.shape != (n,):
@@ -245,11 +248,18 @@ class Explainer:
 
     def _check_input(self, x: np.ndarray) -> np.ndarray:
         if (type(x) is np.ndarray and x.shape[1:] == self._input_tail
-                and x.dtype == self.input_dtype and x.flags.c_contiguous):
+                and x.dtype == self.input_dtype and x.flags.c_contiguous and len(x)):
+            check_finite_input(x)
             return x  # the common case, checked in one go
         x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise OnnxGradCamError(
+                f"input batch has dtype {x.dtype}; expected floats ({self.input_dtype}) as "
+                "preprocessed for the model: use explain_images for image pixels")
         if x.ndim == 3:
             x = x[None]
+        if len(x) == 0 and x.ndim == 4:
+            raise OnnxGradCamError("empty batch: pass at least one image")
         if x.ndim != 4:
             raise OnnxGradCamError(f"input batch has shape {x.shape}; expected 4-D in the model's "
                                    f"{self.model.input_layout} layout")
@@ -257,7 +267,9 @@ class Explainer:
         if any(want is not None and got != want for got, want in zip(x.shape[1:], expected[1:])):
             raise OnnxGradCamError(f"input batch has shape {x.shape}; the model's input "
                                    f"{self.model.input_name!r} is {expected}")
-        return np.ascontiguousarray(x, dtype=self.input_dtype)
+        x = np.ascontiguousarray(x, dtype=self.input_dtype)
+        check_finite_input(x)
+        return x
 
     @cached_property
     def _input_tail(self) -> tuple[int, ...] | None:
@@ -333,9 +345,8 @@ class Explainer:
 
     def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC)."""
-        if self.aug_smooth:
-            return self._explain_augmented(x, targets)
-        return self._explain(x, targets)
+        result = (self._explain_augmented if self.aug_smooth else self._explain)(x, targets)
+        return check_finite_result(result)
 
     #: aug_smooth's test-time augmentations (as pytorch-grad-cam's ttach transforms): horizontal
     #: flip on/off × multiplying the input tensor by 0.9, 1.0, 1.1
@@ -410,25 +421,33 @@ class Explainer:
         n = len(x)
         if targets is None:
             k = max(1, int(top_k or 1))
+            if self.num_classes and k > self.num_classes:
+                raise OnnxGradCamError(f"top_k {k} is more than the model's "
+                                       f"{self.num_classes} classes")
             codes = np.tile(-np.arange(1, k + 1, dtype=np.int64), (n, 1))
         else:
-            codes = np.asarray(targets, dtype=np.int64).reshape(n, -1)
+            given = np.asarray(targets)
+            if given.dtype.kind not in "iu" or given.size == 0:
+                raise OnnxGradCamError(f"targets must be class indices (integers), got "
+                                       f"{targets!r}")
+            codes = given.astype(np.int64).reshape(n, -1)
             k = codes.shape[1]
         flat = self.check_targets(codes.reshape(-1), n * k)
         rows = np.repeat(np.arange(n, dtype=np.int64), k)
         if not self.method.needs_gradient or self.aug_smooth:  # one pass per rank
             results = [self.explain(x, codes[:, r]) for r in range(k)]
-            return self._stack(results, start)
+            return check_finite_result(self._stack(results, start))
         feeds = {self.model.input_name: x, TARGET: flat, ROWS: rows}
         maps = self._maps(self.rows_graph, lambda tensors, names: self._session(
             self.rows_graph, tensors).run(names, feeds), x, rows)
         size = self._size(x)
         coarse = maps.coarse[0]
-        return Explanation(maps.heatmaps(size).reshape(n, k, *size),
-                           coarse.reshape(n, k, *coarse.shape[1:]).astype(np.float32),
-                           maps.targets.reshape(n, k), maps.scores.astype(np.float32),
-                           maps.tensors, self.method.name, list(self.layer_names), self.score_kind,
-                           self.provider, time.perf_counter() - start)
+        return check_finite_result(Explanation(
+            maps.heatmaps(size).reshape(n, k, *size),
+            coarse.reshape(n, k, *coarse.shape[1:]).astype(np.float32),
+            maps.targets.reshape(n, k), maps.scores.astype(np.float32), maps.tensors,
+            self.method.name, list(self.layer_names), self.score_kind, self.provider,
+            time.perf_counter() - start))
 
     def _stack(self, results: list[Explanation], start: float) -> Explanation:
         """One result per rank → explain_many's shapes; gradients image-major (row i·k + r),
@@ -500,11 +519,16 @@ class Explainer:
         return pre
 
     def prepare(self, images: Sequence[str | Path | np.ndarray],
-                preprocessing: Preprocessing | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Decode (paths) or convert (RGB arrays) and preprocess: (batch, RGB originals)."""
+                preprocessing: Preprocessing | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Decode (paths, each within ``max_pixels``) or convert (RGB arrays) and preprocess:
+        (batch, RGB originals; a large file's original is decoded reduced, see
+        :func:`onnx_gradcam.images.decode_image`)."""
+        if isinstance(images, (str, Path, np.ndarray)) or len(images) == 0:
+            raise OnnxGradCamError("no images: pass a list of image paths or RGB arrays")
         pre = self.preprocessing(preprocessing)
-        originals = [read_image(i) if isinstance(i, (str, Path)) else to_rgb8(np.asarray(i))
-                     for i in images]
+        originals = [read_image(i, max_pixels, pre.size) if isinstance(i, (str, Path))
+                     else to_rgb8(np.asarray(i)) for i in images]
         assert pre.size is not None
         batch = np.stack([preprocess(rgb, pre, pre.size) for rgb in originals])
         return batch, originals
@@ -516,3 +540,36 @@ class Explainer:
         result = self.explain(batch, targets)
         result.images = originals
         return result
+
+
+def check_finite_input(x: np.ndarray) -> None:
+    """Refuse a batch holding NaN or infinity, naming the samples."""
+    if not np.isfinite(x).all():
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        which = f"input {', '.join(map(str, bad[:5]))}" if len(x) > 1 else "the input"
+        raise NonFiniteError(
+            f"{which} holds non-finite values (NaN or infinity): "
+            "check the image and the preprocessing (--std must not be 0, --scale finite)",
+            [int(i) for i in bad])
+
+
+def check_finite_result(res: Explanation) -> Explanation:
+    """Refuse non-finite scores or maps (NaN weights, overflow) rather than return NaN maps;
+    the error names the samples. The coarse map (before ReLU) shows non-finite gradients and
+    activations that the post-processing's ReLU or clip would hide."""
+    n = len(res.scores)
+    scores_ok = np.isfinite(res.scores).all(axis=1)
+    maps_ok = (np.isfinite(res.coarse.reshape(n, -1)).all(axis=1)
+               & np.isfinite(res.cams.reshape(n, -1)).all(axis=1))
+    if scores_ok.all() and maps_ok.all():
+        return res
+    bad = np.flatnonzero(~(scores_ok & maps_ok))
+    first = int(bad[0])
+    if not scores_ok[first]:
+        c = int(np.flatnonzero(~np.isfinite(res.scores[first]))[0])
+        what = f"non-finite score for class {c}"
+    else:
+        what = "non-finite map (the gradient or the activation overflowed or is NaN)"
+    where = f" (sample {first})" if n > 1 else ""
+    raise NonFiniteError(f"{what}{where}: check the model's weights or --std",
+                         [int(i) for i in bad])

@@ -38,7 +38,7 @@ from onnx_gradcam.cams import GRAPH_METHODS, METHODS
 from onnx_gradcam.cams.graph import normalise
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer_graph import TARGET, TARGETS, input_hw
-from onnx_gradcam.images import atomic_write
+from onnx_gradcam.images import atomic_write, check_output_file
 from onnx_gradcam.metadata import PREFIX, write_metadata
 from onnx_gradcam.passes import simplify
 
@@ -92,6 +92,8 @@ def export_model(explainer: Explainer, upsample: bool = True,
 def export_explainer(explainer: Explainer, path: str | Path | None = None, *,
                      upsample: bool = True, target_required: bool = False) -> onnx.ModelProto:
     """Build the exported model and, if ``path`` is given, write it there (atomically)."""
+    if path is not None:
+        check_output_file(Path(path), explainer.model.files)
     model = export_model(explainer, upsample, target_required)
     if path is not None:
         data = model.SerializeToString()
@@ -235,12 +237,16 @@ def triton_config(model: onnx.ModelProto, name: str) -> str:
             f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n")
 
 
-def write_triton(model: onnx.ModelProto, repository: str | Path, name: str) -> Path:
+def write_triton(model: onnx.ModelProto, repository: str | Path, name: str,
+                 reads: tuple[Path, ...] = ()) -> Path:
     """Write ``repository/name/config.pbtxt`` and ``repository/name/1/model.onnx``; return the
-    model's folder. An existing ``name`` folder is overwritten file by file."""
+    model's folder. An existing ``name`` folder is overwritten file by file, but never a file
+    in ``reads`` (the source model and its data)."""
     if not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith("."):
         raise OnnxGradCamError(f"Triton model name {name!r}: use letters, digits, _ - and .")
     folder = Path(repository) / name
+    for path in (folder / "1" / "model.onnx", folder / "config.pbtxt"):
+        check_output_file(path, reads)
     atomic_write(folder / "1" / "model.onnx", model.SerializeToString())
     atomic_write(folder / "config.pbtxt", triton_config(model, name).encode())
     return folder

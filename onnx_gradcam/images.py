@@ -1,9 +1,16 @@
-"""Images in and out: decode (OpenCV), preprocess, overlay, save atomically."""
+"""Images in and out: decode (OpenCV) within a pixel budget, preprocess, overlay, save
+atomically under names that fit the file system."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
+import re
 import tempfile
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -15,6 +22,13 @@ from onnx_gradcam.metadata import Preprocessing
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 COLORMAPS = {name[len("COLORMAP_"):].lower(): getattr(cv2, name)
              for name in dir(cv2) if name.startswith("COLORMAP_")}
+#: Largest image (width × height) decoded by default: well below OpenCV's own gigapixel cap.
+DEFAULT_MAX_PIXELS = 64_000_000
+#: Overlays of larger originals are drawn on a copy scaled down to this many pixels.
+OVERLAY_MAX_PIXELS = 4_000_000
+#: OpenCV's reduced decodes: libjpeg scales while decoding; other formats decode and then shrink.
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+            8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
@@ -28,8 +42,10 @@ def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
     if image.dtype == np.uint16:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif image.dtype.kind == "f":
-        scale = 255.0 if float(np.nanmax(image)) <= 1.0 else 1.0
-        image = np.clip(np.nan_to_num(image) * scale, 0, 255).round().astype(np.uint8)
+        if not np.isfinite(image).all():
+            raise OnnxGradCamError(f"{source}: non-finite pixel values (NaN or infinity)")
+        scale = 255.0 if float(image.max()) <= 1.0 else 1.0
+        image = np.clip(image * scale, 0, 255).round().astype(np.uint8)
     elif image.dtype != np.uint8:
         raise OnnxGradCamError(f"{source}: unsupported pixel type {image.dtype}")
     if image.ndim == 2:
@@ -42,21 +58,83 @@ def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
     raise OnnxGradCamError(f"{source}: {channels} channels; expected gray, RGB or RGBA")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to RGB uint8; one clear error for missing/empty/undecodable files."""
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(H, W) from the file's header without decoding its pixels (Pillow reads only the
+    header), or None where Pillow does not know the format. Past Pillow's own
+    decompression-bomb limit only the pixel count is known (its error names it): (count, 1)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                return int(height), int(width)
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return (int(found.group(1)), 1) if found else (2 * (Image.MAX_IMAGE_PIXELS or 0), 1)
+    except Exception:  # noqa: BLE001 - not a format Pillow knows: OpenCV decides below
+        return None
+
+
+def _over_budget(path: Path, size: tuple[int, int], max_pixels: int) -> OnnxGradCamError:
+    height, width = size
+    shown = f"{width} × {height} pixels" if width > 1 else f"{height} pixels"
+    return OnnxGradCamError(f"{path}: {shown} is over the pixel budget of {max_pixels} "
+                            "(--max-pixels)")
+
+
+def _reduction(size: tuple[int, int], at_least: tuple[int, int] | None) -> int:
+    """The largest OpenCV decode reduction (1, 2, 4, 8) that keeps the image at least
+    OVERLAY_MAX_PIXELS and at least ``at_least`` = (H, W) on each side."""
+    height, width = size
+    keep_h, keep_w = at_least or (1, 1)
+    best = 1
+    for d in _REDUCED:
+        if ((height // d) * (width // d) >= OVERLAY_MAX_PIXELS and height // d >= keep_h
+                and width // d >= keep_w):
+            best = d
+    return best
+
+
+def decode_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 at_least: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image file to RGB uint8 and give its original (H, W) too.
+
+    The size is read from the header first: an image over ``max_pixels`` is refused before
+    any pixel is decoded. Large images are decoded reduced (OpenCV's ``IMREAD_REDUCED_*``) to
+    no less than :data:`OVERLAY_MAX_PIXELS` and ``at_least`` (the model's input size), so
+    memory follows the budget and the overlay size, not the file. One clear error for
+    missing, empty, undecodable and over-budget files."""
     path = Path(path)
     if not path.is_file():
         raise OnnxGradCamError(f"{path}: no such image file")
     if path.stat().st_size == 0:
         raise OnnxGradCamError(f"{path}: empty file")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    size = header_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise _over_budget(path, size, max_pixels)
+    d = _reduction(size, at_least) if size else 1
+    flags = _REDUCED[d] | cv2.IMREAD_IGNORE_ORIENTATION if d > 1 else cv2.IMREAD_UNCHANGED
+    try:
+        image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), flags)
+    except cv2.error:  # OpenCV's own checks, e.g. its pixel cap on a header Pillow did not read
+        image = None
     if image is None:
         raise OnnxGradCamError(f"{path}: cannot decode as an image (truncated or not an image)")
+    original = size or (image.shape[0] * d, image.shape[1] * d)
+    if original[0] * original[1] > max_pixels:
+        raise _over_budget(path, original, max_pixels)
     if image.ndim == 3 and image.shape[2] >= 3:
         order = cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
         image = cv2.cvtColor(image, order)
-    return to_rgb8(image, str(path))
+    return to_rgb8(image, str(path)), original
+
+
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               at_least: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode an image file to RGB uint8 (see :func:`decode_image`)."""
+    return decode_image(path, max_pixels, at_least)[0]
 
 
 def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -99,6 +177,38 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5,
     return np.uint8(255 * out)
 
 
+def bounded(rgb: np.ndarray, max_pixels: int = OVERLAY_MAX_PIXELS) -> np.ndarray:
+    """``rgb`` scaled down (INTER_AREA) to at most ``max_pixels`` pixels, else unchanged."""
+    height, width = rgb.shape[:2]
+    if height * width <= max_pixels:
+        return rgb
+    f = math.sqrt(max_pixels / (height * width))
+    size = (max(1, int(width * f)), max(1, int(height * f)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system takes in ``folder`` (255 if unknown)."""
+    try:
+        return min(255, os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def fit_name(stem: str, suffix: str, limit: int = 255) -> str:
+    """``stem + suffix``, or where that passes ``limit`` bytes (as the file system encodes it),
+    the stem cut at a character boundary plus ``~`` and a hash of the whole stem: stable, and
+    distinct for distinct stems."""
+    name = stem + suffix
+    if len(os.fsencode(name)) <= limit:
+        return name
+    tag = "~" + hashlib.sha1(os.fsencode(stem)).hexdigest()[:10]
+    room = limit - len(os.fsencode(tag + suffix))
+    while stem and len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return stem + tag + suffix
+
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -106,7 +216,8 @@ os.umask(_UMASK)
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    prefix = fit_name("." + path.name, ".", name_max(path.parent) - 16)  # mkstemp adds 8
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=str(path.parent))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -115,6 +226,42 @@ def atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def strict_json(value: object) -> str:
+    """JSON that strict parsers read: non-finite floats (NumPy's too) become null."""
+
+    def clean(v: object) -> object:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (float, np.floating)):
+            return float(v) if math.isfinite(v) else None
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+
+    return json.dumps(clean(value), indent=2, allow_nan=False)
+
+
+def write_json(path: Path, value: object) -> None:
+    """Write :func:`strict_json` of ``value`` atomically."""
+    atomic_write(path, strict_json(value).encode())
+
+
+def check_output_file(path: Path, reads: Sequence[Path], flag: str = "-o",
+                      example: str = "explain.onnx") -> None:
+    """A file the command writes (``flag``) is not a folder, nor any file it reads (the model,
+    its external data, images, masks): inputs are never outputs."""
+    if path.is_dir():
+        raise OnnxGradCamError(f"{flag} {path}: is a folder; name the file to write, e.g. "
+                               f"{path / example}")
+    target = path.resolve()
+    for source in reads:
+        if source.resolve() == target:
+            raise OnnxGradCamError(f"{flag} {path}: is {source}, which this command reads; "
+                                   "write to another file")
 
 
 def save_image(path: Path, rgb: np.ndarray) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import onnx
+from onnx.external_data_helper import load_external_data_for_model
 
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape, readable
@@ -41,6 +42,7 @@ class LoadedModel:
     input_shape: Shape
     score_output: str  # the graph output the user sees as scores
     logits: str  # the tensor differentiated by default (pre-softmax where there is one)
+    files: tuple[Path, ...] = ()  # what loading read: the model file and its external data
 
     @cached_property
     def input_layout(self) -> str:
@@ -59,23 +61,20 @@ class LoadedModel:
 
 def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
     """Read and validate ``model``; raise one clear :class:`OnnxGradCamError` if it is unusable."""
+    files: tuple[Path, ...] = ()
     if isinstance(model, onnx.ModelProto):
         proto, source = model, "<ModelProto>"
     else:
         path = Path(model)
         source = str(path)
-        if not path.exists():
-            raise OnnxGradCamError(f"{path}: no such model file")
-        if path.is_dir():
-            raise OnnxGradCamError(f"{path}: is a folder, expected an .onnx model file")
+        proto = _read_proto(path)
+        files = (path, *external_files(proto, path.parent))
         try:
-            proto = onnx.load(str(path))
-        except Exception as exc:  # noqa: BLE001 - protobuf raises many kinds
-            raise OnnxGradCamError(
-                f"{path}: not an ONNX model ({type(exc).__name__}); convert it first, "
-                "e.g. `onnx-gradcam convert`") from None
-        if not proto.graph.node:
-            raise OnnxGradCamError(f"{path}: not an ONNX model (no graph nodes)")
+            load_external_data_for_model(proto, str(path.parent))
+        except Exception as exc:  # noqa: BLE001 - onnx's own reason is the clearest
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OnnxGradCamError(f"{path}: cannot load its external data: {reason}") from None
+    _check_opset(proto, source)
     proto = _upgrade_opset(proto, source)
     info = GraphInfo(proto)
     metadata = read_metadata(proto)
@@ -92,7 +91,88 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
         raise OnnxGradCamError(f"{source}: score output {score_output!r} is not a graph output "
                                f"(outputs: {', '.join(info.graph_outputs)})")
     return LoadedModel(proto, info, metadata, source, input_name, input_shape, score_output,
-                       logits_of(info, score_output))
+                       logits_of(info, score_output), files)
+
+
+def _read_proto(path: Path) -> onnx.ModelProto:
+    """The model's protobuf without its external data (loaded after, with its own errors)."""
+    if not path.exists():
+        raise OnnxGradCamError(f"{path}: no such model file")
+    if path.is_dir():
+        raise OnnxGradCamError(f"{path}: is a folder, expected an .onnx model file")
+    if path.stat().st_size >= 2**31:  # not read: protobuf cannot parse it anyway
+        raise OnnxGradCamError(f"{path}: not an ONNX model (over protobuf's 2 GiB limit; large "
+                               "models keep their weights as external data)")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises many kinds
+        raise OnnxGradCamError(
+            f"{path}: not an ONNX model ({type(exc).__name__}); convert it first, "
+            "e.g. `onnx-gradcam convert`") from None
+    if not proto.graph.node:
+        raise OnnxGradCamError(f"{path}: not an ONNX model (no graph nodes)")
+    return proto
+
+
+def is_onnx_model(path: Path) -> bool:
+    """Whether ``path`` parses as an ONNX model with a graph (by content, whatever its name)."""
+    try:
+        _read_proto(path)
+    except OnnxGradCamError:
+        return False
+    return True
+
+
+def external_files(proto: onnx.ModelProto, folder: Path) -> list[Path]:
+    """The external data files the model's tensors name (as paths under ``folder``)."""
+    names = {e.value for t in _tensors(proto.graph) for e in t.external_data
+             if e.key == "location"}
+    return [folder / n for n in sorted(names)]
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor of a graph: initializers and node attributes, sub-graphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from _tensors(g)
+
+
+def _check_opset(proto: onnx.ModelProto, source: str) -> None:
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise OnnxGradCamError(f"{source}: opset {opset} is newer than this onnx knows "
+                               f"(up to {newest}); export the model at an older opset")
+    refused = _runtime_refuses(opset)
+    if refused:
+        raise OnnxGradCamError(f"{source}: opset {opset} is not supported by this ONNX Runtime "
+                               f"({refused}); export the model at an older opset")
+
+
+@cache
+def _runtime_refuses(opset: int) -> str | None:
+    """ONNX Runtime's reason for refusing models of this opset (tried on a one-node model),
+    or None: it states its limit only in the error it raises."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    probe = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])],
+                                                "probe", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", opset)])
+    probe.ir_version = 10  # old enough for any ONNX Runtime that reads this opset
+    try:
+        ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - whatever it raises, its last sentence says why
+        sentences = [t.strip(" .") for t in " ".join(str(exc).split()).split(". ")]
+        return next((t for t in reversed(sentences) if t), type(exc).__name__)
+    return None
 
 
 def _upgrade_opset(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:

@@ -33,13 +33,17 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    """Entry point: an OnnxGradCamError becomes one red line on stderr and a non-zero exit."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: an OnnxGradCamError, or a file the system refuses to read or write,
+    becomes one red line on stderr and a non-zero exit."""
+    _quiet_decoders()
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except OnnxGradCamError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(exc.exit_code)
+        _error(str(exc), exc.exit_code)
+    except OSError as exc:  # a read-only folder, a full disk: the system's own words
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"{where}{exc.strerror or exc}", 1)
     except typer.Abort:
         typer.secho("aborted", fg=typer.colors.RED, err=True)
         sys.exit(130)
@@ -51,3 +55,16 @@ def main() -> None:
         raise
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _quiet_decoders() -> None:
+    """OpenCV logs its own lines for every file it cannot decode; the run reports each such
+    file once, as its error line."""
+    import cv2.utils.logging
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def _error(message: str, code: int) -> None:
+    typer.secho(f"error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+    sys.exit(code)

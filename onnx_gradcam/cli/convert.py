@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from onnx_gradcam.errors import OnnxGradCamError
+from onnx_gradcam.images import check_output_file
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -66,6 +67,7 @@ def convert_command(
     """Convert a TensorFlow model to ONNX that `onnx-gradcam run` explains with no flags."""
     import converters
 
+    check_output_file(output, [p for p in (src, labels) if p is not None], "-o", "model.onnx")
     console = Console(stderr=True)
     with console.status("converting") as status:
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -14,7 +13,7 @@ from onnx_gradcam.cams import METHODS
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.evaluate import evaluate
 from onnx_gradcam.explainer import Explainer
-from onnx_gradcam.images import atomic_write, list_images
+from onnx_gradcam.images import DEFAULT_MAX_PIXELS, check_output_file, list_images, write_json
 
 
 def evaluate_command(
@@ -29,31 +28,48 @@ def evaluate_command(
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     provider: str = typer.Option("auto", "--provider", help="auto, cpu or cuda"),
     output: Path = typer.Option(None, "--json", help="also write the results as JSON here"),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+        help="largest image or mask (width × height) to decode; a larger one is listed, read "
+             "from its header only"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Average Drop, Increase in Confidence, deletion/insertion AUC and the pointing game."""
+    """Average Drop, Increase in Confidence, deletion/insertion AUC and the pointing game
+    (over the images that have a mask of their size: the column says how many)."""
     if masks is not None and not masks.is_dir():
         raise OnnxGradCamError(f"{masks}: masks must be a folder")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
     explainers = [Explainer(model, layer=layer or None, method=m, providers=provider,
                             batch_size=batch_size) for m in methods]
+    if output is not None:
+        reads = [*explainers[0].model.files, *list_images(images),
+                 *(list_images([masks]) if masks else [])]
+        check_output_file(output, reads, "--json", "evaluate.json")
     console = Console(stderr=True, quiet=quiet)
     with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("evaluate", total=len(list_images(images)))
         result = evaluate(explainers, images, masks, steps=steps, batch_size=batch_size,
-                          progress=lambda n: bar.advance(task, n))
+                          progress=lambda n: bar.advance(task, n), max_pixels=max_pixels)
     table = Table("method", "images", "avg drop % ↓", "incr. conf. % ↑", "deletion AUC ↓",
                   "insertion AUC ↑", "pointing % ↑")
     for name, row in result["metrics"].items():
         table.add_row(name, str(row["images"]), f"{row['average_drop']:.2f}",
                       f"{row['increase_in_confidence']:.1f}", f"{row['deletion_auc']:.4f}",
-                      f"{row['insertion_auc']:.4f}",
-                      f"{row['pointing_game']:.1f}" if "pointing_game" in row else "-")
+                      f"{row['insertion_auc']:.4f}", _pointing(row))
     Console().print(table)
     if output:
-        atomic_write(output, json.dumps(result, indent=2).encode())
-    for error in result["errors"]:
+        write_json(output, result)
+    problems = result.get("mask_problems", [])
+    for error in [*result["errors"], *({"error": p["problem"]} for p in problems)]:
         typer.secho(f"error: {error['error']}", fg=typer.colors.RED, err=True)
-    if result["errors"]:
+    if result["errors"] or problems:
         raise typer.Exit(1)
+
+
+def _pointing(row: dict) -> str:
+    """The pointing game and over how many of the images (those with a usable mask)."""
+    if "pointing_images" not in row:
+        return "-"
+    share = f"{row['pointing_images']}/{row['images']} images"
+    return f"{row['pointing_game']:.1f} ({share})" if "pointing_game" in row else f"- ({share})"

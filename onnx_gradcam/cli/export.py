@@ -11,6 +11,7 @@ from onnx_gradcam.cams import GRAPH_METHODS
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
 from onnx_gradcam.export import export_explainer, write_triton
+from onnx_gradcam.images import check_output_file
 
 
 def export_command(
@@ -39,13 +40,16 @@ def export_command(
         raise OnnxGradCamError("nowhere to write: pass -o FILE.onnx and/or --triton DIR")
     explainer = Explainer(model, layer=layer or None, method=method, providers="cpu",
                           score=score)
+    name = triton_name or f"{model.stem}_explain"
+    if triton is not None:  # refuse before writing anything
+        for path in (triton / name / "1" / "model.onnx", triton / name / "config.pbtxt"):
+            check_output_file(path, explainer.model.files, "--triton")
     exported = export_explainer(explainer, output, upsample=upsample,
                                 target_required=target_required)
     console = Console(stderr=True)
     where = [str(output)] if output is not None else []
     if triton is not None:
-        name = triton_name or f"{model.stem}_explain"
-        where.append(f"{write_triton(exported, triton, name)}/")
+        where.append(f"{write_triton(exported, triton, name, explainer.model.files)}/")
     size = exported.ByteSize() / max(1, model.stat().st_size)
     outputs = ", ".join(o.name for o in exported.graph.output)
     console.print(f"exported {explainer.method.name} at {', '.join(explainer.graph.activations)} "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import cv2
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -11,9 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from onnx_gradcam.cams import METHODS
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
-from onnx_gradcam.images import list_images
+from onnx_gradcam.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import PRESETS, Preprocessing
+from onnx_gradcam.model import is_onnx_model
 from onnx_gradcam.runner import RunOptions, run_job
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "demo.onnx"
@@ -27,6 +30,8 @@ def _numbers(text: str | None, flag: str, count: int) -> tuple[float, ...] | Non
     except ValueError:
         raise OnnxGradCamError(f"{flag} {text!r}: expected {count} comma-separated numbers") \
             from None
+    if not all(math.isfinite(v) for v in values):
+        raise OnnxGradCamError(f"{flag} {text!r}: numbers must be finite")
     if len(values) == 1:
         values = values * count
     if len(values) != count:
@@ -46,11 +51,32 @@ def preprocessing_from_flags(base: Preprocessing, preset: str | None, size: str 
             raise OnnxGradCamError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
         pre = pre.with_(**PRESETS[preset])
     hw = _numbers(size, "--size", 2)
+    if hw and not all(v >= 1 and v == int(v) for v in hw):
+        raise OnnxGradCamError(f"--size {size!r}: expected two whole numbers of pixels, ≥ 1")
+    if std is not None and 0.0 in _numbers(std, "--std", 3):
+        raise OnnxGradCamError(f"--std {std!r}: a std of 0 divides by zero")
+    if scale is not None and not math.isfinite(scale):
+        raise OnnxGradCamError(f"--scale {scale}: must be a finite number")
     return pre.with_(
         size=(int(hw[0]), int(hw[1])) if hw else None, mean=_numbers(mean, "--mean", 3),
         std=_numbers(std, "--std", 3), scale=scale,
         color=None if bgr is None else ("BGR" if bgr else "RGB"),
         layout=None if nhwc is None else ("NHWC" if nhwc else "NCHW"))
+
+
+def split_model(paths: list[Path]) -> tuple[Path | None, list[Path]]:
+    """(model, images): the first path is the model if it is named .onnx or, not being an
+    image by its content, parses as ONNX (so ``m/model.bin`` is a model); else no model."""
+    if not paths:
+        return None, []
+    first = paths[0]
+    if first.suffix.lower() == ".onnx":
+        return first, paths[1:]
+    if not first.is_file() or cv2.haveImageReader(str(first)):
+        return None, paths
+    if is_onnx_model(first) or first.suffix.lower() not in IMAGE_SUFFIXES:
+        return first, paths[1:]  # not an ONNX model either: loading it says so in one line
+    return None, paths
 
 
 def run_command(
@@ -86,13 +112,17 @@ def run_command(
                                        help="masked inputs per Score-CAM forward pass"),
     gradient_builder: str = typer.Option("onnx", "--gradient-builder",
                                          help="onnx (ours) or ort-training (isolated venv)"),
+    max_pixels: int = typer.Option(
+        DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+        help="largest image (width × height) to decode; a larger one is an error row, read "
+             "from its header only"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the outputs of a "
+                                   "previous run in -o (only the files its report.json lists)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Explain images with a CAM method; write overlays, optional .npy and report.json."""
-    if paths and paths[0].suffix.lower() == ".onnx":
-        model, images = paths[0], paths[1:]
-    else:
-        model, images = DEMO_MODEL, paths
+    given, images = split_model(paths)
+    model = given or DEMO_MODEL
     if not images:
         raise OnnxGradCamError("no images given: pass image files or folders after the model")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
@@ -105,9 +135,14 @@ def run_command(
                                    std, scale, bgr, nhwc)
     meta = explainer.model.metadata
     names = Labels.from_file(labels) if labels else Labels(meta.labels, meta.label_offset)
-    options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size, grid)
+    demo = given is None
+    options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size, grid,
+                         max_pixels, overwrite, demo)
     total = len(list_images(images))
     console = Console(stderr=True, quiet=quiet)
+    if demo:
+        console.print(f"no model given: using the bundled demo model {DEMO_MODEL}",
+                      markup=False, highlight=False)
     with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), console=console,
                   transient=True) as bar:
         task = bar.add_task("run", total=total)
