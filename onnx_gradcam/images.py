@@ -42,6 +42,19 @@ def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
     raise OnnxGradCamError(f"{source}: {channels} channels; expected gray, RGB or RGBA")
 
 
+def synthetic_image(size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A deterministic RGB uint8 image of ``size`` (H, W): smooth random blobs (noise blurred
+    at a few scales), so activations vary as they do on photos."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    image = np.zeros((height, width, 3), np.float32)
+    for cells in (4, 16):
+        coarse = rng.random((cells, cells, 3), dtype=np.float32)
+        image += cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    image -= image.min()
+    return np.uint8(255 * image / max(float(image.max()), 1e-6))
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to RGB uint8; one clear error for missing/empty/undecodable files."""
     path = Path(path)
