@@ -560,13 +560,33 @@ class Explainer:
         return export_explainer(self, path, upsample=upsample, target_required=target_required)
 
     # ---- images ------------------------------------------------------------------------------
+    @cached_property
+    def model_preprocessing(self) -> Preprocessing:
+        """The model's own preprocessing: its metadata, with the layout and (where the metadata
+        names no colour) a 1-channel input's GRAY taken from the model's input. Flags are laid
+        over this, so they override the model, never reset it to defaults."""
+        pre = self.model.metadata.preprocessing.with_(layout=self.model.input_layout)
+        has_color = any(p.key == "onnx_gradcam.color" for p in self.model.proto.metadata_props)
+        if self.model.input_channels == 1 and not has_color:
+            pre = pre.with_(color="GRAY")
+        return pre
+
     def preprocessing(self, overrides: Preprocessing | None = None) -> Preprocessing:
-        """The preprocessing in force: ``overrides`` if given, else the model's metadata;
-        the size falls back to the model's static input size."""
-        pre = overrides or self.model.metadata.preprocessing
-        if overrides is None and not any(
-                p.key == "onnx_gradcam.layout" for p in self.model.proto.metadata_props):
-            pre = pre.with_(layout=self.model.input_layout)
+        """The preprocessing in force: ``overrides`` if given, else :attr:`model_preprocessing`;
+        the size falls back to the model's static input size. A colour mode that does not fit
+        the input's channel count fails with one line."""
+        pre = overrides or self.model_preprocessing
+        channels = self.model.input_channels
+        wanted = 1 if pre.color == "GRAY" else 3
+        if channels is not None and channels != wanted:
+            what = {1: "gray: pass --gray (or metadata onnx_gradcam.color=GRAY)",
+                    3: "colour: drop --gray"}.get(channels, "neither RGB nor gray; "
+                                                  "onnx-gradcam feeds 3-channel RGB/BGR or "
+                                                  "1-channel gray images only")
+            raise OnnxGradCamError(
+                f"{self.model.source}: input {self.model.input_name!r} has shape "
+                f"{self.model.input_shape}: {channels} channel(s) ({pre.layout}), but the "
+                f"preprocessing makes {wanted}; the model takes {what}")
         if pre.size is None:
             size = self.input_size
             if size is None:

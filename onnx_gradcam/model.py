@@ -48,7 +48,12 @@ class LoadedModel:
         if any(p.key == "onnx_gradcam.layout" for p in self.proto.metadata_props):
             return self.metadata.preprocessing.layout
         shape = self.input_shape
-        return "NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
+        return "NHWC" if shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) else "NCHW"
+
+    @cached_property
+    def input_channels(self) -> int | None:
+        """The input's channel count in its layout (None where symbolic)."""
+        return self.input_shape[1 if self.input_layout == "NCHW" else 3]
 
 
 def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:

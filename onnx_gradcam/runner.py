@@ -17,6 +17,7 @@ from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
 from onnx_gradcam.grid import contact_sheet, grid_row
 from onnx_gradcam.images import atomic_write, list_images, overlay, save_array, save_image
+from onnx_gradcam.kinks import WARN_SHIFT, KnifeEdges
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.metrics import as_probabilities
@@ -142,6 +143,30 @@ def _cams(explainer: Explainer, batch: np.ndarray, k: int, fixed_target: int | N
     return res.cams, res.targets, res.scores
 
 
+def _knife_edges(explainers: list[Explainer], per_method: list, batch: np.ndarray
+                 ) -> list[KnifeEdges]:
+    """Per target rank, the knife edges of the first gradient method's explanations (the
+    same for every gradient method: they depend on the layer, score and target only)."""
+    for ex, (_, targets, _) in zip(explainers, per_method):
+        if ex.method.needs_gradient:
+            return [ex.knife_edges(batch, targets[:, r]) for r in range(targets.shape[1])]
+    return []
+
+
+def flagged_maps(report: dict) -> list[str]:
+    """One line per image whose map sits on a knife edge (:data:`WARN_SHIFT`)."""
+    lines = []
+    for image in report["images"]:
+        worst = max((e["knife_edges"] for e in image["explanations"] if "knife_edges" in e),
+                    key=lambda k: k["shift"], default=None)
+        if worst and worst["count"] and worst["shift"] > WARN_SHIFT:
+            lines.append(f"{image['path']}: {worst['count']} kink decision(s) "
+                         f"({', '.join(worst['ops'])}) within float32 rounding of their "
+                         f"threshold; a flip could move the gradient by ~{worst['shift']:.0e} "
+                         "(--exact rounds as the plain kernels do; `inspect --verify` checks)")
+    return lines
+
+
 def _explain_chunk(explainers: list[Explainer], decoded: list, options: RunOptions,
                    labels: Labels, fixed_target: int | None, names: _Names
                    ) -> tuple[list[dict], list[np.ndarray]]:
@@ -153,6 +178,7 @@ def _explain_chunk(explainers: list[Explainer], decoded: list, options: RunOptio
         t0 = time.perf_counter()
         per_method.append(_cams(ex, batch, k, fixed_target))
         seconds[ex.method.name] = (time.perf_counter() - t0) / len(decoded)
+    knife = _knife_edges(explainers, per_method, batch)
     scores = per_method[0][2]
     probs = as_probabilities(scores, lead.score_kind)
     order = np.argsort(-scores, axis=1)
@@ -173,6 +199,8 @@ def _explain_chunk(explainers: list[Explainer], decoded: list, options: RunOptio
                 entry = {"method": ex.method.name, "target": target,
                          "label": labels.name(target), "score": float(scores[i, target]),
                          "overlay": str(options.outdir / f"{name}.png")}
+                if ex.method.needs_gradient and knife:
+                    entry["knife_edges"] = knife[rank].as_dict(i)
                 if options.save_npy:
                     save_array(options.outdir / f"{name}.npy", cams[i, rank])
                     entry["npy"] = str(options.outdir / f"{name}.npy")
