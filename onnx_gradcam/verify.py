@@ -3,14 +3,16 @@
 (a) Our gradient graph for the head (target layer → score), cast to float64 and run by
 ``onnx.reference``, against float64 central finite differences of the target score along
 directions ``t`` in the layer's space, by the inner-product identity <J·t, c> = <t, Jᵀ·c> (JAX's
-``check_vjp``): first along our gradient itself (a rule that scales the gradient shows in full
-there, where a random direction of a large layer sees ~1/√size of it), then random ones. The
-error of a direction is |<t, g> − FD| / max(|<t, g>|, |FD|). A ReLU head is piecewise linear,
-so a step that crosses a kink breaks the identity without any rule being wrong: steps whose
-kink decisions differ from the point's are shrunk, and directions that cross a kink at every
-step are replaced. Verdict PASS when every relative error is ≤ :data:`PASS_RTOL`; on FAIL the
-head is bisected
-(the same check on sub-heads from later tensors) to name the op whose rule is likely wrong.
+``check_vjp``): first along our gradient ``g`` itself (a rule that scales the gradient shows in
+full there, where a random direction of a large layer sees ~1/√size of it), then along ``g``
+plus a random direction of the same length (so the directional derivative stays ~‖g‖, well above
+the float64 rounding of the difference quotient, while the random part probes what ``g``
+misses). The error of a direction is |<t, g> − FD| / max(|<t, g>|, |FD|). A ReLU head is
+piecewise linear, so a step that crosses a kink breaks the identity without any rule being
+wrong: steps whose kink decisions differ from the point's are shrunk, and directions that cross
+a kink at every step are replaced. Verdict PASS when every relative error is ≤
+:data:`PASS_RTOL`; on FAIL the head is bisected (the same check on sub-heads from later tensors)
+to name the op whose rule is likely wrong.
 
 (b) The production float32 gradient (ONNX Runtime, the explainer's providers) against (a)'s
 float64 gradient at the same activation, with the kink decisions counted that the two forwards
@@ -161,9 +163,11 @@ class _Head:
         return dict(zip(names, self.forward.run(names, feeds)))
 
     def check(self, feeds: dict[str, np.ndarray], seed: np.ndarray, directions: int,
-              rng: np.random.Generator) -> tuple[list[float], list[float], np.ndarray]:
-        """(relative errors, steps, gradient) of the VJP at ``feeds`` along ``directions``
-        random directions, each step free of kink crossings."""
+              rng: np.random.Generator
+              ) -> tuple[list[float], list[float], np.ndarray, dict[str, np.ndarray]]:
+        """(relative errors, steps, gradient, forward values) of the VJP at ``feeds`` along
+        ``directions`` directions (see the module docstring), each step free of kink
+        crossings."""
         names = [self.gradient, *probe_names(self.kinks)]
         outs = self.backward.run(names, {**feeds, SEED: seed})
         g = outs[0]
@@ -171,10 +175,12 @@ class _Head:
         x = feeds[self.tensor]
         n = x.shape[0]
         errors, steps = [], []
+        unit = g / np.linalg.norm(g) if np.any(g) else np.zeros_like(g)
         for attempt in range(4 * directions):
             if len(errors) == directions:
                 break
-            t = g if attempt == 0 and np.any(g) else rng.standard_normal(x.shape)
+            t = unit if attempt == 0 and np.any(g) else rng.standard_normal(x.shape)
+            t = unit + t / np.linalg.norm(t) if attempt else t
             t = t / np.linalg.norm(t)
             step = STEP * max(float(np.linalg.norm(x)), 1.0)
             while step >= SMALLEST_STEP * max(float(np.linalg.norm(x)), 1.0):
@@ -190,7 +196,7 @@ class _Head:
             analytic = float(np.sum(t * g))
             errors.append(abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-300))
             steps.append(step)
-        return errors, steps, g
+        return errors, steps, g, base
 
 
 def _one_hot(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -212,16 +218,15 @@ def verify(explainer, x: np.ndarray, image: str, directions: int = 4, seed: int 
     head64 = _Head(GraphInfo(to_double(head32)), layer.name, score)
     feeds = {name: (values32[name].astype(np.float64) if values32[name].dtype.kind == "f"
                     else values32[name]) for name in (layer.name, *externals)}
-    scores64 = head64.values(feeds)[score]
+    scores64 = head64.forward.run([score], feeds)[0]
     one_hot = _one_hot(scores64, targets)
-    errors, steps, g64 = head64.check(feeds, one_hot, directions, rng)
+    errors, steps, g64, values64 = head64.check(feeds, one_hot, directions, rng)
     verdict = "PASS" if errors and max(errors) <= PASS_RTOL else "FAIL"
     suspect = _bisect(head64, feeds, one_hot, rng) if verdict == "FAIL" and errors else None
     if not errors:
         suspect = "no direction free of kink crossings; try another image or --layer"
     g32 = _native(result.gradients[0], layer.layout)
     float32_error = float(np.linalg.norm(g32 - g64) / max(np.linalg.norm(g64), 1e-300))
-    values64 = head64.values(feeds)
     knife.flips = decision_flips(head64.kinks, values32, values64, len(targets))
     return VerifyReport(layer.name, [int(t) for t in targets], image, errors, verdict, suspect,
                         float32_error, knife, steps, time.perf_counter() - start)
@@ -250,7 +255,7 @@ def _bisect(head: _Head, feeds: dict[str, np.ndarray], seed: np.ndarray,
             return False
         names = [tensor, *sub.externals]
         sub_feeds = dict(zip(names, inner.run(names, feeds)))
-        errors, _, _ = sub.check(sub_feeds, seed, 1, rng)
+        errors = sub.check(sub_feeds, seed, 1, rng)[0]
         return bool(errors) and max(errors) > PASS_RTOL
 
     lo, hi = 0, len(tensors) - 1  # tensors[lo] fails; find the last failing index
