@@ -18,6 +18,9 @@ PASS_THROUGH = {"Transpose", "Identity", "Dropout", "Relu", "Clip", "LeakyRelu",
                 "HardSwish", "HardSigmoid", "Elu", "Selu", "Tanh", "Gelu", "Softplus"}
 #: Ops after which a tensor is a model's class probabilities rather than raw scores.
 PROBABILITY_OPS = {"Softmax", "Sigmoid"}
+#: Integer-arithmetic ops of quantized (QOperator) graphs: nothing to differentiate
+QUANTIZED = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                       "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool", "QGemm"})
 MIN_OPSET = 16  # ScatterElements(reduction="add") for MaxPool/Slice/Gather gradients
 
 
@@ -174,6 +177,8 @@ def candidate_layers(model: LoadedModel, score: str | None = None) -> list[Layer
     out = []
     for index in sorted(upstream):
         node = info.nodes[index]
+        if node.op_type == "Constant":  # a weight stored as a node (paddle2onnx), not a layer
+            continue
         for name in node.output:
             shape = info.shapes.get(name)
             if shape is None or len(shape) != 4 or info.elem_types.get(name) not in (1, 10, 11):
@@ -190,8 +195,15 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
     """The last candidate layer, stepped back through Transposes to the graph's internal tensor."""
     layers = candidate_layers(model, score)
     if not layers:
-        raise OnnxGradCamError(f"{model.source}: no rank-4 activation with spatial size > 1 "
-                               "feeds the scores; this tool explains convolutional classifiers")
+        quantized = sorted({n.op_type for n in model.info.nodes if n.op_type in QUANTIZED})
+        if quantized:
+            raise OnnxGradCamError(
+                f"{model.source}: a quantized (QOperator) graph: its activations are integers "
+                f"and its {', '.join(quantized)} ops have no gradient; explain the float model "
+                "it was quantized from")
+        raise OnnxGradCamError(f"{model.source}: no float rank-4 activation with spatial size "
+                               "> 1 feeds the scores; name a 4-D (N, C, H, W) or (N, H, W, C) "
+                               "tensor with --layer")
     chosen = layers[-1]
     by_name = {layer.name: layer for layer in layers}
     info = model.info

@@ -1,6 +1,7 @@
 """Input layout and channels come from the model; flags override them, never reset them.
+Graphs we cannot explain say precisely why.
 
-Every case goes through the real command (``onnx-gradcam run``) on image files.
+The input cases go through the real command (``onnx-gradcam run``) on image files.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from skimage import data
 
 import onnx_gradcam as og
 from onnx_gradcam.metadata import metadata_props, write_metadata
+from onnx_gradcam.model import candidate_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 KERAS = ROOT / "tests/fixtures/export/keras_small.onnx"  # tf2onnx, NHWC input (N, 40, 48, 3)
@@ -162,3 +164,38 @@ def test_bad_color_metadata_names_the_choices():
 def test_metadata_round_trip_keeps_gray():
     props = metadata_props(preprocessing=og.Preprocessing(color="GRAY"))
     assert props["onnx_gradcam.color"] == "GRAY"
+
+
+def test_quantized_qoperator_graph_says_what_is_unsupported(tmp_path):
+    """An int8 QOperator graph: its only float 4-D tensors are the input and a 1×1 output."""
+    consts = {"s": np.float32(0.05), "z": np.uint8(128), "ws": np.float32(0.01),
+              "wz": np.uint8(128), "w": np.full((4, 3, 8, 8), 130, np.uint8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("QLinearConv", ["xq", "s", "z", "w", "ws", "wz", "s", "z"],
+                              ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"]),
+             helper.make_node("Flatten", ["y"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "qop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "q.onnx"
+    onnx.save(model, path)
+    proc = cli("inspect", path)
+    assert proc.returncode == 1
+    assert "quantized (QOperator) graph" in proc.stderr and "QLinearConv" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_weights_stored_as_constant_nodes_are_not_candidate_layers():
+    """paddle2onnx stores conv weights as Constant nodes: 4-D tensors, but not activations."""
+    model = conv_model(3)
+    graph = model.graph
+    weights = [t for t in graph.initializer if t.name in ("w1", "w2")]
+    for tensor in weights:
+        graph.node.insert(0, helper.make_node("Constant", [], [tensor.name], value=tensor))
+        graph.initializer.remove(tensor)
+    names = [layer.name for layer in candidate_layers(og.load_model(model))]
+    assert names == ["c1", "r1", "c2", "act"]
