@@ -193,3 +193,61 @@ def test_model_file_keeps_working_after_verify(tmp_path):
     before = ex.explain(x).cams
     assert ex.verify(x).passed
     np.testing.assert_array_equal(ex.explain(x).cams, before)
+
+
+def _kink_head(nodes, extra_inits=(), size=6):
+    """input (N, 4, s, s) → Identity "act" → ``nodes`` ("act" → "k") → GAP → Flatten → Gemm."""
+    w = np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32)
+    nodes = [helper.make_node("Identity", ["x"], ["act"]), *nodes,
+             helper.make_node("GlobalAveragePool", ["k"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "w"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "kink_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w, "w"), *extra_inits])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _const(name, value):
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+#: (op, nodes act → k, threshold to plant an element next to)
+KINK_CASES = {
+    "Clip": ([helper.make_node("Clip", ["act", "lo", "hi"], ["k"])],
+             [_const("lo", 0.0), _const("hi", 6.0)], 6.0),
+    "HardSwish": ([helper.make_node("HardSwish", ["act"], ["k"])], [], -3.0),
+    "LeakyRelu": ([helper.make_node("LeakyRelu", ["act"], ["k"], alpha=0.1)], [], 0.0),
+    "Max": ([helper.make_node("Max", ["act", "c"], ["k"])], [_const("c", 0.5)], 0.5),
+    "Greater": ([helper.make_node("Greater", ["act", "c"], ["cond"]),
+                 helper.make_node("Mul", ["act", "two"], ["dbl"]),
+                 helper.make_node("Where", ["cond", "act", "dbl"], ["k"])],
+                [_const("c", 0.25), _const("two", 2.0)], 0.25),
+    "MaxPool": ([helper.make_node("MaxPool", ["act"], ["k"], kernel_shape=[2, 2],
+                                  strides=[2, 2])], [], None),
+}
+
+
+@pytest.mark.parametrize("op_type", sorted(KINK_CASES))
+def test_each_kink_op_is_checked_and_its_knife_edges_found(op_type):
+    nodes, inits, threshold = KINK_CASES[op_type]
+    model = _kink_head(nodes, inits)
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-8, 8, (2, 4, 6, 6)).astype(np.float32)
+    scale = 8.0
+    if threshold is None:  # a near tie inside one 2×2 window
+        x[0, 1, 0:2, 0:2] = [[5.0, 5.0 + 0.5 * ROUNDING * scale], [-1.0, -2.0]]
+    else:
+        x[0, 1, 2, 3] = threshold + 0.5 * ROUNDING * scale  # representable: not a tie
+    ex = og.Explainer(model, layer="act", providers="cpu")
+    res = ex.explain(x)
+    knife = res.knife_edges
+    assert knife.count[0] >= 1 and op_type in knife.ops[0], knife
+    assert knife.shift[0] > 0
+    report = ex.verify(x)
+    assert report.verdict == "PASS", report.errors
+    assert max(report.errors) <= PASS_RTOL
