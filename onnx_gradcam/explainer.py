@@ -20,6 +20,7 @@ from onnx_gradcam.cams.graph import GRAPH_METHODS, GraphCam
 from onnx_gradcam.cams.score import scorecam
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.explainer_graph import (
+    GRADIENT,
     ROWS,
     SCORES,
     TARGET,
@@ -424,7 +425,7 @@ class Explainer:
     # ---- diagnostics ---------------------------------------------------------------------------
     def knife_edges(self, x: np.ndarray, targets: np.ndarray) -> KnifeEdges:
         """The knife-edge decisions (:class:`~onnx_gradcam.kinks.KnifeEdges`) of each sample's
-        head for the class ``targets`` (N,), summed over the target layers."""
+        head for the class indices ``targets`` (N,), summed over the target layers."""
         x = self._check_input(x)
         parts = [self._probe(x, targets, layer.name)[0] for layer in self.layers]
         return KnifeEdges(sum(p.count for p in parts), sum(p.shift for p in parts),
@@ -433,7 +434,8 @@ class Explainer:
     def _probe(self, x: np.ndarray, targets: np.ndarray, layer: str,
                extra: Sequence[str] = ()) -> tuple[KnifeEdges, dict[str, np.ndarray]]:
         """Run the diagnostic session of ``layer`` (:func:`onnx_gradcam.verify.probe_model`,
-        built on first use): its knife edges and the values it fetched (``extra`` too)."""
+        built on first use): its knife edges and the values it fetched (``extra`` too; the
+        layer's gradient as ``ogc_gradient``)."""
         from onnx_gradcam.verify import probe_model
 
         key = (layer, tuple(extra))
@@ -443,8 +445,8 @@ class Explainer:
             names = [gradient, *probe_names(kinks), *extra]
             session = make_session(model.SerializeToString(), self._providers, self._threads,
                                    self.exact)
-            self._probes[key] = (kinks, list(dict.fromkeys(names)), session)
-        kinks, names, session = self._probes[key]
+            self._probes[key] = (kinks, list(dict.fromkeys(names)), session, gradient)
+        kinks, names, session, gradient = self._probes[key]
         values: dict[str, np.ndarray] = {}
         for i in range(0, len(x), self.batch_size):
             outs = session.run(names, {self.model.input_name: x[i:i + self.batch_size],
@@ -452,6 +454,7 @@ class Explainer:
                                                           np.int64)})
             for name, out in zip(names, outs):
                 values[name] = out if name not in values else np.concatenate([values[name], out])
+        values[GRADIENT] = values[gradient]
         return knife_edges(kinks, values, len(x)), values
 
     def verify(self, image_or_batch: str | Path | np.ndarray | None = None, directions: int = 4,

@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 
 from onnx_gradcam.autodiff.builder import build_gradient, head_nodes
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.explainer_graph import SEED, TARGET
+from onnx_gradcam.explainer_graph import GRADIENT, SEED, TARGET
 from onnx_gradcam.graph import GraphInfo
 from onnx_gradcam.kinks import KinkNode, KnifeEdges, decision_flips, kink_nodes, probe_names
 from onnx_gradcam.reference import evaluator, to_double
@@ -225,7 +225,9 @@ def verify(explainer, x: np.ndarray, image: str, directions: int = 4, seed: int 
     suspect = _bisect(head64, feeds, one_hot, rng) if verdict == "FAIL" and errors else None
     if not errors:
         suspect = "no direction free of kink crossings; try another image or --layer"
-    g32 = _native(result.gradients[0], layer.layout)
+    # the explainer graph's own gradient where it has one (gradient-free methods: the probe's)
+    g32 = (_native(result.gradients[0], layer.layout) if explainer.method.needs_gradient
+           else values32[GRADIENT])
     float32_error = float(np.linalg.norm(g32 - g64) / max(np.linalg.norm(g64), 1e-300))
     knife.flips = decision_flips(head64.kinks, values32, values64, len(targets))
     return VerifyReport(layer.name, [int(t) for t in targets], image, errors, verdict, suspect,

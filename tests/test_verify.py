@@ -251,3 +251,8 @@ def test_each_kink_op_is_checked_and_its_knife_edges_found(op_type):
     report = ex.verify(x)
     assert report.verdict == "PASS", report.errors
     assert max(report.errors) <= PASS_RTOL
+
+
+def test_verify_works_for_a_gradient_free_method():
+    report = og.Explainer(SUITE["demo"], method="scorecam", providers="cpu").verify()
+    assert report.passed and report.float32_error <= 1e-4
