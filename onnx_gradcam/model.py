@@ -201,8 +201,8 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
                 f"{model.source}: a quantized (QOperator) graph: its activations are integers "
                 f"and its {', '.join(quantized)} ops have no gradient; explain the float model "
                 "it was quantized from")
-        raise OnnxGradCamError(f"{model.source}: no float rank-4 activation with spatial size "
-                               "> 1 feeds the scores; name a 4-D (N, C, H, W) or (N, H, W, C) "
+        raise OnnxGradCamError(f"{model.source}: no rank-4 activation (float, spatial size "
+                               "> 1) feeds the scores; name a 4-D (N, C, H, W) or (N, H, W, C) "
                                "tensor with --layer")
     chosen = layers[-1]
     by_name = {layer.name: layer for layer in layers}
