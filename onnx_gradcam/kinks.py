@@ -24,8 +24,8 @@ from onnx_gradcam.graph import GraphInfo
 #: the largest |operand| of that sample's tensor (a cheap stand-in for the magnitudes the operand
 #: was accumulated from) and depth counts the accumulating ops (Conv, Gemm, MatMul) it comes
 #: through from the input, plus one: each adds rounding of a few eps32 relative to the tensor's
-#: magnitude. About four times the largest per-depth float32-vs-float64 difference of the kink operands
-#: measured on the models in the tests (see the commit that set it).
+#: magnitude. About four times the largest per-depth float32-vs-float64 difference of the kink
+#: operands measured on the models in the tests (see the commit that set it).
 ROUNDING = 8.0 * float(np.finfo(np.float32).eps)
 #: ops that accumulate (sum many products): each is one unit of ``depth`` above
 ACCUMULATING = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
