@@ -152,6 +152,8 @@ def _metadata(
     layout = "NCHW" if options.nchw else "NHWC"
     fields = preprocessing_from(options.preprocess, source.preprocessing)
     pre = Preprocessing(size=size, layout=layout).with_(**(fields or {}))
+    if in_shape[-1] == 1 and not (fields or {}).get("color"):  # a gray model (NHWC source)
+        pre = pre.with_(color="GRAY")
     names, file_offset = (None, None)
     if options.labels is not None:
         names, file_offset = labels.read_labels(options.labels)

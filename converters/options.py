@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnx_gradcam.errors import OnnxGradCamError
-from onnx_gradcam.metadata import PRESETS, Preprocessing
+from onnx_gradcam.metadata import COLORS, PRESETS, Preprocessing
 
 FORMATS = ("keras", "savedmodel", "frozen", "slim")
 OPSETS = range(13, 19)  # what tf2onnx 1.17 converts to
@@ -75,12 +75,12 @@ def parse_preprocess(spec: str) -> dict[str, object]:
                 continue
             raise OnnxGradCamError(
                 f"--preprocess {spec!r}: use a preset ({', '.join([*PRESETS, *KERAS_MODES])}) "
-                "or fields like scale=0.0078125,mean=1,std=1,color=RGB"
+                "or fields like scale=0.0078125,mean=1,std=1,color=RGB (or BGR, GRAY)"
             )
         key = key.lower()
         try:
             if key == "color":
-                if value.upper() not in ("RGB", "BGR"):
+                if value.upper() not in COLORS:
                     raise ValueError
                 fields["color"] = value.upper()
             elif key == "scale":

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import onnx
@@ -19,6 +19,7 @@ from onnx_gradcam.cams import METHODS, Method, postprocess, reduce_map
 from onnx_gradcam.cams.score import scorecam
 from onnx_gradcam.errors import NonFiniteError, OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.explainer_graph import (
+    GRADIENT,
     ROWS,
     SCORES,
     TARGET,
@@ -26,7 +27,14 @@ from onnx_gradcam.explainer_graph import (
     ExplainerModel,
     explainer_model,
 )
-from onnx_gradcam.images import DEFAULT_MAX_PIXELS, preprocess, read_image, to_rgb8
+from onnx_gradcam.images import (
+    DEFAULT_MAX_PIXELS,
+    preprocess,
+    read_image,
+    synthetic_image,
+    to_rgb8,
+)
+from onnx_gradcam.kinks import KnifeEdges, knife_edges, probe_names
 from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.model import (
     Layer,
@@ -37,6 +45,9 @@ from onnx_gradcam.model import (
     resolve_layer,
 )
 from onnx_gradcam.runtime import Provider, make_session
+
+if TYPE_CHECKING:
+    from onnx_gradcam.verify import VerifyReport
 
 Targets = int | Sequence[int] | np.ndarray | None
 #: fetch(tensors, names): ``names`` from a graph's maps session, or (``tensors``) its full one
@@ -82,6 +93,8 @@ class Explanation:
     provider: str
     seconds: float
     images: list[np.ndarray] = field(default_factory=list)  # explain_images: the RGB originals
+    #: computes :attr:`knife_edges` (on first access; None where not available)
+    diagnose: Callable[[], KnifeEdges] | KnifeEdges | None = field(default=None, repr=False)
 
     def _tensors(self) -> LayerTensors:
         if callable(self.tensors):
@@ -96,6 +109,16 @@ class Explanation:
     def gradients(self) -> list[np.ndarray]:
         return self._tensors()[1]
 
+    @property
+    def knife_edges(self) -> KnifeEdges | None:
+        """Per sample, the kink decisions between the layer and the score that lie within
+        float32 rounding of their threshold and how far the gradient could move if they
+        flipped (:class:`onnx_gradcam.kinks.KnifeEdges`). Computed on first access by a small
+        diagnostic session (one more forward and backward of the batch)."""
+        if callable(self.diagnose):
+            self.diagnose = self.diagnose()
+        return self.diagnose
+
 
 class Explainer:
     """Grad-CAM-family explanations of an ONNX image classifier on plain ONNX Runtime.
@@ -108,7 +131,10 @@ class Explainer:
     ``logits`` (pre-softmax, the default) or ``probabilities`` (the model's own output).
     ``gradient_builder``: ``onnx`` (our VJP rules, the default) or ``ort-training``
     (onnxruntime-training's builder in its own venv, lowered to standard ONNX; see
-    :mod:`onnx_gradcam.autodiff.ort_training`).
+    :mod:`onnx_gradcam.autodiff.ort_training`). ``exact``: run ONNX Runtime's graph optimisation
+    only up to ``ORT_ENABLE_EXTENDED`` (no NCHWc layout transformation, whose blocked kernels
+    sum in another order), for maps whose kink decisions sit on a knife edge
+    (:attr:`Explanation.knife_edges`): the forward then rounds as the plain kernels do.
     """
 
     def __init__(self, model: str | Path | onnx.ModelProto,
@@ -116,7 +142,8 @@ class Explainer:
                  providers: str | Sequence[Provider] | None = None, *,
                  score: str = "logits", batch_size: int = 16, scorecam_batch: int = 32,
                  threads: int | None = None, aug_smooth: bool = False,
-                 eigen_smooth: bool = False, gradient_builder: str = "onnx") -> None:
+                 eigen_smooth: bool = False, gradient_builder: str = "onnx",
+                 exact: bool = False) -> None:
         if method not in METHODS:
             raise OnnxGradCamError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if score not in ("logits", "probabilities"):
@@ -138,7 +165,8 @@ class Explainer:
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.gradient_builder = gradient_builder
         self.graph = self._graph()
-        self._providers, self._threads = providers, threads
+        self._providers, self._threads, self.exact = providers, threads, exact
+        self._probes: dict[tuple[str, tuple[str, ...]], tuple] = {}
         self._sessions: dict[tuple[int, bool], ort.InferenceSession] = {}
         self.session = self._session(self.graph)
         self._rows: ExplainerModel | None = None  # the many-targets graph, built on first use
@@ -288,7 +316,7 @@ class Explainer:
         if key not in self._sessions:
             model = graph.model if key[1] else graph.maps_model()
             self._sessions[key] = make_session(model.SerializeToString(), self._providers,
-                                               self._threads)
+                                               self._threads, self.exact)
         return self._sessions[key]
 
     def _run(self, names: list[str], x: np.ndarray, graph: ExplainerModel,
@@ -382,12 +410,16 @@ class Explainer:
             if graph.takes_target:
                 feeds[TARGET] = checked
             scores, resolved, *coarse, cams = self._session(graph).run(graph.map_outputs, feeds)
-            return self._result(start, cams[:, 0], coarse[0][:, 0], resolved, scores,
-                                partial(self._fetch_tensors, graph, x, checked))
-        maps = self._maps(graph, lambda tensors, names: self._run(names, x, graph, checked,
-                                                                   tensors), x)
-        return self._result(start, maps.heatmaps(self._size(x)), maps.coarse[0], maps.targets,
-                            maps.scores, maps.tensors)
+            result = self._result(start, cams[:, 0], coarse[0][:, 0], resolved, scores,
+                                  partial(self._fetch_tensors, graph, x, checked))
+        else:
+            maps = self._maps(graph, lambda tensors, names: self._run(names, x, graph, checked,
+                                                                       tensors), x)
+            result = self._result(start, maps.heatmaps(self._size(x)), maps.coarse[0],
+                                  maps.targets, maps.scores, maps.tensors)
+        if self.method.needs_gradient:
+            result.diagnose = partial(self.knife_edges, x, result.targets)
+        return result
 
     def _result(self, start: float, cams: np.ndarray, coarse: np.ndarray, targets: np.ndarray,
                 scores: np.ndarray, tensors: LayerTensors | Callable[[], LayerTensors]
@@ -406,6 +438,59 @@ class Explainer:
         :class:`Explanation`)."""
         return self._layer_tensors(self._run([*graph.activations, *graph.gradients], x, graph,
                                              targets, tensors=True))
+
+    # ---- diagnostics ---------------------------------------------------------------------------
+    def knife_edges(self, x: np.ndarray, targets: np.ndarray) -> KnifeEdges:
+        """The knife-edge decisions (:class:`~onnx_gradcam.kinks.KnifeEdges`) of each sample's
+        head for the class indices ``targets`` (N,), summed over the target layers."""
+        x = self._check_input(x)
+        parts = [self._probe(x, targets, layer.name)[0] for layer in self.layers]
+        return KnifeEdges(sum(p.count for p in parts), sum(p.shift for p in parts),
+                          [sum(ops, []) for ops in zip(*[p.ops for p in parts])])
+
+    def _probe(self, x: np.ndarray, targets: np.ndarray, layer: str,
+               extra: Sequence[str] = ()) -> tuple[KnifeEdges, dict[str, np.ndarray]]:
+        """Run the diagnostic session of ``layer`` (:func:`onnx_gradcam.verify.probe_model`,
+        built on first use): its knife edges and the values it fetched (``extra`` too; the
+        layer's gradient as ``ogc_gradient``)."""
+        from onnx_gradcam.verify import probe_model
+
+        key = (layer, tuple(extra))
+        if key not in self._probes:
+            model, kinks, gradient = probe_model(self.model.info, layer, self.score, True,
+                                                 list(extra))
+            names = [gradient, *probe_names(kinks), *extra]
+            session = make_session(model.SerializeToString(), self._providers, self._threads,
+                                   self.exact)
+            self._probes[key] = (kinks, list(dict.fromkeys(names)), session, gradient)
+        kinks, names, session, gradient = self._probes[key]
+        values: dict[str, np.ndarray] = {}
+        for i in range(0, len(x), self.batch_size):
+            outs = session.run(names, {self.model.input_name: x[i:i + self.batch_size],
+                                       TARGET: np.asarray(targets[i:i + self.batch_size],
+                                                          np.int64)})
+            for name, out in zip(names, outs):
+                values[name] = out if name not in values else np.concatenate([values[name], out])
+        values[GRADIENT] = values[gradient]
+        return knife_edges(kinks, values, len(x)), values
+
+    def verify(self, image_or_batch: str | Path | np.ndarray | None = None, directions: int = 4,
+               seed: int = 0) -> VerifyReport:
+        """Check the gradient graph numerically on this model (:mod:`onnx_gradcam.verify`):
+        ``image_or_batch`` an image file, or a preprocessed batch in the model's layout; None:
+        a deterministic synthetic image (smooth noise, ``seed``) preprocessed as images are."""
+        from onnx_gradcam.verify import verify
+
+        if image_or_batch is None:
+            rgb = synthetic_image(self.preprocessing().size or (224, 224), seed)
+            x, _ = self.prepare([rgb])
+            image = f"synthetic (smooth noise, seed {seed})"
+        elif isinstance(image_or_batch, (str, Path)):
+            x, _ = self.prepare([image_or_batch])
+            image = str(image_or_batch)
+        else:
+            x, image = self._check_input(image_or_batch), "the given batch"
+        return verify(self, x, image, directions, seed)
 
     def explain_many(self, x: np.ndarray, targets: np.ndarray | None = None,
                      top_k: int | None = None) -> Explanation:
@@ -503,13 +588,33 @@ class Explainer:
         return export_explainer(self, path, upsample=upsample, target_required=target_required)
 
     # ---- images ------------------------------------------------------------------------------
+    @cached_property
+    def model_preprocessing(self) -> Preprocessing:
+        """The model's own preprocessing: its metadata, with the layout and (where the metadata
+        names no colour) a 1-channel input's GRAY taken from the model's input. Flags are laid
+        over this, so they override the model, never reset it to defaults."""
+        pre = self.model.metadata.preprocessing.with_(layout=self.model.input_layout)
+        has_color = any(p.key == "onnx_gradcam.color" for p in self.model.proto.metadata_props)
+        if self.model.input_channels == 1 and not has_color:
+            pre = pre.with_(color="GRAY")
+        return pre
+
     def preprocessing(self, overrides: Preprocessing | None = None) -> Preprocessing:
-        """The preprocessing in force: ``overrides`` if given, else the model's metadata;
-        the size falls back to the model's static input size."""
-        pre = overrides or self.model.metadata.preprocessing
-        if overrides is None and not any(
-                p.key == "onnx_gradcam.layout" for p in self.model.proto.metadata_props):
-            pre = pre.with_(layout=self.model.input_layout)
+        """The preprocessing in force: ``overrides`` if given, else :attr:`model_preprocessing`;
+        the size falls back to the model's static input size. A colour mode that does not fit
+        the input's channel count fails with one line."""
+        pre = overrides or self.model_preprocessing
+        channels = self.model.input_channels
+        wanted = 1 if pre.color == "GRAY" else 3
+        if channels is not None and channels != wanted:
+            what = {1: "gray: pass --gray (or metadata onnx_gradcam.color=GRAY)",
+                    3: "colour: drop --gray"}.get(channels, "neither RGB nor gray; "
+                                                  "onnx-gradcam feeds 3-channel RGB/BGR or "
+                                                  "1-channel gray images only")
+            raise OnnxGradCamError(
+                f"{self.model.source}: input {self.model.input_name!r} has shape "
+                f"{self.model.input_shape}: {channels} channel(s) ({pre.layout}), but the "
+                f"preprocessing makes {wanted}; the model takes {what}")
         if pre.size is None:
             size = self.input_size
             if size is None:

@@ -58,6 +58,19 @@ def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
     raise OnnxGradCamError(f"{source}: {channels} channels; expected gray, RGB or RGBA")
 
 
+def synthetic_image(size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A deterministic RGB uint8 image of ``size`` (H, W): smooth random blobs (noise blurred
+    at a few scales), so activations vary as they do on photos."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    image = np.zeros((height, width, 3), np.float32)
+    for cells in (4, 16):
+        coarse = rng.random((cells, cells, 3), dtype=np.float32)
+        image += cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    image -= image.min()
+    return np.uint8(255 * image / max(float(image.max()), 1e-6))
+
+
 def header_size(path: Path) -> tuple[int, int] | None:
     """(H, W) from the file's header without decoding its pixels (Pillow reads only the
     header), or None where Pillow does not know the format. Past Pillow's own
@@ -147,12 +160,15 @@ def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def preprocess(rgb: np.ndarray, pre: Preprocessing, size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 image → one model input (C, H, W) or (H, W, C) float32:
-    x = (pixels · scale − mean) / std, in the model's colour order and layout."""
+    x = (pixels · scale − mean) / std, in the model's colour order (or gray) and layout."""
     pixels = resize(rgb, size).astype(np.float32)
     if pre.color == "BGR":
         pixels = pixels[..., ::-1]
     mean = np.asarray(pre.mean, np.float32)
     std = np.asarray(pre.std, np.float32)
+    if pre.color == "GRAY":  # OpenCV's luma (0.299 R + 0.587 G + 0.114 B), one channel
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)[..., None]
+        mean, std = mean[:1], std[:1]
     x = (pixels * np.float32(pre.scale) - mean) / std
     return np.ascontiguousarray(x.transpose(2, 0, 1) if pre.layout == "NCHW" else x)
 

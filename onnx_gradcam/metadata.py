@@ -5,7 +5,8 @@ model needs no preprocessing flags. Every key is optional.
 
 - ``layout``: ``NCHW`` or ``NHWC``
 - ``input_size``: ``H,W`` in pixels, e.g. ``224,224``
-- ``color``: the channel order the model expects, ``RGB`` or ``BGR``
+- ``color``: the channel order the model expects, ``RGB`` or ``BGR``, or ``GRAY`` (one
+  channel, the luma of the RGB image; the first ``mean``/``std`` value applies)
 - ``scale``: multiplier applied to 0..255 pixels first, e.g. ``0.00392156862745098``
 - ``mean``: per-channel mean subtracted after scaling, e.g. ``0.485,0.456,0.406``
 - ``std``: per-channel std divided last, e.g. ``0.229,0.224,0.225``
@@ -28,6 +29,7 @@ import onnx
 from onnx_gradcam.errors import OnnxGradCamError
 
 PREFIX = "onnx_gradcam."
+COLORS = ("RGB", "BGR", "GRAY")
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,9 @@ def read_metadata(model: onnx.ModelProto) -> ModelMetadata:
         pre["size"] = (int(h), int(w))
     if "color" in props:
         color = props["color"].upper()
-        if color not in ("RGB", "BGR"):
-            raise OnnxGradCamError(f"metadata {PREFIX}color={props['color']!r}: use RGB or BGR")
+        if color not in COLORS:
+            raise OnnxGradCamError(f"metadata {PREFIX}color={props['color']!r}: use RGB, BGR "
+                                   "or GRAY")
         pre["color"] = color
     if "scale" in props:
         pre["scale"] = _floats(props["scale"], "scale", 1)[0]

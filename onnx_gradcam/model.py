@@ -50,7 +50,12 @@ class LoadedModel:
         if any(p.key == "onnx_gradcam.layout" for p in self.proto.metadata_props):
             return self.metadata.preprocessing.layout
         shape = self.input_shape
-        return "NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
+        return "NHWC" if shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4) else "NCHW"
+
+    @cached_property
+    def input_channels(self) -> int | None:
+        """The input's channel count in its layout (None where symbolic)."""
+        return self.input_shape[1 if self.input_layout == "NCHW" else 3]
 
     @cached_property
     def layouts(self) -> Layouts:
@@ -251,8 +256,9 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
     info = model.info
     if not layers:
         _refuse_quantized(model, info.ancestors(score))
-        raise OnnxGradCamError(f"{model.source}: no rank-4 activation with spatial size > 1 "
-                               "feeds the scores; this tool explains convolutional classifiers")
+        raise OnnxGradCamError(f"{model.source}: no rank-4 activation (float, spatial size "
+                               "> 1) feeds the scores; name a 4-D (N, C, H, W) or (N, H, W, C) "
+                               "tensor with --layer")
     by_name = {layer.name: layer for layer in layers}
     chosen = _before_class_map(model, score, layers[-1], by_name)
     while chosen.name in info.producer:

@@ -32,6 +32,7 @@ from onnx_gradcam.images import (
     save_image,
     write_json,
 )
+from onnx_gradcam.kinks import WARN_SHIFT, KnifeEdges
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.metrics import as_probabilities
@@ -281,6 +282,30 @@ def _cams(explainer: Explainer, batch: np.ndarray, k: int, fixed_target: int | N
     return res.cams, res.targets, res.scores
 
 
+def _knife_edges(explainers: list[Explainer], per_method: list, batch: np.ndarray
+                 ) -> list[KnifeEdges]:
+    """Per target rank, the knife edges of the first gradient method's explanations (the
+    same for every gradient method: they depend on the layer, score and target only)."""
+    for ex, (_, targets, _) in zip(explainers, per_method):
+        if ex.method.needs_gradient:
+            return [ex.knife_edges(batch, targets[:, r]) for r in range(targets.shape[1])]
+    return []
+
+
+def flagged_maps(report: dict) -> list[str]:
+    """One line per image whose map sits on a knife edge (:data:`WARN_SHIFT`)."""
+    lines = []
+    for image in report["images"]:
+        worst = max((e["knife_edges"] for e in image["explanations"] if "knife_edges" in e),
+                    key=lambda k: k["shift"], default=None)
+        if worst and worst["count"] and worst["shift"] > WARN_SHIFT:
+            lines.append(f"{image['path']}: {worst['count']} kink decision(s) "
+                         f"({', '.join(worst['ops'])}) within float32 rounding of their "
+                         f"threshold; a flip could move the gradient by ~{worst['shift']:.0e} "
+                         "(--exact rounds as the plain kernels do; `inspect --verify` checks)")
+    return lines
+
+
 def _explain_chunk(explainers: list[Explainer], decoded: list[Decoded], options: RunOptions,
                    labels: Labels, fixed_target: int | None, names: _Names, errors: list[dict]
                    ) -> tuple[list[dict], list[np.ndarray]]:
@@ -294,19 +319,21 @@ def _explain_chunk(explainers: list[Explainer], decoded: list[Decoded], options:
         t0 = time.perf_counter()
         per_method.append(_cams(ex, batch, k, fixed_target))
         seconds[ex.method.name] = (time.perf_counter() - t0) / len(decoded)
+    knife = _knife_edges(explainers, per_method, batch)
     scores = per_method[0][2]
     probs = as_probabilities(scores, lead.score_kind)
     order = np.argsort(-scores, axis=1)
     out, grids = [], []
     for i, item in enumerate(decoded):
-        bases = [(ex, cams, rank, int(targets[i, rank]))
+        bases = [(ex, cams, rank, int(targets[i, rank]),
+                  knife[rank].as_dict(i) if ex.method.needs_gradient and knife else None)
                  for ex, (cams, targets, _) in zip(explainers, per_method)
                  for rank in range(cams.shape[1])]
 
         def files(stem: str, bases=bases) -> list[str]:
             suffixes = (".png", ".npy") if options.save_npy else (".png",)
             out = [names.file(_base(stem, ex, labels, t), s)
-                   for ex, _, _, t in bases for s in suffixes]
+                   for ex, _, _, t, _ in bases for s in suffixes]
             return out + ([names.file(f"{stem}_grid", ".png")] if options.grid else [])
 
         stem = names.stem(item.path, files)
@@ -347,7 +374,7 @@ def _write_image(item: Decoded, stem: str, bases: list, i: int, scores: np.ndarr
     lands."""
     rgb = bounded(item.rgb)
     explained, panels = [], []
-    for ex, cams, rank, target in bases:
+    for ex, cams, rank, target, knife_edges in bases:
         base = _base(stem, ex, labels, target)
         picture = overlay(rgb, cams[i, rank], options.alpha, options.colormap)
         path = options.outdir / names.file(base, ".png")
@@ -355,6 +382,8 @@ def _write_image(item: Decoded, stem: str, bases: list, i: int, scores: np.ndarr
         written.append(path)
         entry = {"method": ex.method.name, "target": target, "label": labels.name(target),
                  "score": float(scores[target]), "overlay": str(path)}
+        if knife_edges is not None:
+            entry["knife_edges"] = knife_edges
         if options.save_npy:
             npy = options.outdir / names.file(base, ".npy")
             save_array(npy, cams[i, rank])

@@ -17,7 +17,7 @@ from onnx_gradcam.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import PRESETS, Preprocessing
 from onnx_gradcam.model import is_onnx_model
-from onnx_gradcam.runner import RunOptions, run_job
+from onnx_gradcam.runner import RunOptions, flagged_maps, run_job
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "demo.onnx"
 
@@ -41,15 +41,20 @@ def _numbers(text: str | None, flag: str, count: int) -> tuple[float, ...] | Non
 
 def preprocessing_from_flags(base: Preprocessing, preset: str | None, size: str | None,
                              mean: str | None, std: str | None, scale: float | None,
-                             bgr: bool | None, nhwc: bool | None) -> Preprocessing | None:
-    """The model's preprocessing with a preset and explicit flags laid over it (None: no flags)."""
-    if all(v is None for v in (preset, size, mean, std, scale, bgr, nhwc)):
+                             bgr: bool | None, nhwc: bool | None, gray: bool | None = None
+                             ) -> Preprocessing | None:
+    """The model's preprocessing (``base``: :attr:`Explainer.model_preprocessing`, layout and
+    channels from the model) with a preset and explicit flags laid over it (None: no flags)."""
+    if all(v is None for v in (preset, size, mean, std, scale, bgr, nhwc, gray)):
         return None
     pre = base
     if preset is not None:
         if preset not in PRESETS:
             raise OnnxGradCamError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        pre = pre.with_(**PRESETS[preset])
+        fields = dict(PRESETS[preset])
+        if pre.color == "GRAY":  # a preset's channel order means nothing to a gray model
+            fields.pop("color")
+        pre = pre.with_(**fields)
     hw = _numbers(size, "--size", 2)
     if hw and not all(v >= 1 and v == int(v) for v in hw):
         raise OnnxGradCamError(f"--size {size!r}: expected two whole numbers of pixels, ≥ 1")
@@ -60,7 +65,7 @@ def preprocessing_from_flags(base: Preprocessing, preset: str | None, size: str 
     return pre.with_(
         size=(int(hw[0]), int(hw[1])) if hw else None, mean=_numbers(mean, "--mean", 3),
         std=_numbers(std, "--std", 3), scale=scale,
-        color=None if bgr is None else ("BGR" if bgr else "RGB"),
+        color="GRAY" if gray else None if bgr is None else ("BGR" if bgr else "RGB"),
         layout=None if nhwc is None else ("NHWC" if nhwc else "NCHW"))
 
 
@@ -101,7 +106,9 @@ def run_command(
     std: str = typer.Option(None, "--std", help="per-channel std"),
     scale: float = typer.Option(None, "--scale", help="pixel multiplier (e.g. 0.00392)"),
     bgr: bool = typer.Option(None, "--bgr/--rgb", help="channel order the model expects"),
-    nhwc: bool = typer.Option(None, "--nhwc/--nchw", help="input layout"),
+    nhwc: bool = typer.Option(None, "--nhwc/--nchw", help="input layout (default: the model's)"),
+    gray: bool = typer.Option(None, "--gray", help="feed one gray channel (default for "
+                              "1-channel models)"),
     labels: Path = typer.Option(None, "--labels", help="labels file: one per line or idx:label"),
     grid: bool = typer.Option(False, "--grid", help="per image: original + each method's "
                               "overlay, captioned; plus contact_sheet.png"),
@@ -118,6 +125,8 @@ def run_command(
              "from its header only"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the outputs of a "
                                    "previous run in -o (only the files its report.json lists)"),
+    exact: bool = typer.Option(False, "--exact", help="ONNX Runtime optimisation only up to "
+                               "EXTENDED (no NCHWc kernels): for maps on a knife edge"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Explain images with a CAM method; write overlays, optional .npy and report.json."""
@@ -129,10 +138,10 @@ def run_command(
     explainers = [Explainer(model, layer=layer or None, method=m, providers=provider, score=score,
                             batch_size=batch_size, scorecam_batch=scorecam_batch,
                             aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
-                            gradient_builder=gradient_builder) for m in methods]
+                            gradient_builder=gradient_builder, exact=exact) for m in methods]
     explainer = explainers[0]
-    pre = preprocessing_from_flags(explainer.model.metadata.preprocessing, preset, size, mean,
-                                   std, scale, bgr, nhwc)
+    pre = preprocessing_from_flags(explainer.model_preprocessing, preset, size, mean,
+                                   std, scale, bgr, nhwc, gray)
     meta = explainer.model.metadata
     names = Labels.from_file(labels) if labels else Labels(meta.labels, meta.label_offset)
     demo = given is None
@@ -152,6 +161,8 @@ def run_command(
     console.print(f"{done} image(s) explained with {', '.join(methods)} at "
                   f"{', '.join(report['layers'])} on {explainer.provider}; "
                   f"wrote {output}/ (report.json)")
+    for line in flagged_maps(report):
+        typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
     for error in report["errors"]:
         typer.secho(f"error: {error['error']}", fg=typer.colors.RED, err=True)
     if report["errors"]:

@@ -10,146 +10,22 @@ all layers). One residual source remains: tf2onnx folds BatchNorm into conv weig
 so the double model's weights differ from TF float64's by ~1e-7 and a head with millions of
 ReLU6/ReLU units can still flip one or two (MobileNetV2: ~5e-3 at the early layer).
 
-``onnx.reference``'s own ConvTranspose is a pure-Python loop (80 s for ResNet-50's backward);
-:class:`Conv` and :class:`ConvTranspose` here are vectorised numpy (one matmul per kernel tap),
-checked against ONNX Runtime in ``test_float64_ops``.
+The float64 evaluator itself (a cast to double, vectorised numpy Conv and ConvTranspose) lives in
+:mod:`onnx_gradcam.reference`, checked against ONNX Runtime in ``test_float64_ops``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
-from onnx.reference import ReferenceEvaluator
-from onnx.reference.op_run import OpRun
 
 from onnx_gradcam.explainer_graph import TARGET, explainer_model
 from onnx_gradcam.model import load_model
+from onnx_gradcam.reference import FAST_OPS, Conv, ConvTranspose, evaluator, to_double
+
+__all__ = ["FAST_OPS", "Conv", "ConvTranspose", "evaluator", "to_double"]
 
 F32, F64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
-
-
-def to_double(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every float32 tensor (initializers, constants, casts, value types) in float64."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    graph = out.graph
-    for tensor in graph.initializer:
-        if tensor.data_type == F32:
-            tensor.CopyFrom(_double(tensor))
-    for value in [*graph.input, *graph.output]:
-        if value.type.tensor_type.elem_type == F32:
-            value.type.tensor_type.elem_type = F64
-    del graph.value_info[:]
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.name == "to" and attr.i == F32:
-                attr.i = F64
-            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == F32:
-                attr.t.CopyFrom(_double(attr.t))
-    return out
-
-
-def _double(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
-
-
-def _pads_2d(auto_pad, pads, size, kernel, strides, dilations):
-    """(top, left, bottom, right) for a forward conv, resolving SAME_* from the input size."""
-    if auto_pad in (None, "", "NOTSET"):
-        return list(pads) if pads is not None else [0, 0, 0, 0]
-    if auto_pad == "VALID":
-        return [0, 0, 0, 0]
-    begin, end = [], []
-    for x, k, s, d in zip(size, kernel, strides, dilations):
-        total = max((-(-x // s) - 1) * s + (k - 1) * d + 1 - x, 0)
-        small = total // 2
-        begin.append(small if auto_pad == "SAME_UPPER" else total - small)
-        end.append(total - begin[-1])
-    return begin + end
-
-
-class Conv(OpRun):
-    """2-D grouped convolution in numpy (any dtype; float64 here)."""
-
-    op_domain = ""
-
-    def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
-             pads=None, strides=None):
-        if X.ndim != 4:
-            raise NotImplementedError("only 2-D convolutions")
-        g = int(group or 1)
-        sh, sw = strides or (1, 1)
-        dh, dw = dilations or (1, 1)
-        m, cg, kh, kw = W.shape
-        top, left, bottom, right = _pads_2d(auto_pad, pads, X.shape[2:], (kh, kw), (sh, sw),
-                                            (dh, dw))
-        x = np.pad(X, ((0, 0), (0, 0), (top, bottom), (left, right)))
-        n, _, hp, wp = x.shape
-        ho, wo = (hp - (kh - 1) * dh - 1) // sh + 1, (wp - (kw - 1) * dw - 1) // sw + 1
-        xg = x.reshape(n, g, cg, hp, wp)
-        wg = W.reshape(g, m // g, cg, kh, kw)
-        out = np.zeros((n, g, m // g, ho, wo), dtype=X.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                patch = xg[:, :, :, i * dh:i * dh + (ho - 1) * sh + 1:sh,
-                           j * dw:j * dw + (wo - 1) * sw + 1:sw]
-                if cg == 1:  # depthwise: a broadcast product beats a (1 x o) matmul
-                    out += patch * wg[None, :, :, 0, i, j, None, None]
-                else:
-                    flat = patch.reshape(n, g, cg, ho * wo).transpose(0, 1, 3, 2)
-                    prod = np.matmul(flat, wg[:, :, :, i, j].transpose(0, 2, 1))
-                    out += prod.transpose(0, 1, 3, 2).reshape(n, g, m // g, ho, wo)
-        out = out.reshape(n, m, ho, wo)
-        if B is not None:
-            out = out + B.reshape(1, -1, 1, 1)
-        return (out.astype(X.dtype),)
-
-
-class ConvTranspose(OpRun):
-    """2-D grouped transposed convolution in numpy (explicit pads and output_padding only)."""
-
-    op_domain = ""
-
-    def _run(self, X, W, B=None, auto_pad=None, dilations=None, group=None, kernel_shape=None,
-             output_padding=None, output_shape=None, pads=None, strides=None):
-        if X.ndim != 4 or output_shape is not None or auto_pad not in (None, "", "NOTSET"):
-            raise NotImplementedError("only 2-D, explicit pads, no output_shape")
-        g = int(group or 1)
-        sh, sw = strides or (1, 1)
-        dh, dw = dilations or (1, 1)
-        oph, opw = output_padding or (0, 0)
-        top, left, bottom, right = pads or (0, 0, 0, 0)
-        n, c, h, w = X.shape
-        _, og, kh, kw = W.shape
-        cg = c // g
-        full_h = (h - 1) * sh + (kh - 1) * dh + 1 + oph
-        full_w = (w - 1) * sw + (kw - 1) * dw + 1 + opw
-        out = np.zeros((n, g, og, full_h, full_w), dtype=X.dtype)
-        xg = X.reshape(n, g, cg, h, w)
-        wg = W.reshape(g, cg, og, kh, kw)
-        flat = xg.reshape(n, g, cg, h * w).transpose(0, 1, 3, 2)  # (n, g, hw, cg)
-        for i in range(kh):
-            for j in range(kw):
-                if cg == 1:  # depthwise
-                    contrib = xg * wg[:, 0, :, i, j][None, :, :, None, None]
-                else:
-                    contrib = np.matmul(flat, wg[:, :, :, i, j]).transpose(0, 1, 3, 2)
-                    contrib = contrib.reshape(n, g, og, h, w)
-                out[:, :, :, i * dh:i * dh + (h - 1) * sh + 1:sh,
-                    j * dw:j * dw + (w - 1) * sw + 1:sw] += contrib
-        out = out.reshape(n, g * og, full_h, full_w)[:, :, top:full_h - bottom,
-                                                     left:full_w - right]
-        if B is not None:
-            out = out + B.reshape(1, -1, 1, 1)
-        return (np.ascontiguousarray(out).astype(X.dtype),)
-
-
-FAST_OPS = [Conv, ConvTranspose]
-
-
-def evaluator(model: onnx.ModelProto) -> ReferenceEvaluator:
-    return ReferenceEvaluator(model, new_ops=FAST_OPS)
 
 
 def gradients64(model: onnx.ModelProto, layers: list[str], x: np.ndarray,
