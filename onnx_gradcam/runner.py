@@ -51,6 +51,7 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are error rows, never decoded
     overwrite: bool = False  # replace a previous run's outputs in ``outdir``
     demo_model: bool = False  # no model was given: the report says the demo model ran
+    knife_edges: bool = True  # count near-kink decisions per map (one more head pass per chunk)
 
 
 T = TypeVar("T")
@@ -319,7 +320,7 @@ def _explain_chunk(explainers: list[Explainer], decoded: list[Decoded], options:
         t0 = time.perf_counter()
         per_method.append(_cams(ex, batch, k, fixed_target))
         seconds[ex.method.name] = (time.perf_counter() - t0) / len(decoded)
-    knife = _knife_edges(explainers, per_method, batch)
+    knife = _knife_edges(explainers, per_method, batch) if options.knife_edges else []
     scores = per_method[0][2]
     probs = as_probabilities(scores, lead.score_kind)
     order = np.argsort(-scores, axis=1)

@@ -182,6 +182,12 @@ def test_run_reports_knife_edges_and_warns_per_image(tmp_path):
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == len(flagged)
     assert all("within float32 rounding" in line for line in warnings)
+    quiet = cli("run", TORCH, ROOT / "models/samples", "-o", tmp_path / "fast", "--layer",
+                "/conv1/Conv_output_0", "--preset", "imagenet", "--no-knife-edges", "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "warning:" not in quiet.stderr
+    fast = json.loads((tmp_path / "fast" / "report.json").read_text())
+    assert all("knife_edges" not in e for i in fast["images"] for e in i["explanations"])
 
 
 def test_model_file_keeps_working_after_verify(tmp_path):

@@ -127,6 +127,10 @@ def run_command(
                                    "previous run in -o (only the files its report.json lists)"),
     exact: bool = typer.Option(False, "--exact", help="ONNX Runtime optimisation only up to "
                                "EXTENDED (no NCHWc kernels): for maps on a knife edge"),
+    knife_edges: bool = typer.Option(
+        True, "--knife-edges/--no-knife-edges",
+        help="count, per map, the kink decisions within float32 rounding of their threshold "
+             "(report.json, warnings); costs about one more explain per batch"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Explain images with a CAM method; write overlays, optional .npy and report.json."""
@@ -146,7 +150,7 @@ def run_command(
     names = Labels.from_file(labels) if labels else Labels(meta.labels, meta.label_offset)
     demo = given is None
     options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size, grid,
-                         max_pixels, overwrite, demo)
+                         max_pixels, overwrite, demo, knife_edges)
     total = len(list_images(images))
     console = Console(stderr=True, quiet=quiet)
     if demo:
