@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx_gradcam import targets as targets_
 from onnx_gradcam.autodiff.builder import build_gradient
 from onnx_gradcam.cams import METHODS, Method, postprocess, reduce_map
 from onnx_gradcam.cams.score import scorecam
@@ -35,10 +36,11 @@ from onnx_gradcam.model import (
     detect_layer,
     load_model,
     resolve_layer,
+    score_like,
 )
 from onnx_gradcam.runtime import Provider, make_session
 
-Targets = int | Sequence[int] | np.ndarray | None
+Targets = int | Sequence[int] | Sequence[targets_.Target] | np.ndarray | None
 #: fetch(tensors, names): ``names`` from a graph's maps session, or (``tensors``) its full one
 Fetch = Callable[[bool, list[str]], list[np.ndarray]]
 _GRAPH_CACHE: dict[tuple, ExplainerModel] = {}
@@ -108,7 +110,10 @@ class Explainer:
     ``logits`` (pre-softmax, the default) or ``probabilities`` (the model's own output).
     ``gradient_builder``: ``onnx`` (our VJP rules, the default) or ``ort-training``
     (onnxruntime-training's builder in its own venv, lowered to standard ONNX; see
-    :mod:`onnx_gradcam.autodiff.ort_training`).
+    :mod:`onnx_gradcam.autodiff.ort_training`). ``output``: the graph output to score where
+    there are several (:func:`~onnx_gradcam.model.load_model`); one that is not class scores
+    (a segmentation map, a detector's tensor) is explained for targets of
+    :mod:`onnx_gradcam.targets` only.
     """
 
     def __init__(self, model: str | Path | onnx.ModelProto,
@@ -116,12 +121,13 @@ class Explainer:
                  providers: str | Sequence[Provider] | None = None, *,
                  score: str = "logits", batch_size: int = 16, scorecam_batch: int = 32,
                  threads: int | None = None, aug_smooth: bool = False,
-                 eigen_smooth: bool = False, gradient_builder: str = "onnx") -> None:
+                 eigen_smooth: bool = False, gradient_builder: str = "onnx",
+                 output: str | None = None) -> None:
         if method not in METHODS:
             raise OnnxGradCamError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if score not in ("logits", "probabilities"):
             raise OnnxGradCamError(f"score must be 'logits' or 'probabilities', not {score!r}")
-        self.model: LoadedModel = load_model(model)
+        self.model: LoadedModel = load_model(model, output)
         self.method = METHODS[method]
         has_softmax = self.model.logits != self.model.score_output
         self.score = self.model.logits if score == "logits" else self.model.score_output
@@ -137,13 +143,18 @@ class Explainer:
         #: the first principal component of the weighted activations instead of their sum
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.gradient_builder = gradient_builder
-        self.graph = self._graph()
         self._providers, self._threads = providers, threads
         self._sessions: dict[tuple[int, bool], ort.InferenceSession] = {}
-        self.session = self._session(self.graph)
+        #: the default (argmax) graph and its session; None where the output is not class
+        #: scores (explained for target objects only, each kind's graph built on first use)
+        self.graph: ExplainerModel | None = None
+        self.session: ort.InferenceSession | None = None
+        if score_like(self.model.info.shapes.get(self.score)):
+            self.graph = self._graph()
+            self.session = self._session(self.graph)
         self._rows: ExplainerModel | None = None  # the many-targets graph, built on first use
         self._argmax: dict[int, np.ndarray] = {}  # read-only all −1 targets per batch size
-        self.provider: str = self.session.get_providers()[0]
+        self.provider: str = self.session.get_providers()[0] if self.session else ""
 
     # ---- set-up ------------------------------------------------------------------------------
     def _layers(self, layer: str | Sequence[str] | None) -> list[Layer]:
@@ -292,14 +303,18 @@ class Explainer:
         return self._sessions[key]
 
     def _run(self, names: list[str], x: np.ndarray, graph: ExplainerModel,
-             targets: np.ndarray | None = None, tensors: bool = False) -> list[np.ndarray]:
+             targets: np.ndarray | dict[str, np.ndarray] | None = None,
+             tensors: bool = False) -> list[np.ndarray]:
         """Fetch ``names`` for a batch from ``graph``'s session (:meth:`_session`), in chunks of
-        ``batch_size``; ``targets`` feed ``ogc_target`` where the graph takes one."""
+        ``batch_size``; ``targets`` feed ``ogc_target`` where the graph takes one, or (a dict)
+        a target kind's seed inputs."""
         session = self._session(graph, tensors)
         chunks = []
         for i in range(0, len(x), self.batch_size):
             feeds = {self.model.input_name: x[i:i + self.batch_size]}
-            if graph.takes_target:
+            if isinstance(targets, dict):
+                feeds.update((k, v[i:i + self.batch_size]) for k, v in targets.items())
+            elif graph.takes_target:
                 assert targets is not None
                 feeds[TARGET] = targets[i:i + self.batch_size]
             chunks.append(session.run(names, feeds))
@@ -341,7 +356,17 @@ class Explainer:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Scores (N, C) of a preprocessed batch (used by Score-CAM's masked passes)."""
         x = self._check_input(x)
-        return self._run([SCORES], x, self.graph)[0]  # the argmax graph: no targets
+        return self._run([SCORES], x, self._class_graph)[0]  # the argmax graph: no targets
+
+    @property
+    def _class_graph(self) -> ExplainerModel:
+        """The default graph, refused where the scored output is not class scores."""
+        if self.graph is None:
+            raise OnnxGradCamError(
+                f"output {self.score!r} is {list(self.model.info.shapes.get(self.score) or [])}, "
+                "not class scores (N, C): pass targets=[og.targets.Segmentation(...)] (or "
+                "Similarity, Output), or output=NAME for another output")
+        return self.graph
 
     def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC)."""
@@ -375,6 +400,11 @@ class Explainer:
     def _explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         start = time.perf_counter()
         x = self._check_input(x)
+        if isinstance(targets, Sequence) and not isinstance(targets, str):
+            kind = targets_.kind_of(targets)
+            if kind is not None:
+                return self._explain_kind(start, x, kind, targets)
+            targets = targets_.classes(targets)
         checked = self.check_targets(targets, len(x))
         graph = self._graph_for(targets, checked)
         if graph.cams and len(x) <= self.batch_size:  # one run gives everything: no detours
@@ -387,6 +417,27 @@ class Explainer:
         maps = self._maps(graph, lambda tensors, names: self._run(names, x, graph, checked,
                                                                    tensors), x)
         return self._result(start, maps.heatmaps(self._size(x)), maps.coarse[0], maps.targets,
+                            maps.scores, maps.tensors)
+
+    def _explain_kind(self, start: float, x: np.ndarray, kind: str,
+                      targets: Sequence[targets_.Target]) -> Explanation:
+        """Explain target objects of one kind (:mod:`onnx_gradcam.targets`): one per sample,
+        or one for the whole batch."""
+        if self.method.masked_scores:
+            raise OnnxGradCamError(f"{self.method.name} scores class outputs only; use a "
+                                   f"gradient method for {kind} targets")
+        if len(targets) == 1 and len(x) > 1:
+            targets = list(targets) * len(x)
+        if len(targets) != len(x):
+            raise OnnxGradCamError(f"got {len(targets)} targets for a batch of {len(x)}")
+        feeds, labels = targets_.feeds(kind, targets, self.score,
+                                       self.model.info.shapes.get(self.score),
+                                       self.model.info.dtype(self.score))
+        graph = self._graph(kind)
+        self.provider = self._session(graph).get_providers()[0]
+        maps = self._maps(graph, lambda tensors, names: self._run(names, x, graph, feeds,
+                                                                   tensors), x)
+        return self._result(start, maps.heatmaps(self._size(x)), maps.coarse[0], labels,
                             maps.scores, maps.tensors)
 
     def _result(self, start: float, cams: np.ndarray, coarse: np.ndarray, targets: np.ndarray,
@@ -417,6 +468,7 @@ class Explainer:
         targets (N, k); activations stay (N, K, h, w) and gradients are (N·k, K, h, w).
         """
         start = time.perf_counter()
+        self._class_graph  # noqa: B018 - refused where the output is not class scores
         x = self._check_input(x)
         n = len(x)
         if targets is None:
@@ -471,8 +523,9 @@ class Explainer:
 
     def _graph_for(self, targets: Targets, checked: np.ndarray) -> ExplainerModel:
         """The cheapest graph that understands these targets."""
+        default = self._class_graph
         if targets is None or (checked == -1).all():
-            return self.graph
+            return default
         return self._graph("classes") if (checked >= -1).all() else self.ranked_graph
 
     @property

@@ -31,6 +31,7 @@ from onnx_gradcam.cams.graph import heatmap, layer_coarse
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
 from onnx_gradcam.passes import simplify
+from onnx_gradcam.targets import CATEGORY, KINDS, seed_inputs, seed_nodes
 
 TARGET = "ogc_target"
 SCORES = "ogc_scores"
@@ -53,6 +54,8 @@ class ExplainerModel:
     #: (CAM_CONVENTIONS.md, steps 1-4)
     cams: str | None = None
     takes_target: bool = True  # whether the graph has the input ``ogc_target``
+    #: the inputs of a target kind's seed (:func:`onnx_gradcam.targets.seed_inputs`)
+    seed_inputs: list[str] = field(default_factory=list)
 
     @cached_property
     def map_outputs(self) -> list[str]:
@@ -195,16 +198,21 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     … (−r: the r-th best class); ``classes``, class indices and −1 (argmax) only (no sort,
     :func:`~onnx_gradcam.autodiff.builder.resolve_targets`); ``argmax``: the graph has no
     ``ogc_target`` input and explains each sample's best class (two nodes and one feed fewer,
-    for the common call).
+    for the common call). A target kind of :mod:`onnx_gradcam.targets` (``segmentation``,
+    ``similarity``, ``output``) builds the graph whose seed reads that kind's inputs instead.
     """
     build = gradient_builder(builder)
     dtype = info.dtype(score)
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
     score_shape = info.shapes.get(score)
+    if targets in KINDS.values():
+        return _kind_model(info, activations, score, with_gradient, build, cam, layouts,
+                           targets, input_layout)
     two_d = score_shape is not None and len(score_shape) == 2
     score2d = score if two_d else op.Flatten(score, axis=1)
     if targets not in ("ranks", "classes", "argmax"):
-        raise ValueError(f"targets must be ranks, classes or argmax, not {targets!r}")
+        raise ValueError(f"targets must be ranks, classes, argmax or a target kind, "
+                         f"not {targets!r}")
     rows = rows and with_gradient
     ranks = targets == "ranks" or rows
     target = TARGET if targets != "argmax" or rows else None
@@ -228,22 +236,68 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     seed2d, resolved = seed_one_hot(op, seed_scores, target, info.class_count(score), ranks)
     nodes = base_nodes + list(op.nodes)
     inits = list(op.initializers)
-    outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
-    outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in activations]
-    gradients, head, coarse = [], [], []
-    for index, (head_info, activation, head_score) in enumerate(heads if with_gradient else []):
+
+    def seed_of(index: int, head_info: GraphInfo, head_score: str
+                ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str | None]:
         seed_op = Emitter(opset=info.opset, dtype=dtype, prefix=f"ogc_seed{index}/")
         score_shape = head_info.shapes.get(head_score)
         if score_shape is not None and len(score_shape) == 2:  # (N, C) already
             seed, classes = seed2d, None if ranks else resolved
         else:
             seed, classes = seed_op.Reshape(seed2d, seed_op.Shape(head_score)), None
+        return seed_op.nodes, seed_op.initializers, seed, classes
+
+    return _with_gradients(info, score, activations, heads if with_gradient else [], seed_of, build,
+                           cam, layouts, input_layout, nodes, inits, score2d, resolved,
+                           extra_inputs, target is not None)
+
+
+def _kind_model(info: GraphInfo, activations: list[str], score: str, with_gradient: bool,
+                build: Callable[..., GradientGraph], cam: Method | None, layouts: Sequence[str],
+                kind: str, input_layout: str) -> ExplainerModel:
+    """The explainer graph for targets of a kind of :mod:`onnx_gradcam.targets`: the seed
+    comes from the kind's inputs (:func:`~onnx_gradcam.targets.seed_nodes`); ``ogc_scores`` is
+    the target's score (N, 1) and ``ogc_targets`` the category where there is one (else −1)."""
+    dtype = info.dtype(score)
+    shape = info.shapes.get(score)
+    op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
+    seed, value = seed_nodes(op, kind, score, shape)
+    label = (op.Identity(CATEGORY) if kind == "segmentation"
+             else op.ConstantOfShape(op.dims(score, 0, 1), value=helper.make_tensor(
+                 "minus_one", onnx.TensorProto.INT64, [1], [-1])))
+
+    def seed_of(index: int, head_info: GraphInfo, head_score: str
+                ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str | None]:
+        return [], [], seed, None
+
+    return _with_gradients(info, score, activations,
+                           [(info, a, score) for a in activations] if with_gradient else [],
+                           seed_of, build, cam, layouts, input_layout, list(op.nodes),
+                           list(op.initializers), value, label,
+                           seed_inputs(kind, dtype, shape), False)
+
+
+def _with_gradients(info: GraphInfo, score: str, activations: list[str],
+                    heads: list[tuple[GraphInfo, str, str]], seed_of: Callable,
+                    build: Callable[..., GradientGraph], cam: Method | None,
+                    layouts: Sequence[str], input_layout: str, nodes: list[onnx.NodeProto],
+                    inits: list[onnx.TensorProto], score2d: str, resolved: str,
+                    extra_inputs: list[onnx.ValueInfoProto], takes_target: bool
+                    ) -> ExplainerModel:
+    """The explainer graph from its seed part: each head's gradient (seeded by ``seed_of``),
+    coarse map and the heatmaps, and the outputs of the module docstring."""
+    dtype = info.dtype(score)
+    outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
+    outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in activations]
+    gradients, head, coarse = [], [], []
+    for index, (head_info, activation, head_score) in enumerate(heads):
+        seed_nodes_, seed_inits, seed, classes = seed_of(index, head_info, head_score)
         grad = build(head_info, activation, head_score, seed, prefix=f"ogc_grad{index}/",
                      seed_classes=classes)
         name = indexed(GRADIENT, index)
-        nodes += [*seed_op.nodes, *grad.nodes,
+        nodes += [*seed_nodes_, *grad.nodes,
                   helper.make_node("Identity", [grad.gradient], [name])]
-        inits += [*seed_op.initializers, *grad.initializers]
+        inits += [*seed_inits, *grad.initializers]
         outputs.append((name, info.dtype(activations[index]), info.shapes.get(activations[index])))
         gradients.append(name)
         head = head or grad.head
@@ -277,8 +331,8 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
         inits += post.initializers
         outputs.append((CAMS, info.dtype(activations[0]), _input_maps_shape(info, input_layout)))
     model = _assemble(info, nodes, inits, extra_inputs, outputs)
-    return ExplainerModel(model, list(activations), gradients, head, coarse, cams,
-                          target is not None)
+    return ExplainerModel(model, list(activations), gradients, head, coarse, cams, takes_target,
+                          [i.name for i in extra_inputs if i.name not in (TARGET, ROWS)])
 
 
 def input_hw(info: GraphInfo, layout: str) -> tuple[str, int, tuple[int | None, ...]]:

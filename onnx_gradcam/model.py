@@ -59,8 +59,10 @@ class LoadedModel:
         return Layouts(self.info, (self.input_layout, "metadata") if stated else None)
 
 
-def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
-    """Read and validate ``model``; raise one clear :class:`OnnxGradCamError` if it is unusable."""
+def load_model(model: str | Path | onnx.ModelProto, output: str | None = None) -> LoadedModel:
+    """Read and validate ``model``; raise one clear :class:`OnnxGradCamError` if it is unusable.
+    ``output`` names the graph output to score (else the metadata's, else the first that looks
+    like class scores, else the only output)."""
     files: tuple[Path, ...] = ()
     if isinstance(model, onnx.ModelProto):
         proto, source = model, "<ModelProto>"
@@ -86,7 +88,7 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
     if len(input_shape) != 4:
         raise OnnxGradCamError(
             f"{source}: input {input_name!r} has shape {input_shape}, expected a 4-D image batch")
-    score_output = metadata.score_output or _find_score_output(info, source)
+    score_output = output or metadata.score_output or _find_score_output(info, source)
     if score_output not in info.graph_outputs:
         raise OnnxGradCamError(f"{source}: score output {score_output!r} is not a graph output "
                                f"(outputs: {', '.join(info.graph_outputs)})")
@@ -185,7 +187,7 @@ def _upgrade_opset(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:
         return proto
 
 
-def _score_like(shape: Shape | None) -> bool:
+def score_like(shape: Shape | None) -> bool:
     """(N, C) or (N, 1, 1, C) / (N, C, 1, 1) with C > 1 (or unknown)."""
     if shape is None:
         return False
@@ -195,10 +197,13 @@ def _score_like(shape: Shape | None) -> bool:
 
 def _find_score_output(info: GraphInfo, source: str) -> str:
     for name in info.graph_outputs:
-        if _score_like(info.shapes.get(name)):
+        if score_like(info.shapes.get(name)):
             return name
-    raise OnnxGradCamError(f"{source}: no output looks like class scores (N, C); name it with "
-                           "metadata onnx_gradcam.score_output")
+    if len(info.graph_outputs) == 1:  # a segmentation map, a detector's tensor: targets say how
+        return info.graph_outputs[0]
+    raise OnnxGradCamError(f"{source}: no output looks like class scores (N, C); name the one "
+                           "to score with output=NAME (--target-output NAME) or metadata "
+                           "onnx_gradcam.score_output")
 
 
 def logits_of(info: GraphInfo, score: str) -> str:

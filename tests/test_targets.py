@@ -1,0 +1,87 @@
+"""Targets other than a class (og.targets): segmentation maps, embeddings, regression and
+YOLO-style detector outputs, against pytorch-grad-cam's GradCAM with the matching target on small
+torch models exported by both exporters (tests/fixtures/targets/make_targets.py; torch is not
+needed here). The targets' scores are checked against formulas written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx_gradcam as og
+
+HERE = Path(__file__).parent / "fixtures" / "targets"
+MANIFEST = json.loads((HERE / "manifest.json").read_text())["models"]
+DATA = np.load(HERE / "expected.npz")
+TOLERANCE = 1e-4  # the issue's bar; each head takes no ReLU decision near its kink
+
+
+def _files():
+    for model, spec in MANIFEST.items():
+        for file in spec["files"]:
+            yield pytest.param(model, file, id=file.removesuffix(".onnx"))
+
+
+def _ours(model: str, key: str, n: int) -> list:
+    """Our targets for the fixture's target set ``key``."""
+    get = lambda field: DATA[f"{model}__{key}__{field}"]  # noqa: E731
+    if model == "segmentation":
+        return [og.targets.Segmentation(int(c), m) for c, m in zip(get("category"), get("mask"))]
+    if model == "embedding":
+        return [og.targets.Similarity(get("vector"))] * n
+    if model == "regression":
+        return [og.targets.Output(int(i)) for i in get("index")]
+    if key == "t0":
+        return [og.targets.Output(tuple(int(v) for v in i)) for i in get("index")]
+    return [og.targets.Output((slice(4, 7), int(a))) for a in get("slice_anchor")]
+
+
+def _score(model: str, target, out: np.ndarray) -> float:
+    """The target's score, written out from its definition."""
+    if model == "segmentation":
+        return float((out[target.category] * target.mask).sum())
+    if model == "embedding":
+        v = target.vector
+        return float(out @ v / (np.linalg.norm(out) * np.linalg.norm(v)))
+    return float(np.sum(out[target.index]))
+
+
+@pytest.mark.parametrize("model, file", list(_files()))
+def test_targets_equal_pytorch_grad_cam(model: str, file: str) -> None:
+    spec = MANIFEST[model]["files"][file]
+    ex = og.Explainer(HERE / file, layer=spec["layer"], providers="cpu", output=spec["output"])
+    x, out = DATA[f"{model}__input"], DATA[f"{model}__output"]
+    for key in MANIFEST[model]["targets"]:
+        targets = _ours(model, key, len(x))
+        res = ex.explain(x, targets)
+        expected = [_score(model, t, o) for t, o in zip(targets, out)]
+        assert np.allclose(res.scores[:, 0], expected, rtol=TOLERANCE,
+                           atol=TOLERANCE * np.abs(out).max())
+        diff = np.abs(res.cams - DATA[f"{model}__cam__{key}"]).max(axis=(1, 2))
+        assert diff.max() <= TOLERANCE, f"{key}: map max abs diff per image {diff}"
+
+
+def test_a_class_target_on_a_segmentation_output_is_refused_with_the_fix() -> None:
+    ex = og.Explainer(HERE / "segmentation_legacy_opset17.onnx", providers="cpu",
+                      layer=MANIFEST["segmentation"]["files"][
+                          "segmentation_legacy_opset17.onnx"]["layer"])
+    x = DATA["segmentation__input"]
+    with pytest.raises(og.OnnxGradCamError, match="not class scores.*Segmentation"):
+        ex.explain(x, [0, 1, 2])
+    with pytest.raises(og.OnnxGradCamError, match="mask is"):
+        ex.explain(x[:1], [og.targets.Segmentation(0, np.ones((4, 4)))])
+
+
+def test_int_and_class_targets_mean_the_same() -> None:
+    ex = og.Explainer(HERE / "regression_legacy_opset17.onnx", providers="cpu")
+    x = DATA["regression__input"]
+    a = ex.explain(x, [1, 2, 0])
+    b = ex.explain(x, [og.targets.Class(1), og.targets.Class(2), og.targets.Class(0)])
+    c = ex.explain(x, [og.targets.Output(1), og.targets.Output(2), og.targets.Output(0)])
+    assert np.array_equal(a.cams, b.cams)
+    assert np.abs(a.cams - c.cams).max() <= 1e-6
+    with pytest.raises(og.OnnxGradCamError, match="different kinds"):
+        ex.explain(x, [1, og.targets.Output(2), 0])
