@@ -182,7 +182,7 @@ class Explainer:
             self.model.info, self.layer_names, self.score,
             self.method.needs_gradient, rows=rows, builder=self.gradient_builder,
             cam=self.graph_cam, layouts=[la.layout for la in self.layers], targets=targets,
-            input_layout=self.model.input_layout)
+            input_layout=self.model.input_layout, grids=[la.grid for la in self.layers])
 
     def _graph(self, targets: str = "argmax") -> ExplainerModel:
         """The explainer graph (cached per model, layers, score, method and builder) for
@@ -351,6 +351,8 @@ class Explainer:
                 [self._nchw(g, la) for g, la in zip(outputs[k:], self.layers)])
 
     def _nchw(self, array: np.ndarray, layer: Layer) -> np.ndarray:
+        if layer.grid is not None:
+            return layer.grid.nchw(array)
         return array.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else array
 
     def forward(self, x: np.ndarray) -> np.ndarray:

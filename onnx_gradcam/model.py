@@ -15,6 +15,7 @@ from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape, readable
 from onnx_gradcam.layout import SAME_LAYOUT, Layouts, Verdict, explicit, pooled
 from onnx_gradcam.metadata import ModelMetadata, read_metadata
+from onnx_gradcam.tokens import Grid, attention_input, patch_convs, token_grid
 
 #: Ops after which a tensor is a model's class probabilities rather than raw scores.
 PROBABILITY_OPS = {"Softmax", "Sigmoid"}
@@ -23,13 +24,15 @@ MIN_OPSET = 16  # ScatterElements(reduction="add") for MaxPool/Slice/Gather grad
 
 @dataclass(frozen=True)
 class Layer:
-    """A candidate target layer: a rank-4 activation with spatial size > 1."""
+    """A candidate target layer: a rank-4 activation with spatial size > 1, or a transformer's
+    (N, T, C) tokens whose image grid the graph shows (layout ``tokens``)."""
 
     name: str
     shape: Shape
     op: str
-    layout: str  # NCHW or NHWC (? in a candidate list: the graph can't tell)
+    layout: str  # NCHW, NHWC or tokens (? in a candidate list: the graph can't tell)
     verdict: Verdict | None = field(default=None, compare=False)  # the evidence for layout
+    grid: Grid | None = field(default=None, compare=False)  # tokens: how they fold into h × w
 
 
 @dataclass
@@ -231,17 +234,27 @@ def activation_layout(info: GraphInfo, name: str) -> str | None:
 
 def candidate_layers(model: LoadedModel, score: str | None = None) -> list[Layer]:
     """Rank-4 float activations (computed from the input, spatially larger than 1 × 1 in either
-    layout) that feed the score, in forward order; ``layout`` ``?`` where the graph can't tell."""
+    layout) and token tensors with a grid (:mod:`onnx_gradcam.tokens`) that feed the score, in
+    forward order; ``layout`` ``?`` where the graph can't tell."""
     info = model.info
     upstream = info.ancestors(score or model.logits)
     upstream &= info.descendants(model.input_name)  # weights and Constants are not activations
     out = []
+    convs = None
     for index in sorted(upstream):
         node = info.nodes[index]
         for name in node.output:
             shape = info.shapes.get(name)
-            if (shape is None or len(shape) != 4 or pooled(shape)
-                    or info.elem_types.get(name) not in (1, 10, 11)):
+            if shape is None or info.elem_types.get(name) not in (1, 10, 11):
+                continue
+            if len(shape) == 3:
+                convs = patch_convs(info) if convs is None else convs
+                grid = token_grid(info, name, convs)
+                if grid is not None:
+                    verdict = Verdict(name, "tokens", (("tokens", grid.describe()),))
+                    out.append(Layer(name, shape, node.op_type, "tokens", verdict, grid))
+                continue
+            if len(shape) != 4 or pooled(shape):
                 continue
             verdict = model.layouts.of(name)
             out.append(Layer(name, shape, node.op_type, verdict.layout or "?", verdict))
@@ -259,6 +272,12 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
         raise OnnxGradCamError(f"{model.source}: no rank-4 activation with spatial size > 1 "
                                "feeds the scores; this tool explains convolutional classifiers")
     by_name = {layer.name: layer for layer in layers}
+    attention = attention_input(info, list(by_name), score)
+    if attention is not None:
+        chosen = by_name[attention]
+        if chosen.layout == "?":
+            raise OnnxGradCamError(chosen.verdict.refusal(model.source, readable(chosen.shape)))
+        return chosen
     chosen = _before_class_map(model, score, layers[-1], by_name)
     while chosen.name in info.producer:
         node = info.nodes[info.producer[chosen.name]]
@@ -332,8 +351,14 @@ def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> La
     if layer is None and name in info.shapes and name in set(info.tensor_names()) | set(
             info.graph_inputs):
         shape = info.shapes[name]
+        if len(shape) == 3:
+            raise OnnxGradCamError(
+                f"layer {name!r} has shape {readable(shape)}: tokens, but the graph shows no "
+                "patch-embedding Conv (static (N, C, h, w) with C channels) to fold them into "
+                "an image grid; pick a 4-D layer or a token tensor `inspect` lists")
         if len(shape) != 4:
-            raise OnnxGradCamError(f"layer {name!r} has shape {shape}; a target layer must be 4-D")
+            raise OnnxGradCamError(f"layer {name!r} has shape {shape}; a target layer must be 4-D "
+                                   "(or (N, T, C) tokens)")
         verdict = model.layouts.of(name)
         layer = Layer(name, shape, info.op_of(name), verdict.layout or "?", verdict)
     if layer is None:

@@ -38,7 +38,9 @@ def inspect_command(
         "score": {"tensor": score,
                   "kind": "logits" if score != loaded.score_output else "output"},
         "layer": {"name": chosen.name, "shape": readable(chosen.shape), "op": chosen.op,
-                  "layout": chosen.layout, "layout_evidence": chosen.verdict.lines()},
+                  "layout": chosen.layout, "layout_evidence": chosen.verdict.lines(),
+                  **({"grid": [chosen.grid.h, chosen.grid.w], "leading_tokens": chosen.grid.skip}
+                     if chosen.grid else {})},
         "head_ops": head,
         "candidates": [{"name": c.name, "shape": readable(c.shape), "op": c.op, "layout": c.layout}
                        for c in candidate_layers(loaded, score)],
