@@ -168,8 +168,7 @@ def _output_infos(explainer: Explainer, upsample: bool) -> list[onnx.ValueInfoPr
     source = explainer.model
     elem = helper.np_dtype_to_tensor_dtype(source.info.dtype(explainer.layers[0].name))
     n = source.input_shape[0] or "N"
-    layer = explainer.layers[0]
-    h, w = layer.shape[2:4] if layer.layout == "NCHW" else layer.shape[1:3]
+    h, w = explainer.layers[0].hw
     out = [helper.make_tensor_value_info(CAM_COARSE, elem, [n, h or "h", w or "w"]),
            helper.make_tensor_value_info(CAM_TARGET, onnx.TensorProto.INT64, [n])]
     if upsample:

@@ -34,6 +34,14 @@ class Layer:
     verdict: Verdict | None = field(default=None, compare=False)  # the evidence for layout
     grid: Grid | None = field(default=None, compare=False)  # tokens: how they fold into h × w
 
+    @property
+    def hw(self) -> tuple[int | None, int | None]:
+        """The size (h, w) of the layer's maps."""
+        if self.grid is not None:
+            return self.grid.h, self.grid.w
+        h, w = self.shape[2:4] if self.layout == "NCHW" else self.shape[1:3]
+        return h, w
+
 
 @dataclass
 class LoadedModel:

@@ -81,3 +81,38 @@ def test_a_token_tensor_without_a_grid_is_refused_naming_it() -> None:
                      and n in ex_model.info.producer)
     with pytest.raises(og.OnnxGradCamError, match="no\\s+patch-embedding Conv"):
         og.Explainer(HERE / "vit_legacy_opset17.onnx", layer=attention, providers="cpu")
+
+
+@pytest.mark.parametrize("file", ["vit_legacy_opset17.onnx", "swin_dynamo.onnx"])
+def test_export_carries_the_grid(file: str) -> None:
+    """The exported model folds the tokens itself: plain ONNX Runtime gives pytorch-grad-cam's
+    maps for the classes fed as ``target``."""
+    import onnxruntime as ort
+
+    model = file.split("_")[0]
+    proto = og.Explainer(HERE / file, providers="cpu").export()
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x, targets = DATA[f"{model}__input"], DATA[f"{model}__targets"]
+    name = session.get_inputs()[0].name
+    batch_one = MANIFEST[model]["files"][file]["batch"] == "fixed 1"
+    for row, key in enumerate(("t0", "t1")):
+        cams = np.concatenate([session.run(["cam"], {name: x[i:i + 1],
+                                                     "target": targets[row][i:i + 1]})[0]
+                               for i in range(len(x))]) if batch_one else session.run(
+            ["cam"], {name: x, "target": targets[row]})[0]
+        assert np.abs(cams - DATA[f"{model}__cam__{key}"]).max() <= TOLERANCE
+
+
+def test_every_method_and_explain_many_read_the_grid() -> None:
+    """Methods computed outside the graph (Score-CAM, Eigen-CAM) fold the fetched tokens the
+    same way; explain_many's replicated head gives explain's maps."""
+    ex = og.Explainer(HERE / "deit_legacy_opset17.onnx", providers="cpu")
+    x, targets = DATA["deit__input"], DATA["deit__targets"]
+    many = ex.explain_many(x, targets.T)
+    for row, key in enumerate(("t0", "t1")):
+        assert np.abs(many.cams[:, row] - DATA[f"deit__cam__{key}"]).max() <= TOLERANCE
+    for method in og.METHODS:
+        res = og.Explainer(HERE / "deit_legacy_opset17.onnx", method=method,
+                           providers="cpu").explain(x, targets[0])
+        assert res.coarse.shape == (3, 4, 4) and res.cams.shape == (3, 32, 32), method
+        assert res.activations[0].shape == (3, 32, 4, 4), method
