@@ -126,7 +126,7 @@ def attention_input(info: GraphInfo, names: list[str], score: str) -> str | None
     to ``score`` passes a Softmax (an attention's input), or None (no transformer block)."""
     upstream = info.ancestors(score)
     for name in reversed(names):
-        if info.op_of(name) != "LayerNormalization":
+        if not layer_norm(info, name):
             continue
         between = info.descendants(name) & upstream
         if any(info.nodes[i].op_type == "Softmax" for i in between):
@@ -134,5 +134,22 @@ def attention_input(info: GraphInfo, names: list[str], score: str) -> str | None
     return None
 
 
-def is_tokens(shape: Shape | None) -> bool:
-    return shape is not None and len(shape) == 3
+def layer_norm(info: GraphInfo, name: str) -> bool:
+    """Whether ``name`` is a layer norm's output: a LayerNormalization, or the form exporters
+    write below opset 17, (x − mean(x)) / sqrt(var + eps), then · weight + bias."""
+    if info.op_of(name) == "LayerNormalization":
+        return True
+    node = _producer(info, name)
+    while node is not None and node.op_type in ("Add", "Mul") and any(
+            i in info.constants for i in node.input):  # the affine part
+        node = _producer(info, next(i for i in node.input if i not in info.constants))
+    if node is None or node.op_type != "Div":
+        return False
+    centred = _producer(info, node.input[0])
+    return (centred is not None and centred.op_type == "Sub"
+            and info.op_of(centred.input[1]) == "ReduceMean")
+
+
+def _producer(info: GraphInfo, name: str):
+    index = info.producer.get(name)
+    return None if index is None else info.nodes[index]
