@@ -550,12 +550,16 @@ class Explainer:
         return self.method.cam(acts, grads, self.eigen_smooth)  # type: ignore[arg-type]
 
     def export(self, path: str | Path | None = None, *, upsample: bool = True,
-               target_required: bool = False) -> onnx.ModelProto:
+               target_required: bool = False, target_kind: str | None = None
+               ) -> onnx.ModelProto:
         """This explainer's model, target layers and method as one standard ONNX model (forward,
-        gradient and CAM post-processing in the graph): see :mod:`onnx_gradcam.export`."""
+        gradient and CAM post-processing in the graph), for classes or the targets of
+        ``target_kind`` (``segmentation``, ``similarity``, ``output``): see
+        :mod:`onnx_gradcam.export`."""
         from onnx_gradcam.export import export_explainer
 
-        return export_explainer(self, path, upsample=upsample, target_required=target_required)
+        return export_explainer(self, path, upsample=upsample, target_required=target_required,
+                                target_kind=target_kind)
 
     # ---- images ------------------------------------------------------------------------------
     def preprocessing(self, overrides: Preprocessing | None = None) -> Preprocessing:

@@ -85,3 +85,43 @@ def test_int_and_class_targets_mean_the_same() -> None:
     assert np.abs(a.cams - c.cams).max() <= 1e-6
     with pytest.raises(og.OnnxGradCamError, match="different kinds"):
         ex.explain(x, [1, og.targets.Output(2), 0])
+
+
+def _export_feeds(model: str, key: str) -> dict[str, np.ndarray]:
+    """The exported model's target inputs, written from the fixture's own description."""
+    get = lambda field: DATA[f"{model}__{key}__{field}"]  # noqa: E731
+    if model == "segmentation":
+        return {"category": get("category").astype(np.int64),
+                "mask": get("mask").astype(np.float32)}
+    if model == "embedding":
+        return {"vector": np.tile(get("vector"), (3, 1)).astype(np.float32)}
+    if key == "t0":
+        index = get("index").astype(np.int64)[:, None, :]  # one element per sample
+        return {"index": index, "index_weight": np.ones((3, 1), np.float32)}
+    anchors = get("slice_anchor").astype(np.int64)
+    index = np.stack([np.stack([np.arange(4, 7), np.full(3, a)], axis=1) for a in anchors])
+    return {"index": index, "index_weight": np.ones((3, 3), np.float32)}
+
+
+@pytest.mark.parametrize("model, file, kind", [
+    ("segmentation", "segmentation_legacy_opset17.onnx", "segmentation"),
+    ("embedding", "embedding_dynamo.onnx", "similarity"),
+    ("detector", "detector_legacy_opset17.onnx", "output")])
+def test_export_carries_the_target(model: str, file: str, kind: str) -> None:
+    """The exported model takes the target kind's inputs and gives pytorch-grad-cam's maps in
+    plain ONNX Runtime."""
+    import onnxruntime as ort
+
+    spec = MANIFEST[model]["files"][file]
+    ex = og.Explainer(HERE / file, layer=spec["layer"], providers="cpu", output=spec["output"])
+    session = ort.InferenceSession(ex.export(target_kind=kind).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    x = DATA[f"{model}__input"]
+    step = 1 if spec["batch"] == "fixed 1" else len(x)
+    for key in MANIFEST[model]["targets"]:
+        feeds = _export_feeds(model, key)
+        cams = np.concatenate([session.run(["cam"], {
+            "input": x[i:i + step], **{k: v[i:i + step] for k, v in feeds.items()}})[0]
+            for i in range(0, len(x), step)])
+        diff = np.abs(cams - DATA[f"{model}__cam__{key}"]).max()
+        assert diff <= TOLERANCE, f"{key}: exported map {diff:.2e} off pytorch-grad-cam"
