@@ -9,9 +9,9 @@ reading those k tokens (a Gather or Slice on the token axis) is the evidence tha
 tokens; ``inspect`` prints it.
 
 The default layer of a transformer is the input of the last attention (pytorch-grad-cam's
-recommended ``blocks[-1].norm1``): the last LayerNormalization output whose way to the score
-passes a Softmax. The last block's output would be a poor choice: when the head reads only the
-class token, the patch tokens' gradient there is zero.
+recommended ``blocks[-1].norm1``): the last layer norm output whose way to the score passes an
+attention's Softmax (one a MatMul reads). The last block's output would be a poor choice: when
+the head reads only the class token, the patch tokens' gradient there is zero.
 """
 
 from __future__ import annotations
@@ -123,15 +123,33 @@ def _axis(node) -> int:
 
 def attention_input(info: GraphInfo, names: list[str], score: str) -> str | None:
     """The last of ``names`` (in forward order) that a LayerNormalization outputs and whose way
-    to ``score`` passes a Softmax (an attention's input), or None (no transformer block)."""
+    to ``score`` passes an attention's Softmax (:func:`_attention`), or None (no transformer
+    block)."""
     upstream = info.ancestors(score)
     for name in reversed(names):
         if not layer_norm(info, name):
             continue
         between = info.descendants(name) & upstream
-        if any(info.nodes[i].op_type == "Softmax" for i in between):
+        if any(_attention(info, i) for i in between):
             return name
     return None
+
+
+def _attention(info: GraphInfo, index: int) -> bool:
+    """Whether node ``index`` is an attention's Softmax: one whose weights a MatMul or Einsum
+    reads (not a classifier's final Softmax)."""
+    node = info.nodes[index]
+    if node.op_type != "Softmax":
+        return False
+    names = [node.output[0]]
+    while names:
+        for consumer in info.consumers.get(names.pop(), []):
+            op = info.nodes[consumer].op_type
+            if op in ("MatMul", "Einsum"):
+                return True
+            if op in ("Cast", "Dropout", "Identity"):
+                names.append(info.nodes[consumer].output[0])
+    return False
 
 
 def layer_norm(info: GraphInfo, name: str) -> bool:

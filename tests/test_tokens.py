@@ -116,3 +116,20 @@ def test_every_method_and_explain_many_read_the_grid() -> None:
                            providers="cpu").explain(x, targets[0])
         assert res.coarse.shape == (3, 4, 4) and res.cams.shape == (3, 32, 32), method
         assert res.activations[0].shape == (3, 32, 4, 4), method
+
+
+def test_a_classifiers_final_softmax_is_no_attention() -> None:
+    """ConvNeXt's blocks hold LayerNorms; a Softmax on its logits must not make the last of them
+    the 'attention input': the default layer stays the CNN's."""
+    import onnx
+    from onnx import helper
+
+    wild = Path(__file__).parent / "fixtures" / "wild" / "convnext_legacy_opset14.onnx"
+    proto = onnx.load(str(wild))
+    logits = proto.graph.output[0].name
+    proto.graph.node.append(helper.make_node("Softmax", [logits], ["probs"], axis=1))
+    proto.graph.output.append(helper.make_tensor_value_info("probs", onnx.TensorProto.FLOAT,
+                                                            None))
+    del proto.graph.output[0]
+    plain = og.Explainer(wild, providers="cpu").layer_names
+    assert og.Explainer(proto, providers="cpu", score="probabilities").layer_names == plain
