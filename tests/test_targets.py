@@ -125,3 +125,20 @@ def test_export_carries_the_target(model: str, file: str, kind: str) -> None:
             for i in range(0, len(x), step)])
         diff = np.abs(cams - DATA[f"{model}__cam__{key}"]).max()
         assert diff <= TOLERANCE, f"{key}: exported map {diff:.2e} off pytorch-grad-cam"
+
+
+def test_cli_exports_a_target_kind(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from onnx_gradcam.cli import app
+
+    spec = MANIFEST["segmentation"]["files"]["segmentation_legacy_opset17.onnx"]
+    out = tmp_path / "seg_explain.onnx"
+    result = CliRunner().invoke(app, [
+        "export", str(HERE / "segmentation_legacy_opset17.onnx"), "-o", str(out),
+        "--layer", spec["layer"], "--target-output", "logits", "--target-kind", "segmentation"])
+    assert result.exit_code == 0, result.output
+    import onnx
+
+    inputs = [i.name for i in onnx.load(str(out)).graph.input]
+    assert inputs == ["input", "category", "mask"]

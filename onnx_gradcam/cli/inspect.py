@@ -19,9 +19,11 @@ def inspect_command(
     layer: str = typer.Option(None, "--layer", help="show the head for this target layer "
                               "(NAME:NHWC or NAME:NCHW states its layout)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    target_output: str = typer.Option(None, "--target-output",
+                                      help="the graph output to score (where there are several)"),
 ) -> None:
     """Inputs, outputs, layout, score, the detected target layer, candidates and the head's ops."""
-    loaded = load_model(model)
+    loaded = load_model(model, target_output)
     info = loaded.info
     score = loaded.logits
     chosen = resolve_layer(loaded, layer, score) if layer else (
@@ -56,7 +58,7 @@ def inspect_command(
             console.print(f"  {kind[:-1]:6} {item['name']}  {item['shape']}")
     console.print(f"  score  {score} ({facts['score']['kind']}; output {loaded.score_output})")
     console.print(f"  layer  [green]{chosen.name}[/] {readable(chosen.shape)} "
-                  f"from {chosen.op}, {chosen.verdict.summary()}")
+                  f"from {chosen.op}, {chosen.verdict.summary()}", soft_wrap=True)
     console.print(f"  head   {' → '.join(head) or '(the layer is the score)'}")
     table = Table("candidate layer", "shape", "op", "layout", title="candidates (forward order)")
     for c in facts["candidates"]:
