@@ -133,3 +133,15 @@ def test_a_classifiers_final_softmax_is_no_attention() -> None:
     del proto.graph.output[0]
     plain = og.Explainer(wild, providers="cpu").layer_names
     assert og.Explainer(proto, providers="cpu", score="probabilities").layer_names == plain
+
+
+@pytest.mark.parametrize("model, method", [
+    (m, method) for m in ("vit", "deit", "swin") for method in ("eigencam", "scorecam",
+                                                                 "gradcam++")])
+def test_other_methods_equal_pytorch_grad_cam(model: str, method: str) -> None:
+    """Eigen-CAM and Score-CAM fold the fetched tokens in Python, Grad-CAM++ in the graph."""
+    file = next(f for f in MANIFEST[model]["files"] if "legacy_opset17" in f)
+    ex = og.Explainer(HERE / file, method=method, providers="cpu")
+    x, targets = DATA[f"{model}__input"], DATA[f"{model}__targets"]
+    diff = np.abs(ex.explain(x, targets[0]).cams - DATA[f"{model}__{method}__t0"]).max()
+    assert diff <= TOLERANCE, f"{method}: map {diff:.2e} off pytorch-grad-cam"
