@@ -75,8 +75,8 @@ class Explanation:
 
     cams: np.ndarray  # (N, H, W) float32 in [0, 1]
     coarse: np.ndarray  # (N, h, w) float32, the first layer's map before ReLU/normalisation
-    targets: np.ndarray  # (N,) int64
-    scores: np.ndarray  # (N, C) float32: the score the targets index into
+    targets: np.ndarray  # (N,) int64 (for og.targets kinds: the category, flat index or −1)
+    scores: np.ndarray  # (N, C) float32: the score the targets index into ((N, 1) for kinds)
     tensors: LayerTensors | Callable[[], LayerTensors] = field(repr=False)
     method: str
     layers: list[str]
