@@ -287,6 +287,8 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
             raise OnnxGradCamError(chosen.verdict.refusal(model.source, readable(chosen.shape)))
         return chosen
     chosen = _before_class_map(model, score, layers[-1], by_name)
+    if not score_like(info.shapes.get(score)):
+        chosen = _before_dense_head(model, score, by_name) or chosen
     while chosen.name in info.producer:
         node = info.nodes[info.producer[chosen.name]]
         if node.op_type not in ("Transpose", "Identity") or node.input[0] not in by_name:
@@ -328,8 +330,32 @@ def _before_class_map(model: LoadedModel, score: str, layer: Layer,
             return by_name.get(features, layer)
         if node.op_type not in SAME_LAYOUT and node.op_type != "BatchNormalization":
             return layer
+        if sum(i not in info.constants and i in info.shapes for i in node.input) > 1:
+            return layer  # a residual sum or a concatenation: not one conv's class map
         name = node.input[0]
     return layer
+
+
+def _before_dense_head(model: LoadedModel, score: str, by_name: dict[str, Layer]) -> Layer | None:
+    """For an output that is not class scores but a map of them (segmentation (N, C, H, W), a
+    detector's (N, 4 + classes, anchors)): the input of the last Conv that writes the output's
+    C channels (the features the prediction conv reads, as a person picks the backbone's
+    output), seen through Identity and Dropout; None where there is none."""
+    info = model.info
+    shape = info.shapes.get(score)
+    if shape is None or len(shape) < 3 or shape[1] is None:
+        return None
+    for index in sorted(info.ancestors(score), reverse=True):
+        node = info.nodes[index]
+        out = info.shapes.get(node.output[0])
+        if node.op_type != "Conv" or out is None or len(out) != 4 or out[1] != shape[1]:
+            continue
+        features = node.input[0]
+        while features not in by_name and features in info.producer and \
+                info.nodes[info.producer[features]].op_type in ("Identity", "Dropout"):
+            features = info.nodes[info.producer[features]].input[0]
+        return by_name.get(features)
+    return None
 
 
 def _refuse_quantized(model: LoadedModel, nodes: set[int]) -> None:

@@ -89,24 +89,20 @@ KINDS = {Segmentation: "segmentation", Similarity: "similarity", Output: "output
 
 
 def kind_of(targets: Sequence[Any]) -> str | None:
-    """The seed kind of a list of targets: None for classes (ints or :class:`Class`), else one
-    of :data:`KINDS`' values; refused when kinds are mixed in one batch."""
-    kinds = {None if isinstance(t, (int, np.integer, Class)) else KINDS.get(type(t), "?")
-             for t in targets}
-    if "?" in kinds:
-        bad = next(t for t in targets if KINDS.get(type(t), "?") == "?"
-                   and not isinstance(t, (int, np.integer, Class)))
-        raise OnnxGradCamError(f"unknown target {bad!r}: use an int or og.targets.Class, "
-                               "Segmentation, Similarity or Output")
+    """The seed kind of a list of targets: None for classes (ints, :class:`Class`, anything
+    else the class check refuses), else one of :data:`KINDS`' values; refused when kinds are
+    mixed in one batch."""
+    kinds = {KINDS.get(type(t)) for t in targets}
     if len(kinds) > 1:
         raise OnnxGradCamError("targets of different kinds in one batch: explain each kind "
                                "in its own call")
-    return kinds.pop()
+    return kinds.pop() if kinds else None
 
 
-def classes(targets: Sequence[Any]) -> np.ndarray:
-    """Class indices (N,) of ints and :class:`Class` targets."""
-    return np.array([t.c if isinstance(t, Class) else int(t) for t in targets], dtype=np.int64)
+def classes(targets: Sequence[Any]) -> list[Any]:
+    """``targets`` with each :class:`Class` replaced by its index (the rest is checked as
+    class indices)."""
+    return [t.c if isinstance(t, Class) else t for t in targets]
 
 
 def feeds(kind: str, targets: Sequence[Any], output: str, shape: Shape | None,

@@ -142,3 +142,18 @@ def test_cli_exports_a_target_kind(tmp_path: Path) -> None:
 
     inputs = [i.name for i in onnx.load(str(out)).graph.input]
     assert inputs == ["input", "category", "mask"]
+
+
+@pytest.mark.parametrize("model, file", list(_files()))
+def test_default_layer(model: str, file: str) -> None:
+    """With no layer named: an embedding's, a regression head's and a detector's default is
+    the trunk's output (the layer the fixtures explain; a pooled embedding with no Linear is no
+    SqueezeNet-style class map, a detector's prediction conv reads the trunk); a segmentation
+    net's is the input of the conv that writes its classes (FCNHead's hidden ReLU)."""
+    spec = MANIFEST[model]["files"][file]
+    ex = og.Explainer(HERE / file, providers="cpu", output=spec["output"])
+    if model != "segmentation":
+        assert ex.layer_names == [spec["layer"]]
+        return
+    layer = ex.layers[0]
+    assert (layer.op, layer.shape[1:]) == ("Relu", (8, 4, 6))
