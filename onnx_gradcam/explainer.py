@@ -371,7 +371,9 @@ class Explainer:
         return self.graph
 
     def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
-        """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC)."""
+        """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC) for
+        ``targets``: None (each sample's best class), class indices (an int for all), or
+        :mod:`onnx_gradcam.targets` objects (one per sample, or one for all)."""
         result = (self._explain_augmented if self.aug_smooth else self._explain)(x, targets)
         return check_finite_result(result)
 
@@ -402,6 +404,8 @@ class Explainer:
     def _explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         start = time.perf_counter()
         x = self._check_input(x)
+        if isinstance(targets, (targets_.Class, *targets_.KINDS)):
+            targets = [targets]  # one target object for the whole batch
         if isinstance(targets, Sequence) and not isinstance(targets, str):
             kind = targets_.kind_of(targets)
             if kind is not None:

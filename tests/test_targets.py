@@ -83,6 +83,8 @@ def test_int_and_class_targets_mean_the_same() -> None:
     c = ex.explain(x, [og.targets.Output(1), og.targets.Output(2), og.targets.Output(0)])
     assert np.array_equal(a.cams, b.cams)
     assert np.abs(a.cams - c.cams).max() <= 1e-6
+    one = ex.explain(x, og.targets.Output(1))  # one target object for the whole batch
+    assert np.abs(one.cams - ex.explain(x, 1).cams).max() <= 1e-6
     with pytest.raises(og.OnnxGradCamError, match="different kinds"):
         ex.explain(x, [1, og.targets.Output(2), 0])
 
