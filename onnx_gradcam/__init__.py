@@ -1,5 +1,6 @@
 """onnx-gradcam: Grad-CAM-family heatmaps for any ONNX image classifier on plain ONNX Runtime."""
 
+from onnx_gradcam import targets
 from onnx_gradcam.cams import METHODS
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer, Explanation
@@ -16,5 +17,6 @@ __all__ = [
     "load_model",
     "metadata_props",
     "read_metadata",
+    "targets",
 ]
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx_gradcam import targets as targets_
 from onnx_gradcam.autodiff.builder import build_gradient
 from onnx_gradcam.cams import METHODS, Method, postprocess, reduce_map
 from onnx_gradcam.cams.score import scorecam
@@ -43,13 +44,14 @@ from onnx_gradcam.model import (
     detect_layer,
     load_model,
     resolve_layer,
+    score_like,
 )
 from onnx_gradcam.runtime import Provider, make_session
 
 if TYPE_CHECKING:
     from onnx_gradcam.verify import VerifyReport
 
-Targets = int | Sequence[int] | np.ndarray | None
+Targets = int | Sequence[int] | Sequence[targets_.Target] | np.ndarray | None
 #: fetch(tensors, names): ``names`` from a graph's maps session, or (``tensors``) its full one
 Fetch = Callable[[bool, list[str]], list[np.ndarray]]
 _GRAPH_CACHE: dict[tuple, ExplainerModel] = {}
@@ -84,8 +86,8 @@ class Explanation:
 
     cams: np.ndarray  # (N, H, W) float32 in [0, 1]
     coarse: np.ndarray  # (N, h, w) float32, the first layer's map before ReLU/normalisation
-    targets: np.ndarray  # (N,) int64
-    scores: np.ndarray  # (N, C) float32: the score the targets index into
+    targets: np.ndarray  # (N,) int64 (for og.targets kinds: the category, flat index or −1)
+    scores: np.ndarray  # (N, C) float32: the score the targets index into ((N, 1) for kinds)
     tensors: LayerTensors | Callable[[], LayerTensors] = field(repr=False)
     method: str
     layers: list[str]
@@ -135,6 +137,10 @@ class Explainer:
     only up to ``ORT_ENABLE_EXTENDED`` (no NCHWc layout transformation, whose blocked kernels
     sum in another order), for maps whose kink decisions sit on a knife edge
     (:attr:`Explanation.knife_edges`): the forward then rounds as the plain kernels do.
+    ``output``: the graph output to score where
+    there are several (:func:`~onnx_gradcam.model.load_model`); one that is not class scores
+    (a segmentation map, a detector's tensor) is explained for targets of
+    :mod:`onnx_gradcam.targets` only.
     """
 
     def __init__(self, model: str | Path | onnx.ModelProto,
@@ -143,12 +149,12 @@ class Explainer:
                  score: str = "logits", batch_size: int = 16, scorecam_batch: int = 32,
                  threads: int | None = None, aug_smooth: bool = False,
                  eigen_smooth: bool = False, gradient_builder: str = "onnx",
-                 exact: bool = False) -> None:
+                 exact: bool = False, output: str | None = None) -> None:
         if method not in METHODS:
             raise OnnxGradCamError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         if score not in ("logits", "probabilities"):
             raise OnnxGradCamError(f"score must be 'logits' or 'probabilities', not {score!r}")
-        self.model: LoadedModel = load_model(model)
+        self.model: LoadedModel = load_model(model, output)
         self.method = METHODS[method]
         has_softmax = self.model.logits != self.model.score_output
         self.score = self.model.logits if score == "logits" else self.model.score_output
@@ -164,14 +170,19 @@ class Explainer:
         #: the first principal component of the weighted activations instead of their sum
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.gradient_builder = gradient_builder
-        self.graph = self._graph()
         self._providers, self._threads, self.exact = providers, threads, exact
         self._probes: dict[tuple[str, tuple[str, ...]], tuple] = {}
         self._sessions: dict[tuple[int, bool], ort.InferenceSession] = {}
-        self.session = self._session(self.graph)
+        #: the default (argmax) graph and its session; None where the output is not class
+        #: scores (explained for target objects only, each kind's graph built on first use)
+        self.graph: ExplainerModel | None = None
+        self.session: ort.InferenceSession | None = None
+        if score_like(self.model.info.shapes.get(self.score)):
+            self.graph = self._graph()
+            self.session = self._session(self.graph)
         self._rows: ExplainerModel | None = None  # the many-targets graph, built on first use
         self._argmax: dict[int, np.ndarray] = {}  # read-only all −1 targets per batch size
-        self.provider: str = self.session.get_providers()[0]
+        self.provider: str = self.session.get_providers()[0] if self.session else ""
 
     # ---- set-up ------------------------------------------------------------------------------
     def _layers(self, layer: str | Sequence[str] | None) -> list[Layer]:
@@ -199,7 +210,7 @@ class Explainer:
             self.model.info, self.layer_names, self.score,
             self.method.needs_gradient, rows=rows, builder=self.gradient_builder,
             cam=self.graph_cam, layouts=[la.layout for la in self.layers], targets=targets,
-            input_layout=self.model.input_layout)
+            input_layout=self.model.input_layout, grids=[la.grid for la in self.layers])
 
     def _graph(self, targets: str = "argmax") -> ExplainerModel:
         """The explainer graph (cached per model, layers, score, method and builder) for
@@ -320,14 +331,18 @@ class Explainer:
         return self._sessions[key]
 
     def _run(self, names: list[str], x: np.ndarray, graph: ExplainerModel,
-             targets: np.ndarray | None = None, tensors: bool = False) -> list[np.ndarray]:
+             targets: np.ndarray | dict[str, np.ndarray] | None = None,
+             tensors: bool = False) -> list[np.ndarray]:
         """Fetch ``names`` for a batch from ``graph``'s session (:meth:`_session`), in chunks of
-        ``batch_size``; ``targets`` feed ``ogc_target`` where the graph takes one."""
+        ``batch_size``; ``targets`` feed ``ogc_target`` where the graph takes one, or (a dict)
+        a target kind's seed inputs."""
         session = self._session(graph, tensors)
         chunks = []
         for i in range(0, len(x), self.batch_size):
             feeds = {self.model.input_name: x[i:i + self.batch_size]}
-            if graph.takes_target:
+            if isinstance(targets, dict):
+                feeds.update((k, v[i:i + self.batch_size]) for k, v in targets.items())
+            elif graph.takes_target:
                 assert targets is not None
                 feeds[TARGET] = targets[i:i + self.batch_size]
             chunks.append(session.run(names, feeds))
@@ -364,15 +379,29 @@ class Explainer:
                 [self._nchw(g, la) for g, la in zip(outputs[k:], self.layers)])
 
     def _nchw(self, array: np.ndarray, layer: Layer) -> np.ndarray:
+        if layer.grid is not None:
+            return layer.grid.nchw(array)
         return array.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else array
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Scores (N, C) of a preprocessed batch (used by Score-CAM's masked passes)."""
         x = self._check_input(x)
-        return self._run([SCORES], x, self.graph)[0]  # the argmax graph: no targets
+        return self._run([SCORES], x, self._class_graph)[0]  # the argmax graph: no targets
+
+    @property
+    def _class_graph(self) -> ExplainerModel:
+        """The default graph, refused where the scored output is not class scores."""
+        if self.graph is None:
+            raise OnnxGradCamError(
+                f"output {self.score!r} is {list(self.model.info.shapes.get(self.score) or [])}, "
+                "not class scores (N, C): pass targets=[og.targets.Segmentation(...)] (or "
+                "Similarity, Output), or output=NAME for another output")
+        return self.graph
 
     def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
-        """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC)."""
+        """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC) for
+        ``targets``: None (each sample's best class), class indices (an int for all), or
+        :mod:`onnx_gradcam.targets` objects (one per sample, or one for all)."""
         result = (self._explain_augmented if self.aug_smooth else self._explain)(x, targets)
         return check_finite_result(result)
 
@@ -403,6 +432,13 @@ class Explainer:
     def _explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         start = time.perf_counter()
         x = self._check_input(x)
+        if isinstance(targets, (targets_.Class, *targets_.KINDS)):
+            targets = [targets]  # one target object for the whole batch
+        if isinstance(targets, Sequence) and not isinstance(targets, str):
+            kind = targets_.kind_of(targets)
+            if kind is not None:
+                return self._explain_kind(start, x, kind, targets)
+            targets = targets_.classes(targets)
         checked = self.check_targets(targets, len(x))
         graph = self._graph_for(targets, checked)
         if graph.cams and len(x) <= self.batch_size:  # one run gives everything: no detours
@@ -420,6 +456,27 @@ class Explainer:
         if self.method.needs_gradient:
             result.diagnose = partial(self.knife_edges, x, result.targets)
         return result
+
+    def _explain_kind(self, start: float, x: np.ndarray, kind: str,
+                      targets: Sequence[targets_.Target]) -> Explanation:
+        """Explain target objects of one kind (:mod:`onnx_gradcam.targets`): one per sample,
+        or one for the whole batch."""
+        if self.method.masked_scores:
+            raise OnnxGradCamError(f"{self.method.name} scores class outputs only; use a "
+                                   f"gradient method for {kind} targets")
+        if len(targets) == 1 and len(x) > 1:
+            targets = list(targets) * len(x)
+        if len(targets) != len(x):
+            raise OnnxGradCamError(f"got {len(targets)} targets for a batch of {len(x)}")
+        feeds, labels = targets_.feeds(kind, targets, self.score,
+                                       self.model.info.shapes.get(self.score),
+                                       self.model.info.dtype(self.score))
+        graph = self._graph(kind)
+        self.provider = self._session(graph).get_providers()[0]
+        maps = self._maps(graph, lambda tensors, names: self._run(names, x, graph, feeds,
+                                                                   tensors), x)
+        return self._result(start, maps.heatmaps(self._size(x)), maps.coarse[0], labels,
+                            maps.scores, maps.tensors)
 
     def _result(self, start: float, cams: np.ndarray, coarse: np.ndarray, targets: np.ndarray,
                 scores: np.ndarray, tensors: LayerTensors | Callable[[], LayerTensors]
@@ -502,6 +559,7 @@ class Explainer:
         targets (N, k); activations stay (N, K, h, w) and gradients are (N·k, K, h, w).
         """
         start = time.perf_counter()
+        self._class_graph  # noqa: B018 - refused where the output is not class scores
         x = self._check_input(x)
         n = len(x)
         if targets is None:
@@ -556,8 +614,9 @@ class Explainer:
 
     def _graph_for(self, targets: Targets, checked: np.ndarray) -> ExplainerModel:
         """The cheapest graph that understands these targets."""
+        default = self._class_graph
         if targets is None or (checked == -1).all():
-            return self.graph
+            return default
         return self._graph("classes") if (checked >= -1).all() else self.ranked_graph
 
     @property
@@ -580,12 +639,16 @@ class Explainer:
         return self.method.cam(acts, grads, self.eigen_smooth)  # type: ignore[arg-type]
 
     def export(self, path: str | Path | None = None, *, upsample: bool = True,
-               target_required: bool = False) -> onnx.ModelProto:
+               target_required: bool = False, target_kind: str | None = None
+               ) -> onnx.ModelProto:
         """This explainer's model, target layers and method as one standard ONNX model (forward,
-        gradient and CAM post-processing in the graph): see :mod:`onnx_gradcam.export`."""
+        gradient and CAM post-processing in the graph), for classes or the targets of
+        ``target_kind`` (``segmentation``, ``similarity``, ``output``): see
+        :mod:`onnx_gradcam.export`."""
         from onnx_gradcam.export import export_explainer
 
-        return export_explainer(self, path, upsample=upsample, target_required=target_required)
+        return export_explainer(self, path, upsample=upsample, target_required=target_required,
+                                target_kind=target_kind)
 
     # ---- images ------------------------------------------------------------------------------
     @cached_property

@@ -31,6 +31,8 @@ from onnx_gradcam.cams.graph import heatmap, layer_coarse
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
 from onnx_gradcam.passes import simplify
+from onnx_gradcam.targets import CATEGORY, KINDS, seed_inputs, seed_nodes
+from onnx_gradcam.tokens import Grid
 
 TARGET = "ogc_target"
 SCORES = "ogc_scores"
@@ -53,6 +55,8 @@ class ExplainerModel:
     #: (CAM_CONVENTIONS.md, steps 1-4)
     cams: str | None = None
     takes_target: bool = True  # whether the graph has the input ``ogc_target``
+    #: the inputs of a target kind's seed (:func:`onnx_gradcam.targets.seed_inputs`)
+    seed_inputs: list[str] = field(default_factory=list)
 
     @cached_property
     def map_outputs(self) -> list[str]:
@@ -120,8 +124,10 @@ def _assemble(info: GraphInfo, nodes: list[onnx.NodeProto], inits: list[onnx.Ten
     return model
 
 
-def _coarse_shape(shape: Shape | None, layout: str) -> Shape | None:
-    """(N, 1, h, w) of a layer's map, from the layer's NCHW or NHWC shape."""
+def _coarse_shape(shape: Shape | None, layout: str, grid: Grid | None = None) -> Shape | None:
+    """(N, 1, h, w) of a layer's map, from the layer's NCHW or NHWC shape or token grid."""
+    if grid is not None:
+        return (shape[0] if shape else None, 1, grid.h, grid.w)
     if shape is None or len(shape) != 4:
         return None
     return (shape[0], 1, *(shape[2:4] if layout == "NCHW" else shape[1:3]))
@@ -179,7 +185,8 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
                     with_gradient: bool = True, rows: bool = False,
                     builder: str = "onnx", cam: Method | None = None,
                     layouts: Sequence[str] = (), targets: str = "ranks",
-                    input_layout: str = "NCHW") -> ExplainerModel:
+                    input_layout: str = "NCHW", grids: Sequence[Grid | None] = ()
+                    ) -> ExplainerModel:
     """The full explainer graph (see module docstring) for one or more target layers.
     ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C).
 
@@ -190,21 +197,27 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     of :data:`onnx_gradcam.cams.GRAPH_METHODS`) and the activations' ``layouts``, the
     graph also outputs each layer's coarse map (``ogc_coarse``, ``ogc_coarse_1``, …) and the
     post-processed heatmap ``ogc_cams`` at the size of the input (whose ``input_layout`` says
-    where its height and width are).
+    where its height and width are); a layer with a token ``grid`` is folded into an image
+    (:meth:`~onnx_gradcam.tokens.Grid.image`) before the method reads it.
     ``targets`` says what ``ogc_target`` takes: ``ranks``, class indices and rank codes −1, −2,
     … (−r: the r-th best class); ``classes``, class indices and −1 (argmax) only (no sort,
     :func:`~onnx_gradcam.autodiff.builder.resolve_targets`); ``argmax``: the graph has no
     ``ogc_target`` input and explains each sample's best class (two nodes and one feed fewer,
-    for the common call).
+    for the common call). A target kind of :mod:`onnx_gradcam.targets` (``segmentation``,
+    ``similarity``, ``output``) builds the graph whose seed reads that kind's inputs instead.
     """
     build = gradient_builder(builder)
     dtype = info.dtype(score)
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
     score_shape = info.shapes.get(score)
+    if targets in KINDS.values():
+        return _kind_model(info, activations, score, with_gradient, build, cam, layouts,
+                           targets, input_layout, grids)
     two_d = score_shape is not None and len(score_shape) == 2
     score2d = score if two_d else op.Flatten(score, axis=1)
     if targets not in ("ranks", "classes", "argmax"):
-        raise ValueError(f"targets must be ranks, classes or argmax, not {targets!r}")
+        raise ValueError(f"targets must be ranks, classes, argmax or a target kind, "
+                         f"not {targets!r}")
     rows = rows and with_gradient
     ranks = targets == "ranks" or rows
     target = TARGET if targets != "argmax" or rows else None
@@ -228,22 +241,71 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
     seed2d, resolved = seed_one_hot(op, seed_scores, target, info.class_count(score), ranks)
     nodes = base_nodes + list(op.nodes)
     inits = list(op.initializers)
-    outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
-    outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in activations]
-    gradients, head, coarse = [], [], []
-    for index, (head_info, activation, head_score) in enumerate(heads if with_gradient else []):
+
+    def seed_of(index: int, head_info: GraphInfo, head_score: str
+                ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str | None]:
         seed_op = Emitter(opset=info.opset, dtype=dtype, prefix=f"ogc_seed{index}/")
         score_shape = head_info.shapes.get(head_score)
         if score_shape is not None and len(score_shape) == 2:  # (N, C) already
             seed, classes = seed2d, None if ranks else resolved
         else:
             seed, classes = seed_op.Reshape(seed2d, seed_op.Shape(head_score)), None
+        return seed_op.nodes, seed_op.initializers, seed, classes
+
+    return _with_gradients(info, score, activations, heads if with_gradient else [], seed_of, build,
+                           cam, layouts, input_layout, nodes, inits, score2d, resolved,
+                           extra_inputs, target is not None, grids)
+
+
+def _kind_model(info: GraphInfo, activations: list[str], score: str, with_gradient: bool,
+                build: Callable[..., GradientGraph], cam: Method | None, layouts: Sequence[str],
+                kind: str, input_layout: str, grids: Sequence[Grid | None]) -> ExplainerModel:
+    """The explainer graph for targets of a kind of :mod:`onnx_gradcam.targets`: the seed
+    comes from the kind's inputs (:func:`~onnx_gradcam.targets.seed_nodes`); ``ogc_scores`` is
+    the target's score (N, 1) and ``ogc_targets`` the category where there is one (else −1)."""
+    dtype = info.dtype(score)
+    shape = info.shapes.get(score)
+    op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
+    seed, value = seed_nodes(op, kind, score, shape)
+    label = (op.Identity(CATEGORY) if kind == "segmentation"
+             else op.ConstantOfShape(op.dims(score, 0, 1), value=helper.make_tensor(
+                 "minus_one", onnx.TensorProto.INT64, [1], [-1])))
+
+    def seed_of(index: int, head_info: GraphInfo, head_score: str
+                ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str | None]:
+        return [], [], seed, None
+
+    return _with_gradients(info, score, activations,
+                           [(info, a, score) for a in activations] if with_gradient else [],
+                           seed_of, build, cam, layouts, input_layout, list(op.nodes),
+                           list(op.initializers), value, label,
+                           seed_inputs(kind, dtype, shape), False, grids)
+
+
+def _with_gradients(info: GraphInfo, score: str, activations: list[str],
+                    heads: list[tuple[GraphInfo, str, str]], seed_of: Callable,
+                    build: Callable[..., GradientGraph], cam: Method | None,
+                    layouts: Sequence[str], input_layout: str, nodes: list[onnx.NodeProto],
+                    inits: list[onnx.TensorProto], score2d: str, resolved: str,
+                    extra_inputs: list[onnx.ValueInfoProto], takes_target: bool,
+                    grids: Sequence[Grid | None] = ()) -> ExplainerModel:
+    """The explainer graph from its seed part: each head's gradient (seeded by ``seed_of``),
+    coarse map and the heatmaps, and the outputs of the module docstring."""
+    dtype = info.dtype(score)
+    outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
+    outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in activations]
+    gradients, head, coarse = [], [], []
+    grids = list(grids) or [None] * len(activations)
+    maps_shapes = [_coarse_shape(info.shapes.get(a), la, g)
+                   for a, la, g in zip(activations, layouts, grids)]
+    for index, (head_info, activation, head_score) in enumerate(heads):
+        seed_nodes_, seed_inits, seed, classes = seed_of(index, head_info, head_score)
         grad = build(head_info, activation, head_score, seed, prefix=f"ogc_grad{index}/",
                      seed_classes=classes)
         name = indexed(GRADIENT, index)
-        nodes += [*seed_op.nodes, *grad.nodes,
+        nodes += [*seed_nodes_, *grad.nodes,
                   helper.make_node("Identity", [grad.gradient], [name])]
-        inits += [*seed_op.initializers, *grad.initializers]
+        inits += [*seed_inits, *grad.initializers]
         outputs.append((name, info.dtype(activations[index]), info.shapes.get(activations[index])))
         gradients.append(name)
         head = head or grad.head
@@ -251,34 +313,39 @@ def explainer_model(info: GraphInfo, activations: list[str], score: str,
             cam_op = Emitter(opset=info.opset, dtype=info.dtype(activations[index]),
                              shapes=dict(head_info.shapes), prefix=f"ogc_cam{index}/")
             coarse.append(indexed(COARSE, index))
-            mean = None
-            if cam.mean_weights and grad.pooled is None:
-                mean = gradient_mean(cam_op, head_info, activation,
-                                     1 if layouts[index] == "NCHW" else 3,
-                                     head_nodes(head_info, activation, head_score),
-                                     grad.cotangents)
-            layer_map = layer_coarse(cam_op, cam, activation, grad.gradient, layouts[index],
-                                     grad.pooled, mean, head_info.nonnegative(activation),
-                                     head_info.spatial_mean(activation, layouts[index]))
+            grid = grids[index]
+            if grid is not None:  # tokens: folded into an NHWC image, no pooling shortcuts
+                layer_map = layer_coarse(cam_op, cam, grid.image(cam_op, activation),
+                                         grid.image(cam_op, grad.gradient), "NHWC")
+            else:
+                mean = None
+                if cam.mean_weights and grad.pooled is None:
+                    mean = gradient_mean(cam_op, head_info, activation,
+                                         1 if layouts[index] == "NCHW" else 3,
+                                         head_nodes(head_info, activation, head_score),
+                                         grad.cotangents)
+                layer_map = layer_coarse(cam_op, cam, activation, grad.gradient,
+                                         layouts[index], grad.pooled, mean,
+                                         head_info.nonnegative(activation),
+                                         head_info.spatial_mean(activation, layouts[index]))
             nodes += [*cam_op.nodes, helper.make_node("Identity", [layer_map], [coarse[-1]])]
             inits += cam_op.initializers
-            outputs.append((coarse[-1], info.dtype(activations[index]),
-                            _coarse_shape(info.shapes.get(activations[index]), layouts[index])))
+            outputs.append((coarse[-1], info.dtype(activations[index]), maps_shapes[index]))
     nodes += [helper.make_node("Identity", [score2d], [SCORES]),
               helper.make_node("Identity", [resolved], [TARGETS])]
     cams = None
     if coarse:
         post = Emitter(opset=info.opset, dtype=info.dtype(activations[0]), prefix="ogc_post/")
         cams = CAMS
-        sources = [_coarse_shape(info.shapes.get(a), la) for a, la in zip(activations, layouts)]
+        sources = maps_shapes
         maps = heatmap(post, coarse, _input_size(post, info, input_layout),
                        [(s[2], s[3]) if s else (None, None) for s in sources])
         nodes += [*post.nodes, helper.make_node("Identity", [maps], [CAMS])]
         inits += post.initializers
         outputs.append((CAMS, info.dtype(activations[0]), _input_maps_shape(info, input_layout)))
     model = _assemble(info, nodes, inits, extra_inputs, outputs)
-    return ExplainerModel(model, list(activations), gradients, head, coarse, cams,
-                          target is not None)
+    return ExplainerModel(model, list(activations), gradients, head, coarse, cams, takes_target,
+                          [i.name for i in extra_inputs if i.name not in (TARGET, ROWS)])
 
 
 def input_hw(info: GraphInfo, layout: str) -> tuple[str, int, tuple[int | None, ...]]:

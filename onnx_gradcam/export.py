@@ -13,6 +13,12 @@ value is broadcast to the batch) and outputs:
   upsampling (to map onto another size yourself);
 - ``cam_target`` (N,): the class each map explains (the argmax where ``target`` was −1).
 
+Exported for a target kind of :mod:`onnx_gradcam.targets` (``target_kind``), the model takes
+that kind's inputs instead of ``target``: ``category`` (N,) and ``mask`` (N, H, W)
+(segmentation), ``vector`` (N, D) (similarity), ``index`` (N, K, rank − 1) and ``index_weight``
+(N, K) (output: the elements each sample's score sums, weight 0 for padding); ``cam_target``
+is then the category, or −1.
+
 ``target`` is optional the standard way: a graph input that is also an initializer (its
 default, ``[-1]``). ONNX Runtime in Python, C, C++, C#, Java and Triton (``optional: true``)
 let callers omit or set it; its JavaScript API (onnxruntime-node/-web) lists only the other
@@ -37,10 +43,11 @@ from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.cams import GRAPH_METHODS, METHODS
 from onnx_gradcam.cams.graph import normalise
 from onnx_gradcam.errors import OnnxGradCamError
-from onnx_gradcam.explainer_graph import TARGET, TARGETS, input_hw
+from onnx_gradcam.explainer_graph import TARGET, TARGETS, ExplainerModel, input_hw
 from onnx_gradcam.images import atomic_write, check_output_file
 from onnx_gradcam.metadata import PREFIX, write_metadata
 from onnx_gradcam.passes import simplify
+from onnx_gradcam.targets import KINDS
 
 if TYPE_CHECKING:
     from onnx_gradcam.explainer import Explainer
@@ -61,8 +68,10 @@ def check_exportable(method: str) -> None:
 
 
 def export_model(explainer: Explainer, upsample: bool = True,
-                 target_required: bool = False) -> onnx.ModelProto:
-    """The exported model (see module docstring) for ``explainer``'s model, layers and method."""
+                 target_required: bool = False, target_kind: str | None = None
+                 ) -> onnx.ModelProto:
+    """The exported model (see module docstring) for ``explainer``'s model, layers and method,
+    explaining classes or (``target_kind``) targets of that kind."""
     check_exportable(explainer.method.name)
     if explainer.eigen_smooth:
         raise OnnxGradCamError("cannot export eigen_smooth: it needs an SVD, and no standard "
@@ -73,14 +82,17 @@ def export_model(explainer: Explainer, upsample: bool = True,
     if not upsample and len(explainer.layers) > 1:
         raise OnnxGradCamError("--no-upsample takes one target layer: maps of several layers "
                                "are combined only after upsampling")
-    _check_free_names(explainer.ranked_graph.model)
+    if target_kind is not None and target_kind not in KINDS.values():
+        raise OnnxGradCamError(f"unknown target kind {target_kind!r}; choose from "
+                               f"{', '.join(KINDS.values())}")
+    graph = explainer.ranked_graph if target_kind is None else explainer._graph(target_kind)
+    _check_free_names(graph.model, [n.removeprefix("ogc_") for n in graph.seed_inputs])
     op = Emitter(opset=explainer.model.info.opset,
-                 dtype=explainer.model.info.dtype(explainer.ranked_graph.activations[0]),
-                 prefix="ogc_cam/")
-    target_nodes = _target_nodes(op, explainer)
-    _cam_outputs(op, explainer, upsample)
-    model = _assemble(explainer, target_nodes, op, upsample, target_required)
-    write_metadata(model, _export_metadata(explainer, upsample, target_required))
+                 dtype=explainer.model.info.dtype(graph.activations[0]), prefix="ogc_cam/")
+    target_nodes = _target_nodes(op, explainer) if target_kind is None else []
+    _cam_outputs(op, graph, upsample)
+    model = _assemble(explainer, graph, target_nodes, op, upsample, target_required)
+    write_metadata(model, _export_metadata(explainer, upsample, target_required, target_kind))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -90,11 +102,12 @@ def export_model(explainer: Explainer, upsample: bool = True,
 
 
 def export_explainer(explainer: Explainer, path: str | Path | None = None, *,
-                     upsample: bool = True, target_required: bool = False) -> onnx.ModelProto:
+                     upsample: bool = True, target_required: bool = False,
+                     target_kind: str | None = None) -> onnx.ModelProto:
     """Build the exported model and, if ``path`` is given, write it there (atomically)."""
     if path is not None:
         check_output_file(Path(path), explainer.model.files)
-    model = export_model(explainer, upsample, target_required)
+    model = export_model(explainer, upsample, target_required, target_kind)
     if path is not None:
         data = model.SerializeToString()
         atomic_write(Path(path), data)
@@ -111,10 +124,9 @@ def _target_nodes(op: Emitter, explainer: Explainer) -> list[onnx.NodeProto]:
     return nodes
 
 
-def _cam_outputs(op: Emitter, explainer: Explainer, upsample: bool) -> None:
+def _cam_outputs(op: Emitter, graph: ExplainerModel, upsample: bool) -> None:
     """The explainer graph's first-layer map after ReLU and min-max, and (``upsample``) its
     heatmap, squeezed to the outputs ``cam_coarse`` and ``cam``."""
-    graph = explainer.ranked_graph
     assert graph.cams is not None
     _squeeze_to(op, normalise(op, graph.coarse[0]), CAM_COARSE)
     if upsample:
@@ -127,26 +139,32 @@ def _squeeze_to(op: Emitter, maps: str, name: str) -> None:
     op.nodes[-1].output[0] = name
 
 
-def _assemble(explainer: Explainer, target_nodes: list[onnx.NodeProto], op: Emitter,
-              upsample: bool, target_required: bool) -> onnx.ModelProto:
-    """The explainer graph with ``target`` in front, the CAM nodes behind, the original outputs
-    plus ours, and nothing no output needs."""
+def _assemble(explainer: Explainer, graph: ExplainerModel, target_nodes: list[onnx.NodeProto],
+              op: Emitter, upsample: bool, target_required: bool) -> onnx.ModelProto:
+    """The explainer graph with ``target`` in front (or a target kind's inputs, named without
+    the ``ogc_`` prefix), the CAM nodes behind, the original outputs plus ours, and nothing no
+    output needs."""
     model = onnx.ModelProto()
-    model.CopyFrom(explainer.ranked_graph.model)
+    model.CopyFrom(graph.model)
     model.ir_version = max(model.ir_version, 4)  # an input with an initializer = a default
     g = model.graph
+    public = {name: name.removeprefix("ogc_") for name in graph.seed_inputs}
     for node in g.node:  # the resolved targets become an output of ours
         node.output[:] = [CAM_TARGET if o == TARGETS else o for o in node.output]
+        node.input[:] = [public.get(i, i) for i in node.input]
+    for value in g.input:
+        value.name = public.get(value.name, value.name)
     nodes = [*target_nodes, *g.node, *op.nodes]
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(op.initializers)
-    if not target_required:
-        g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), TARGET_INPUT))
-    inputs = [i for i in g.input if i.name != TARGET]
-    del g.input[:]
-    g.input.extend([*inputs, helper.make_tensor_value_info(
-        TARGET_INPUT, onnx.TensorProto.INT64, ["target_n"])])
+    if not public:
+        if not target_required:
+            g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), TARGET_INPUT))
+        inputs = [i for i in g.input if i.name != TARGET]
+        del g.input[:]
+        g.input.extend([*inputs, helper.make_tensor_value_info(
+            TARGET_INPUT, onnx.TensorProto.INT64, ["target_n"])])
     originals = [o for o in g.output if o.name in explainer.model.info.graph_outputs]
     del g.output[:]
     g.output.extend([*originals, *_output_infos(explainer, upsample)])
@@ -154,11 +172,11 @@ def _assemble(explainer: Explainer, target_nodes: list[onnx.NodeProto], op: Emit
     return model
 
 
-def _check_free_names(model: onnx.ModelProto) -> None:
+def _check_free_names(model: onnx.ModelProto, inputs: list[str]) -> None:
     g = model.graph
     taken = {*(i.name for i in g.input), *(o.name for o in g.output),
              *(t.name for t in g.initializer), *(o for n in g.node for o in n.output)}
-    for name in (TARGET_INPUT, CAM, CAM_COARSE, CAM_TARGET):
+    for name in (*(inputs or [TARGET_INPUT]), CAM, CAM_COARSE, CAM_TARGET):
         if name in taken:
             raise OnnxGradCamError(f"the model already has a tensor named {name!r}, which the "
                                    "exported model needs for its own input or output; rename it")
@@ -168,8 +186,7 @@ def _output_infos(explainer: Explainer, upsample: bool) -> list[onnx.ValueInfoPr
     source = explainer.model
     elem = helper.np_dtype_to_tensor_dtype(source.info.dtype(explainer.layers[0].name))
     n = source.input_shape[0] or "N"
-    layer = explainer.layers[0]
-    h, w = layer.shape[2:4] if layer.layout == "NCHW" else layer.shape[1:3]
+    h, w = explainer.layers[0].hw
     out = [helper.make_tensor_value_info(CAM_COARSE, elem, [n, h or "h", w or "w"]),
            helper.make_tensor_value_info(CAM_TARGET, onnx.TensorProto.INT64, [n])]
     if upsample:
@@ -179,8 +196,8 @@ def _output_infos(explainer: Explainer, upsample: bool) -> list[onnx.ValueInfoPr
     return out
 
 
-def _export_metadata(explainer: Explainer, upsample: bool,
-                     target_required: bool) -> dict[str, str]:
+def _export_metadata(explainer: Explainer, upsample: bool, target_required: bool,
+                     target_kind: str | None = None) -> dict[str, str]:
     try:
         pre = explainer.preprocessing()
         size: list[int] | None = list(pre.size) if pre.size else None
@@ -194,7 +211,7 @@ def _export_metadata(explainer: Explainer, upsample: bool,
         "score": explainer.score_kind,
         "score_output": explainer.model.score_output,
         "upsample": "true" if upsample else "false",
-        "target": "required" if target_required else "optional",
+        "target": target_kind or ("required" if target_required else "optional"),
         "preprocessing": json.dumps(preprocessing),
     }
     return {EXPORT_PREFIX + k: v for k, v in facts.items()}

@@ -15,6 +15,7 @@ from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape, readable
 from onnx_gradcam.layout import SAME_LAYOUT, Layouts, Verdict, explicit, pooled
 from onnx_gradcam.metadata import ModelMetadata, read_metadata
+from onnx_gradcam.tokens import Grid, attention_input, patch_convs, token_grid
 
 #: Ops after which a tensor is a model's class probabilities rather than raw scores.
 PROBABILITY_OPS = {"Softmax", "Sigmoid"}
@@ -23,13 +24,23 @@ MIN_OPSET = 16  # ScatterElements(reduction="add") for MaxPool/Slice/Gather grad
 
 @dataclass(frozen=True)
 class Layer:
-    """A candidate target layer: a rank-4 activation with spatial size > 1."""
+    """A candidate target layer: a rank-4 activation with spatial size > 1, or a transformer's
+    (N, T, C) tokens whose image grid the graph shows (layout ``tokens``)."""
 
     name: str
     shape: Shape
     op: str
-    layout: str  # NCHW or NHWC (? in a candidate list: the graph can't tell)
+    layout: str  # NCHW, NHWC or tokens (? in a candidate list: the graph can't tell)
     verdict: Verdict | None = field(default=None, compare=False)  # the evidence for layout
+    grid: Grid | None = field(default=None, compare=False)  # tokens: how they fold into h × w
+
+    @property
+    def hw(self) -> tuple[int | None, int | None]:
+        """The size (h, w) of the layer's maps."""
+        if self.grid is not None:
+            return self.grid.h, self.grid.w
+        h, w = self.shape[2:4] if self.layout == "NCHW" else self.shape[1:3]
+        return h, w
 
 
 @dataclass
@@ -64,8 +75,10 @@ class LoadedModel:
         return Layouts(self.info, (self.input_layout, "metadata") if stated else None)
 
 
-def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
-    """Read and validate ``model``; raise one clear :class:`OnnxGradCamError` if it is unusable."""
+def load_model(model: str | Path | onnx.ModelProto, output: str | None = None) -> LoadedModel:
+    """Read and validate ``model``; raise one clear :class:`OnnxGradCamError` if it is unusable.
+    ``output`` names the graph output to score (else the metadata's, else the first that looks
+    like class scores, else the only output)."""
     files: tuple[Path, ...] = ()
     if isinstance(model, onnx.ModelProto):
         proto, source = model, "<ModelProto>"
@@ -91,7 +104,7 @@ def load_model(model: str | Path | onnx.ModelProto) -> LoadedModel:
     if len(input_shape) != 4:
         raise OnnxGradCamError(
             f"{source}: input {input_name!r} has shape {input_shape}, expected a 4-D image batch")
-    score_output = metadata.score_output or _find_score_output(info, source)
+    score_output = output or metadata.score_output or _find_score_output(info, source)
     if score_output not in info.graph_outputs:
         raise OnnxGradCamError(f"{source}: score output {score_output!r} is not a graph output "
                                f"(outputs: {', '.join(info.graph_outputs)})")
@@ -190,7 +203,7 @@ def _upgrade_opset(proto: onnx.ModelProto, source: str) -> onnx.ModelProto:
         return proto
 
 
-def _score_like(shape: Shape | None) -> bool:
+def score_like(shape: Shape | None) -> bool:
     """(N, C) or (N, 1, 1, C) / (N, C, 1, 1) with C > 1 (or unknown)."""
     if shape is None:
         return False
@@ -200,10 +213,13 @@ def _score_like(shape: Shape | None) -> bool:
 
 def _find_score_output(info: GraphInfo, source: str) -> str:
     for name in info.graph_outputs:
-        if _score_like(info.shapes.get(name)):
+        if score_like(info.shapes.get(name)):
             return name
-    raise OnnxGradCamError(f"{source}: no output looks like class scores (N, C); name it with "
-                           "metadata onnx_gradcam.score_output")
+    if len(info.graph_outputs) == 1:  # a segmentation map, a detector's tensor: targets say how
+        return info.graph_outputs[0]
+    raise OnnxGradCamError(f"{source}: no output looks like class scores (N, C); name the one "
+                           "to score with output=NAME (--target-output NAME) or metadata "
+                           "onnx_gradcam.score_output")
 
 
 def logits_of(info: GraphInfo, score: str) -> str:
@@ -231,17 +247,27 @@ def activation_layout(info: GraphInfo, name: str) -> str | None:
 
 def candidate_layers(model: LoadedModel, score: str | None = None) -> list[Layer]:
     """Rank-4 float activations (computed from the input, spatially larger than 1 × 1 in either
-    layout) that feed the score, in forward order; ``layout`` ``?`` where the graph can't tell."""
+    layout) and token tensors with a grid (:mod:`onnx_gradcam.tokens`) that feed the score, in
+    forward order; ``layout`` ``?`` where the graph can't tell."""
     info = model.info
     upstream = info.ancestors(score or model.logits)
     upstream &= info.descendants(model.input_name)  # weights and Constants are not activations
     out = []
+    convs = None
     for index in sorted(upstream):
         node = info.nodes[index]
         for name in node.output:
             shape = info.shapes.get(name)
-            if (shape is None or len(shape) != 4 or pooled(shape)
-                    or info.elem_types.get(name) not in (1, 10, 11)):
+            if shape is None or info.elem_types.get(name) not in (1, 10, 11):
+                continue
+            if len(shape) == 3:
+                convs = patch_convs(info) if convs is None else convs
+                grid = token_grid(info, name, convs)
+                if grid is not None:
+                    verdict = Verdict(name, "tokens", (("tokens", grid.describe()),))
+                    out.append(Layer(name, shape, node.op_type, "tokens", verdict, grid))
+                continue
+            if len(shape) != 4 or pooled(shape):
                 continue
             verdict = model.layouts.of(name)
             out.append(Layer(name, shape, node.op_type, verdict.layout or "?", verdict))
@@ -260,7 +286,15 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
                                "> 1) feeds the scores; name a 4-D (N, C, H, W) or (N, H, W, C) "
                                "tensor with --layer")
     by_name = {layer.name: layer for layer in layers}
+    attention = attention_input(info, list(by_name), score)
+    if attention is not None:
+        chosen = by_name[attention]
+        if chosen.layout == "?":
+            raise OnnxGradCamError(chosen.verdict.refusal(model.source, readable(chosen.shape)))
+        return chosen
     chosen = _before_class_map(model, score, layers[-1], by_name)
+    if not score_like(info.shapes.get(score)):
+        chosen = _before_dense_head(model, score, by_name) or chosen
     while chosen.name in info.producer:
         node = info.nodes[info.producer[chosen.name]]
         if node.op_type not in ("Transpose", "Identity") or node.input[0] not in by_name:
@@ -302,8 +336,32 @@ def _before_class_map(model: LoadedModel, score: str, layer: Layer,
             return by_name.get(features, layer)
         if node.op_type not in SAME_LAYOUT and node.op_type != "BatchNormalization":
             return layer
+        if sum(i not in info.constants and i in info.shapes for i in node.input) > 1:
+            return layer  # a residual sum or a concatenation: not one conv's class map
         name = node.input[0]
     return layer
+
+
+def _before_dense_head(model: LoadedModel, score: str, by_name: dict[str, Layer]) -> Layer | None:
+    """For an output that is not class scores but a map of them (segmentation (N, C, H, W), a
+    detector's (N, 4 + classes, anchors)): the input of the last Conv that writes the output's
+    C channels (the features the prediction conv reads, as a person picks the backbone's
+    output), seen through Identity and Dropout; None where there is none."""
+    info = model.info
+    shape = info.shapes.get(score)
+    if shape is None or len(shape) < 3 or shape[1] is None:
+        return None
+    for index in sorted(info.ancestors(score), reverse=True):
+        node = info.nodes[index]
+        out = info.shapes.get(node.output[0])
+        if node.op_type != "Conv" or out is None or len(out) != 4 or out[1] != shape[1]:
+            continue
+        features = node.input[0]
+        while features not in by_name and features in info.producer and \
+                info.nodes[info.producer[features]].op_type in ("Identity", "Dropout"):
+            features = info.nodes[info.producer[features]].input[0]
+        return by_name.get(features)
+    return None
 
 
 def _refuse_quantized(model: LoadedModel, nodes: set[int]) -> None:
@@ -333,8 +391,14 @@ def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> La
     if layer is None and name in info.shapes and name in set(info.tensor_names()) | set(
             info.graph_inputs):
         shape = info.shapes[name]
+        if len(shape) == 3:
+            raise OnnxGradCamError(
+                f"layer {name!r} has shape {readable(shape)}: tokens, but the graph shows no "
+                "patch-embedding Conv (static (N, C, h, w) with C channels) to fold them into "
+                "an image grid; pick a 4-D layer or a token tensor `inspect` lists")
         if len(shape) != 4:
-            raise OnnxGradCamError(f"layer {name!r} has shape {shape}; a target layer must be 4-D")
+            raise OnnxGradCamError(f"layer {name!r} has shape {shape}; a target layer must be 4-D "
+                                   "(or (N, T, C) tokens)")
         verdict = model.layouts.of(name)
         layer = Layer(name, shape, info.op_of(name), verdict.layout or "?", verdict)
     if layer is None:

@@ -196,6 +196,18 @@ CASES = [
     Case("layer_norm_axis1", [N("LayerNormalization", ["x", "s", "b"], ["y"], axis=1)],
          [2, 3, 4], {"s": w(3, 4), "b": w(3, 4)}),
     Case("softmax", [N("Softmax", ["x"], ["y"])], ["N", 5]),
+    # Einsum: a weight product, attention scores (x on both sides), a letter summed inside
+    # the operand (broadcast back), an ellipsis, the implicit output
+    Case("einsum_weight", [N("Einsum", ["x", "W"], ["y"], equation="bij,jk->bik")], ["N", 3, 4],
+         {"W": w(4, 5)}),
+    Case("einsum_attention", [N("Einsum", ["x", "x"], ["y"], equation="bhid,bhjd->bhij")],
+         [2, 2, 3, 4]),
+    Case("einsum_summed_inside", [N("Einsum", ["x", "W"], ["y"], equation="bij,k->bjk")],
+         [2, 3, 4], {"W": w(5)}),
+    Case("einsum_ellipsis", [N("Einsum", ["x", "W"], ["y"], equation="...ij,jk->...ik")],
+         [2, 3, 4], {"W": w(4, 5)}),
+    Case("einsum_implicit", [N("Einsum", ["x", "W"], ["y"], equation="ij,jk")], [3, 4],
+         {"W": w(4, 5)}),
     Case("softmax_axis1_rank3", [N("Softmax", ["x"], ["y"], axis=1)], [2, 4, 3]),
     Case("softmax_opset11_coerced", [N("Softmax", ["x"], ["y"], axis=1)], [2, 3, 4], opset=11),
     Case("log_softmax", [N("LogSoftmax", ["x"], ["y"])], ["N", 5]),

@@ -22,6 +22,11 @@ def export_command(
     layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable; "
                              "NAME:NHWC or NAME:NCHW states its layout)"),
     score: str = typer.Option("logits", "--score", help="logits (pre-softmax) or probabilities"),
+    target_output: str = typer.Option(None, "--target-output",
+                                      help="the graph output to score (where there are several)"),
+    target_kind: str = typer.Option(
+        None, "--target-kind", help="segmentation, similarity or output: take that kind's "
+        "target inputs (category+mask, vector, index+index_weight) instead of `target`"),
     upsample: bool = typer.Option(True, "--upsample/--no-upsample",
                                   help="output `cam` at the input size (else only `cam_coarse`)"),
     target_required: bool = typer.Option(
@@ -39,19 +44,19 @@ def export_command(
     if output is None and triton is None:
         raise OnnxGradCamError("nowhere to write: pass -o FILE.onnx and/or --triton DIR")
     explainer = Explainer(model, layer=layer or None, method=method, providers="cpu",
-                          score=score)
+                          score=score, output=target_output)
     name = triton_name or f"{model.stem}_explain"
     if triton is not None:  # refuse before writing anything
         for path in (triton / name / "1" / "model.onnx", triton / name / "config.pbtxt"):
             check_output_file(path, explainer.model.files, "--triton")
     exported = export_explainer(explainer, output, upsample=upsample,
-                                target_required=target_required)
+                                target_required=target_required, target_kind=target_kind)
     console = Console(stderr=True)
     where = [str(output)] if output is not None else []
     if triton is not None:
         where.append(f"{write_triton(exported, triton, name, explainer.model.files)}/")
     size = exported.ByteSize() / max(1, model.stat().st_size)
     outputs = ", ".join(o.name for o in exported.graph.output)
-    console.print(f"exported {explainer.method.name} at {', '.join(explainer.graph.activations)} "
+    console.print(f"exported {explainer.method.name} at {', '.join(explainer.layer_names)} "
                   f"to {' and '.join(where)}; outputs: {outputs}; {size:.2f}x the model's size",
                   soft_wrap=True, markup=False, highlight=False)

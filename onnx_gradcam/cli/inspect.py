@@ -28,6 +28,8 @@ def inspect_command(
                                "(default: a synthetic one)"),
     directions: int = typer.Option(4, "--directions", min=1, help="with --verify: directions"),
     provider: str = typer.Option("cpu", "--provider", help="with --verify: auto, cpu or cuda"),
+    target_output: str = typer.Option(None, "--target-output",
+                                      help="the graph output to score (where there are several)"),
 ) -> None:
     """Inputs, outputs, layout, score, the detected target layer, candidates and the head's ops;
     with --verify, a numerical check of the gradient graph on this model."""
@@ -36,7 +38,7 @@ def inspect_command(
         return
     if image is not None:
         raise OnnxGradCamError("--image is an option of --verify")
-    loaded = load_model(model)
+    loaded = load_model(model, target_output)
     info = loaded.info
     score = loaded.logits
     chosen = resolve_layer(loaded, layer, score) if layer else (
@@ -53,7 +55,9 @@ def inspect_command(
         "score": {"tensor": score,
                   "kind": "logits" if score != loaded.score_output else "output"},
         "layer": {"name": chosen.name, "shape": readable(chosen.shape), "op": chosen.op,
-                  "layout": chosen.layout, "layout_evidence": chosen.verdict.lines()},
+                  "layout": chosen.layout, "layout_evidence": chosen.verdict.lines(),
+                  **({"grid": [chosen.grid.h, chosen.grid.w], "leading_tokens": chosen.grid.skip}
+                     if chosen.grid else {})},
         "head_ops": head,
         "candidates": [{"name": c.name, "shape": readable(c.shape), "op": c.op, "layout": c.layout}
                        for c in candidate_layers(loaded, score)],
@@ -69,7 +73,7 @@ def inspect_command(
             console.print(f"  {kind[:-1]:6} {item['name']}  {item['shape']}")
     console.print(f"  score  {score} ({facts['score']['kind']}; output {loaded.score_output})")
     console.print(f"  layer  [green]{chosen.name}[/] {readable(chosen.shape)} "
-                  f"from {chosen.op}, {chosen.verdict.summary()}")
+                  f"from {chosen.op}, {chosen.verdict.summary()}", soft_wrap=True)
     console.print(f"  head   {' → '.join(head) or '(the layer is the score)'}")
     table = Table("candidate layer", "shape", "op", "layout", title="candidates (forward order)")
     for c in facts["candidates"]:

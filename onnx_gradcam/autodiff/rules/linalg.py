@@ -85,3 +85,58 @@ def _unbroadcast_batch(op: Emitter, d: Value, x: str, rank_y: int) -> Value:
     if axes:
         d = op.reduce("ReduceSum", d, axes, keepdims=1)
     return d
+
+
+@vjp("Einsum")
+def einsum_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
+    """Y = einsum(terms → out): the cotangent of operand i is the einsum of dY with the other
+    operands into operand i's term; a letter only operand i has (summed over there) is
+    broadcast back. Refused: a letter repeated within one term (a diagonal), and an ellipsis
+    that broadcasts (an operand's ``...`` smaller than the output's)."""
+    terms, out = _einsum_terms(node)
+    dy = dys[0]
+    grads: list[Value | None] = []
+    for i, (term, x) in enumerate(zip(terms, node.inputs)):
+        others = [t for j, t in enumerate(terms) if j != i]
+        if len(set(term.replace("...", ""))) != len(term.replace("...", "")):
+            raise ValueError(f"Einsum {node.name!r}: a letter repeated in {term!r} (a diagonal)")
+        if "..." in term:
+            _check_ellipsis(op, node, x, term, out)
+        seen = set(out) | {c for t in others for c in t}
+        letters = term.replace("...", "")
+        kept = "".join(c for c in letters if c in seen)
+        lead = "..." if "..." in term else ""
+        equation = ",".join([out, *others]) + "->" + lead + kept
+        grad = op.Einsum(dy, *[v for j, v in enumerate(node.inputs) if j != i],
+                         equation=equation)
+        if kept != letters:  # letters summed inside this operand: broadcast the cotangent back
+            offset = op.rank(x) - len(letters)
+            missing = [offset + k for k, c in enumerate(letters) if c not in seen]
+            grad = op.Expand(op.unsqueeze(grad, missing), op.Shape(x))
+        grads.append(grad)
+    return grads
+
+
+def _einsum_terms(node: Node) -> tuple[list[str], str]:
+    """The operand terms and the output term of an Einsum (implicit form made explicit)."""
+    equation = node.attr("equation")
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    left, _, right = equation.partition("->")
+    terms = left.split(",")
+    if "->" not in equation:  # implicit: the letters used once, in alphabetical order
+        letters = [c for t in terms for c in t.replace("...", "")]
+        right = ("..." if "..." in left else "") + "".join(
+            sorted(c for c in set(letters) if letters.count(c) == 1))
+    return terms, right
+
+
+def _check_ellipsis(op: Emitter, node: Node, x: str, term: str, out: str) -> None:
+    """An operand's ``...`` must cover the output's broadcast axes exactly (static shapes)."""
+    x_shape, y_shape = op.shape(x), op.shape(node.outputs[0])
+    if "..." not in out or x_shape is None or y_shape is None:
+        raise ValueError(f"Einsum {node.name!r}: an ellipsis needs static shapes and the "
+                         "output's ellipsis")
+    x_dims = x_shape[:len(x_shape) - len(term.replace("...", ""))]
+    y_dims = y_shape[:len(y_shape) - len(out.replace("...", ""))]
+    if tuple(x_dims) != tuple(y_dims):
+        raise ValueError(f"Einsum {node.name!r}: the ellipsis of {term!r} broadcasts")

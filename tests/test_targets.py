@@ -1,0 +1,161 @@
+"""Targets other than a class (og.targets): segmentation maps, embeddings, regression and
+YOLO-style detector outputs, against pytorch-grad-cam's GradCAM with the matching target on small
+torch models exported by both exporters (tests/fixtures/targets/make_targets.py; torch is not
+needed here). The targets' scores are checked against formulas written here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx_gradcam as og
+
+HERE = Path(__file__).parent / "fixtures" / "targets"
+MANIFEST = json.loads((HERE / "manifest.json").read_text())["models"]
+DATA = np.load(HERE / "expected.npz")
+TOLERANCE = 1e-4  # the issue's bar; each head takes no ReLU decision near its kink
+
+
+def _files():
+    for model, spec in MANIFEST.items():
+        for file in spec["files"]:
+            yield pytest.param(model, file, id=file.removesuffix(".onnx"))
+
+
+def _ours(model: str, key: str, n: int) -> list:
+    """Our targets for the fixture's target set ``key``."""
+    get = lambda field: DATA[f"{model}__{key}__{field}"]  # noqa: E731
+    if model == "segmentation":
+        return [og.targets.Segmentation(int(c), m) for c, m in zip(get("category"), get("mask"))]
+    if model == "embedding":
+        return [og.targets.Similarity(get("vector"))] * n
+    if model == "regression":
+        return [og.targets.Output(int(i)) for i in get("index")]
+    if key == "t0":
+        return [og.targets.Output(tuple(int(v) for v in i)) for i in get("index")]
+    return [og.targets.Output((slice(4, 7), int(a))) for a in get("slice_anchor")]
+
+
+def _score(model: str, target, out: np.ndarray) -> float:
+    """The target's score, written out from its definition."""
+    if model == "segmentation":
+        return float((out[target.category] * target.mask).sum())
+    if model == "embedding":
+        v = target.vector
+        return float(out @ v / (np.linalg.norm(out) * np.linalg.norm(v)))
+    return float(np.sum(out[target.index]))
+
+
+@pytest.mark.parametrize("model, file", list(_files()))
+def test_targets_equal_pytorch_grad_cam(model: str, file: str) -> None:
+    spec = MANIFEST[model]["files"][file]
+    ex = og.Explainer(HERE / file, layer=spec["layer"], providers="cpu", output=spec["output"])
+    x, out = DATA[f"{model}__input"], DATA[f"{model}__output"]
+    for key in MANIFEST[model]["targets"]:
+        targets = _ours(model, key, len(x))
+        res = ex.explain(x, targets)
+        expected = [_score(model, t, o) for t, o in zip(targets, out)]
+        assert np.allclose(res.scores[:, 0], expected, rtol=TOLERANCE,
+                           atol=TOLERANCE * np.abs(out).max())
+        diff = np.abs(res.cams - DATA[f"{model}__cam__{key}"]).max(axis=(1, 2))
+        assert diff.max() <= TOLERANCE, f"{key}: map max abs diff per image {diff}"
+
+
+def test_a_class_target_on_a_segmentation_output_is_refused_with_the_fix() -> None:
+    ex = og.Explainer(HERE / "segmentation_legacy_opset17.onnx", providers="cpu",
+                      layer=MANIFEST["segmentation"]["files"][
+                          "segmentation_legacy_opset17.onnx"]["layer"])
+    x = DATA["segmentation__input"]
+    with pytest.raises(og.OnnxGradCamError, match="not class scores.*Segmentation"):
+        ex.explain(x, [0, 1, 2])
+    with pytest.raises(og.OnnxGradCamError, match="mask is"):
+        ex.explain(x[:1], [og.targets.Segmentation(0, np.ones((4, 4)))])
+
+
+def test_int_and_class_targets_mean_the_same() -> None:
+    ex = og.Explainer(HERE / "regression_legacy_opset17.onnx", providers="cpu")
+    x = DATA["regression__input"]
+    a = ex.explain(x, [1, 2, 0])
+    b = ex.explain(x, [og.targets.Class(1), og.targets.Class(2), og.targets.Class(0)])
+    c = ex.explain(x, [og.targets.Output(1), og.targets.Output(2), og.targets.Output(0)])
+    assert np.array_equal(a.cams, b.cams)
+    assert np.abs(a.cams - c.cams).max() <= 1e-6
+    one = ex.explain(x, og.targets.Output(1))  # one target object for the whole batch
+    assert np.abs(one.cams - ex.explain(x, 1).cams).max() <= 1e-6
+    with pytest.raises(og.OnnxGradCamError, match="different kinds"):
+        ex.explain(x, [1, og.targets.Output(2), 0])
+
+
+def _export_feeds(model: str, key: str) -> dict[str, np.ndarray]:
+    """The exported model's target inputs, written from the fixture's own description."""
+    get = lambda field: DATA[f"{model}__{key}__{field}"]  # noqa: E731
+    if model == "segmentation":
+        return {"category": get("category").astype(np.int64),
+                "mask": get("mask").astype(np.float32)}
+    if model == "embedding":
+        return {"vector": np.tile(get("vector"), (3, 1)).astype(np.float32)}
+    if key == "t0":
+        index = get("index").astype(np.int64)[:, None, :]  # one element per sample
+        return {"index": index, "index_weight": np.ones((3, 1), np.float32)}
+    anchors = get("slice_anchor").astype(np.int64)
+    index = np.stack([np.stack([np.arange(4, 7), np.full(3, a)], axis=1) for a in anchors])
+    return {"index": index, "index_weight": np.ones((3, 3), np.float32)}
+
+
+@pytest.mark.parametrize("model, file, kind", [
+    ("segmentation", "segmentation_legacy_opset17.onnx", "segmentation"),
+    ("embedding", "embedding_dynamo.onnx", "similarity"),
+    ("detector", "detector_legacy_opset17.onnx", "output")])
+def test_export_carries_the_target(model: str, file: str, kind: str) -> None:
+    """The exported model takes the target kind's inputs and gives pytorch-grad-cam's maps in
+    plain ONNX Runtime."""
+    import onnxruntime as ort
+
+    spec = MANIFEST[model]["files"][file]
+    ex = og.Explainer(HERE / file, layer=spec["layer"], providers="cpu", output=spec["output"])
+    session = ort.InferenceSession(ex.export(target_kind=kind).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    x = DATA[f"{model}__input"]
+    step = 1 if spec["batch"] == "fixed 1" else len(x)
+    for key in MANIFEST[model]["targets"]:
+        feeds = _export_feeds(model, key)
+        cams = np.concatenate([session.run(["cam"], {
+            "input": x[i:i + step], **{k: v[i:i + step] for k, v in feeds.items()}})[0]
+            for i in range(0, len(x), step)])
+        diff = np.abs(cams - DATA[f"{model}__cam__{key}"]).max()
+        assert diff <= TOLERANCE, f"{key}: exported map {diff:.2e} off pytorch-grad-cam"
+
+
+def test_cli_exports_a_target_kind(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from onnx_gradcam.cli import app
+
+    spec = MANIFEST["segmentation"]["files"]["segmentation_legacy_opset17.onnx"]
+    out = tmp_path / "seg_explain.onnx"
+    result = CliRunner().invoke(app, [
+        "export", str(HERE / "segmentation_legacy_opset17.onnx"), "-o", str(out),
+        "--layer", spec["layer"], "--target-output", "logits", "--target-kind", "segmentation"])
+    assert result.exit_code == 0, result.output
+    import onnx
+
+    inputs = [i.name for i in onnx.load(str(out)).graph.input]
+    assert inputs == ["input", "category", "mask"]
+
+
+@pytest.mark.parametrize("model, file", list(_files()))
+def test_default_layer(model: str, file: str) -> None:
+    """With no layer named: an embedding's, a regression head's and a detector's default is
+    the trunk's output (the layer the fixtures explain; a pooled embedding with no Linear is no
+    SqueezeNet-style class map, a detector's prediction conv reads the trunk); a segmentation
+    net's is the input of the conv that writes its classes (FCNHead's hidden ReLU)."""
+    spec = MANIFEST[model]["files"][file]
+    ex = og.Explainer(HERE / file, providers="cpu", output=spec["output"])
+    if model != "segmentation":
+        assert ex.layer_names == [spec["layer"]]
+        return
+    layer = ex.layers[0]
+    assert (layer.op, layer.shape[1:]) == ("Relu", (8, 4, 6))
