@@ -40,17 +40,24 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def check_vjp(model, feeds, wrt="x", score="y", directions=3, rtol=1e-6, eps=1e-6, seed=20261127):
-    """Assert the gradient graph of ``score`` w.r.t. ``wrt`` matches central differences."""
+def check_vjp(model, feeds, wrt="x", score="y", directions=3, rtol=1e-6, eps=1e-6, seed=20261127,
+              reference=None):
+    """Assert the gradient graph of ``score`` w.r.t. ``wrt`` matches central differences (of
+    ``reference``, a float64 model with the same inputs and score, where given: the real-valued
+    function a quantized ``model`` approximates)."""
     rng = np.random.default_rng(seed)
     info = GraphInfo(model)
     grad_model = gradient_model(info, wrt, score)
     onnx.checker.check_model(grad_model, full_check=True)
-    forward = session(model)
     backward = session(grad_model)
+    forward = session(model if reference is None else reference)
+    model_feeds = feeds
+    if reference is not None:  # the model's own dtype (ORT quantizes float32) for the gradient
+        feeds = {k: v.astype(np.float64) for k, v in feeds.items()}
     y = forward.run([score], feeds)[0]
     c = rng.standard_normal(y.shape).astype(y.dtype)
-    g = backward.run([GRADIENT], {**feeds, SEED: c})[0]
+    dtype = next(iter(model_feeds.values())).dtype
+    g = backward.run([GRADIENT], {**model_feeds, SEED: c.astype(dtype)})[0]
     x = feeds[wrt]
     assert g.shape == x.shape, (g.shape, x.shape)
     for _ in range(directions):

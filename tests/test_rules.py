@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -26,8 +27,9 @@ class Case:
     opset: int = 17
     dtype: type = F64
     batch: int = 2  # value of a symbolic first dim
-    away_from: float | None = None  # keep |x - k| > 0.2 for the kinks k of piecewise ops
+    away_from: float | tuple | None = None  # keep |x - k| > 0.2 for the kinks k of piecewise ops
     positive: bool = False
+    quantized: bool = False  # checked against its real-valued twin (:func:`_real_valued`)
 
 
 def w(*shape, seed=1, dtype=F64):
@@ -71,6 +73,53 @@ POOLED_DENSE_HEAD = [
     N("Transpose", ["m"], ["t"], perm=[0, 3, 1, 2]),
     N("Conv", ["t", "W1"], ["h"]), N("Relu", ["h"], ["r"]),
     N("Conv", ["r", "W2"], ["z"]), N("Flatten", ["z"], ["y"])]
+
+
+def _qdq(scale, zero_point=None, axis=None, **attrs):
+    """x → QuantizeLinear → DequantizeLinear → ·W → y, with the pair's parameters."""
+    inits = {"s": np.asarray(scale, F32), "W": w(4, dtype=F32) + 2.0}
+    names = ["x", "s"]
+    if zero_point is not None:
+        inits["zp"] = zero_point
+        names.append("zp")
+    axis_attr = {} if axis is None else {"axis": axis}
+    nodes = [N("QuantizeLinear", names, ["q"], **axis_attr, **attrs),
+             N("DequantizeLinear", ["q", *names[1:]], ["d"], **axis_attr),
+             N("Mul", ["d", "W"], ["y"])]
+    qmin, qmax = _integer_range(zero_point, attrs.get("output_dtype"))
+    zp = np.zeros(1) if zero_point is None else zero_point.astype(F64)
+    s = np.asarray(scale, F64)
+    kinks = tuple(np.concatenate([((qmin - zp) * s).ravel(), ((qmax - zp) * s).ravel()]))
+    return nodes, inits, kinks
+
+
+def _integer_range(zero_point, output_dtype=None):
+    if zero_point is not None:
+        output_dtype = helper.np_dtype_to_tensor_dtype(zero_point.dtype)
+    bits = {2: 8, 3: 8, 4: 16, 5: 16, 21: 4, 22: 4}[output_dtype or 2]
+    signed = (output_dtype or 2) in (3, 5, 22)
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+
+
+def _quantized_cases():
+    cases = []
+    for name, opset, shape, (nodes, inits, kinks) in [
+        ("qdq_int8_per_tensor", 13, ["N", 3, 4], _qdq(0.02, np.array(3, np.int8))),
+        ("qdq_uint8_default_zero_point_opset10", 10, [2, 3, 4], _qdq(0.01)),
+        ("qdq_uint8_per_axis", 13, ["N", 3, 2, 4],
+         _qdq([0.01, 0.02, 0.015], np.array([10, 128, 0], np.uint8), axis=1)),
+        ("qdq_int8_per_axis_last", 19, [2, 3, 4],
+         _qdq([0.01, 0.02, 0.015, 0.03], np.array([0, -5, 2, 7], np.int8), axis=-1)),
+        ("qdq_int16", 21, [2, 3, 4], _qdq(2e-4, np.array(-100, np.int16))),
+        ("qdq_uint16_output_dtype", 21, [2, 3, 4],
+         _qdq(1e-4, output_dtype=onnx.TensorProto.UINT16)),
+        ("qdq_int4", 21, [2, 3, 4], _qdq(0.25, np.array(1, ml_dtypes.int4))),
+        ("qdq_uint4_per_axis", 21, [2, 3, 4],
+         _qdq([0.1, 0.2, 0.15], np.array([3, 8, 0], ml_dtypes.uint4), axis=1)),
+    ]:
+        cases.append(Case(name, nodes, shape, inits, opset=opset, dtype=F32, away_from=kinks,
+                          quantized=True))
+    return cases
 
 
 CASES = [
@@ -229,6 +278,7 @@ CASES = [
     Case("pad_edge", [N("Pad", ["x", "p"], ["y"], mode="edge")], [2, 3, 4],
          {"p": np.array([0, 2, 1, 0, 1, 2])}),
     *_conv_cases(),
+    *_quantized_cases(),
 ]
 
 
@@ -237,12 +287,47 @@ def _input(case: Case, rng: np.random.Generator) -> np.ndarray:
     if case.positive:
         return rng.uniform(0.5, 2.0, shape).astype(case.dtype)
     x = rng.standard_normal(shape) * 1.5
-    if case.away_from is not None:
-        k = case.away_from
+    kinks = case.away_from if isinstance(case.away_from, tuple) else (case.away_from,)
+    for k in kinks if case.away_from is not None else ():
         near = np.abs(x - k) < 0.2
         x[near] = k + np.where(x[near] >= k, 0.2, -0.2) + 0.1 * np.sign(x[near] - k + 1e-9)
         x = np.where(np.abs(x - k) < 0.2, k + 0.3, x)
     return x.astype(case.dtype)
+
+
+def _real_valued(case: Case):
+    """The float64 function a QDQ case approximates, written from the ONNX spec's formulas:
+    QuantizeLinear → clip(x / s + zp, qmin, qmax) without rounding, DequantizeLinear →
+    (q − zp) · s."""
+    rank = len(case.shape)
+    inits = {k: v.astype(F64) for k, v in case.inits.items() if k not in ("s", "zp")}
+
+    def per_axis(value, node):
+        value = np.asarray(value, F64)
+        if value.size == 1:
+            return value.reshape(())
+        shape = [1] * rank
+        shape[next((a.i for a in node.attribute if a.name == "axis"), 1) % rank] = -1
+        return value.reshape(shape)
+
+    nodes = []
+    for node in case.nodes:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            nodes.append(node)
+            continue
+        zero_point = case.inits.get("zp")
+        inits["s_" + node.output[0]] = per_axis(case.inits["s"], node)
+        inits["zp_" + node.output[0]] = per_axis(0 if zero_point is None else zero_point, node)
+        x, y, s, zp = node.input[0], node.output[0], "s_" + node.output[0], "zp_" + node.output[0]
+        if node.op_type == "QuantizeLinear":
+            dtype = next((a.i for a in node.attribute if a.name == "output_dtype"), None)
+            qmin, qmax = _integer_range(zero_point, dtype)
+            inits.update({"qmin": np.array(qmin, F64), "qmax": np.array(qmax, F64)})
+            nodes += [N("Div", [x, s], [y + "_scaled"]), N("Add", [y + "_scaled", zp], [y + "_r"]),
+                      N("Clip", [y + "_r", "qmin", "qmax"], [y])]
+        else:
+            nodes += [N("Sub", [x, zp], [y + "_c"]), N("Mul", [y + "_c", s], [y])]
+    return make_model(nodes, [("x", case.shape)], inits=inits, opset=17, dtype=F64)
 
 
 def _model(case: Case):
@@ -254,6 +339,9 @@ def _model(case: Case):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_rule_matches_finite_differences(case: Case) -> None:
     x = _input(case, np.random.default_rng(0))
+    if case.quantized:  # float32 gradient of the quantized graph vs float64 of the real one
+        check_vjp(_model(case), {"x": x}, rtol=1e-5, eps=1e-4, reference=_real_valued(case))
+        return
     # float64 wherever ONNX Runtime has a double kernel; float32 (looser) where it has none
     if case.dtype == F64:
         check_vjp(_model(case), {"x": x}, rtol=1e-6, eps=1e-6)

@@ -15,7 +15,7 @@ import onnx
 
 from onnx_gradcam.autodiff import rules as _rules  # noqa: F401  (fills the registry)
 from onnx_gradcam.autodiff.emitter import Emitter, Node
-from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, VJP_RULES
+from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, QUANTIZING, VJP_RULES
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.graph import GraphInfo
 from onnx_gradcam.passes import live_nodes
@@ -63,7 +63,8 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         raise OnnxGradCamError(f"tensor {activation!r} does not feed the score {score!r}")
     differentiable = {activation} | {
         o for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE
-        for o in info.nodes[i].output if _is_float(info, o)}
+        for o in info.nodes[i].output
+        if _is_float(info, o) or info.nodes[i].op_type in QUANTIZING}
     cotangents: dict[str, list[str]] = {score: [seed]}
     totals: dict[str, str] = {}
 
