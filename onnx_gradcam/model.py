@@ -11,6 +11,8 @@ from pathlib import Path
 import onnx
 from onnx.external_data_helper import load_external_data_for_model
 
+from onnx_gradcam.autodiff import rules as _rules  # noqa: F401  (fills VJP_RULES)
+from onnx_gradcam.autodiff.registry import VJP_RULES
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape, readable
 from onnx_gradcam.layout import SAME_LAYOUT, Layouts, Verdict, explicit, pooled
@@ -301,16 +303,16 @@ def _before_class_map(model: LoadedModel, score: str, layer: Layer,
 
 
 def _refuse_quantized(model: LoadedModel, nodes: set[int]) -> None:
+    """Refuse quantized ops that have no gradient rule (QDQ pairs have one: rules/quant.py)."""
     counts = Counter(op for op in (model.info.nodes[i].op_type for i in nodes)
-                     if op.startswith("QLinear") or op in QUANTIZED)
+                     if (op.startswith("QLinear") or op in QUANTIZED) and op not in VJP_RULES)
     if not counts:
         return
     listed = ", ".join(f"{op} ×{n}" for op, n in counts.most_common(3))
     more = ", …" if len(counts) > 3 else ""
-    kind = ("quantize/dequantize (QDQ) ops" if set(counts) <= {"QuantizeLinear", "DequantizeLinear"}
-            else "quantized QOperator ops")
-    raise OnnxGradCamError(f"{model.source}: {kind} ({listed}{more}) between the input and the "
-                           "scores are not supported yet; explain the float model instead")
+    raise OnnxGradCamError(f"{model.source}: quantized QOperator ops ({listed}{more}) between "
+                           "the input and the scores are not supported yet; explain the float "
+                           "model or a QDQ copy instead")
 
 
 def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> Layer:
