@@ -76,7 +76,8 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
             continue
         node = Node.from_proto(proto)
         rule = VJP_RULES.get(node.op_type)
-        if rule is None or proto.domain not in ("", "ai.onnx"):
+        if rule is None or proto.domain not in ("", "ai.onnx") and not (
+                proto.domain == "com.microsoft" and node.op_type in QUANTIZING):
             raise UnsupportedOpError(
                 f"op {node.op_type} (node {node.name or proto.output[0]!r}) has no gradient rule; "
                 f"pick a target layer after it with --layer (see `onnx-gradcam inspect`)",

@@ -4,6 +4,7 @@ from onnx_gradcam.autodiff.rules import (  # noqa: F401  (imported for registrat
     elementwise,
     linalg,
     nn,
+    qoperator,
     quant,
     reduce,
     resample,
