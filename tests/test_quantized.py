@@ -106,3 +106,40 @@ def test_int8_maps_follow_the_float_model(qdq_copies, model: str, depth: str) ->
         print(f"{model} {depth} targets {target}: pre-ReLU {np.round(coarse, 3)}, "
               f"final {np.round(final, 3)}")
         assert min(coarse + final) >= MIN_CORRELATION, (coarse, final)
+
+
+#: the ops quantize_static may turn into QOperator ops that have rules (QGemm has none)
+WITH_RULES = ["Conv", "Add", "Mul", "GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu",
+              "Concat", "MatMul"]
+
+
+@pytest.mark.parametrize("model", list(FILES))
+def test_qoperator_gradients_follow_the_qdq_model(tmp_path, model: str) -> None:
+    """A QOperator copy (QLinearConv, QLinearAdd, QLinearMul, QLinearSigmoid, …) and a QDQ copy
+    made from the same calibration mean the same real-valued function: the gradient of the
+    scores w.r.t. the input pixels, through every quantized op, agrees (correlation ≥ 0.99;
+    single entries differ where the two kernels round a value across a range end)."""
+    from onnx_gradcam.explainer_graph import GRADIENT, SEED, gradient_model
+    from onnx_gradcam.model import load_model
+    from tests.gradcheck import session
+
+    x, targets = EXPECTED[f"{model}__input"], EXPECTED[f"{model}__targets"][0]
+    name = onnx.load(WILD / FILES[model], load_external_data=False).graph.input[0].name
+    gradients = {}
+    for fmt in ("QDQ", "QOperator"):
+        path = tmp_path / f"{fmt}.onnx"
+        quantization.quantize_static(
+            str(WILD / FILES[model]), str(path),
+            Calibration([{name: _photo(p, x.shape[2:])} for p in CALIBRATION]),
+            quant_format=getattr(quantization.QuantFormat, fmt), per_channel=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8, op_types_to_quantize=WITH_RULES)
+        loaded = load_model(path)
+        ops = {n.op_type for n in loaded.proto.graph.node}
+        assert ("QLinearConv" in ops) == (fmt == "QOperator")
+        seed = np.eye(EXPECTED[f"{model}__logits"].shape[1], dtype=np.float32)[targets]
+        backward = session(gradient_model(loaded.info, loaded.input_name, loaded.logits))
+        gradients[fmt] = backward.run([GRADIENT], {loaded.input_name: x, SEED: seed})[0]
+    correlation = _corr(gradients["QDQ"], gradients["QOperator"])
+    print(f"{model}: input-gradient correlation QOperator vs QDQ {correlation:.4f}")
+    assert correlation >= 0.99

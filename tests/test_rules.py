@@ -484,3 +484,18 @@ def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
     ops = sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
                  if any(o.startswith("ogc") for o in n.output))
     assert ops and not {"Transpose", "Shape", "Div", "Mul"} & set(ops), ops
+
+
+def test_a_quantized_tensor_from_an_op_without_a_quantized_rule_is_refused() -> None:
+    """An integer MaxPool between Q and DQ carries no cotangent: refused by name, never a
+    silently zero gradient."""
+    from onnx_gradcam.errors import UnsupportedOpError
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+
+    nodes = [N("QuantizeLinear", ["x", "xs", "xzp"], ["q"]),
+             N("MaxPool", ["q"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             N("DequantizeLinear", ["p", "xs", "xzp"], ["y"])]
+    model = make_model(nodes, [("x", [1, 2, 4, 4])], inits=X_QUANT, opset=13, dtype=F32)
+    with pytest.raises(UnsupportedOpError, match="'p' is a quantized tensor made by MaxPool"):
+        gradient_model(GraphInfo(model), "x", "y")

@@ -65,6 +65,11 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         o for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE
         for o in info.nodes[i].output
         if _is_float(info, o) or info.nodes[i].op_type in QUANTIZING}
+    #: quantized (8/16-bit integer) tensors on the path made by ops that carry no cotangent
+    #: (integer MaxPool, …): a cotangent reaching one would be dropped silently
+    quantized_elsewhere = {
+        o for i in head if info.nodes[i].op_type not in QUANTIZING | NON_DIFFERENTIABLE
+        for o in info.nodes[i].output if info.elem_types.get(o) in SMALL_INTEGERS}
     cotangents: dict[str, list[str]] = {score: [seed]}
     totals: dict[str, str] = {}
 
@@ -89,6 +94,11 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
                 f"op {node.op_type} (node {node.name or proto.output[0]!r}): {exc}; "
                 f"pick a target layer after it with --layer", proto.output[0]) from None
         for i, x in enumerate(node.inputs):
+            if x in quantized_elsewhere and i < len(dxs) and dxs[i] is not None:
+                raise UnsupportedOpError(
+                    f"op {node.op_type} (node {node.name!r}): input {x!r} is a quantized tensor "
+                    f"made by {info.op_of(x)}, which has no quantized gradient rule",
+                    proto.output[0])
             if x not in differentiable:
                 continue
             dx = dxs[i] if i < len(dxs) else None
@@ -119,6 +129,10 @@ def _is_float(info: GraphInfo, name: str) -> bool:
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16}
+
+
+SMALL_INTEGERS = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
+                  onnx.TensorProto.INT16, onnx.TensorProto.UINT4, onnx.TensorProto.INT4}
 
 
 def _total(op: Emitter, parts: list[str] | None) -> str | None:
