@@ -54,8 +54,16 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     :class:`UnsupportedOpError` naming the op and node when a head op has no rule.
     """
     dtype = info.dtype(activation)
-    op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, constants=info.constants,
-                 prefix=prefix, overridable=info.overridable)
+    #: fp16 heads are differentiated in float32 from the fp16 forward's values: fp16 products
+    #: that cancel in a backward (SE blocks) lose digits float32 keeps
+    wide = np.dtype(dtype) == np.float16
+    op = Emitter(opset=info.opset, dtype=np.dtype(np.float32) if wide else dtype,
+                 shapes=info.shapes, constants=info.constants, prefix=prefix,
+                 overridable=info.overridable)
+    widened: dict[str, str] = {}
+    if wide:
+        seed = widened.setdefault(seed, op.Cast(seed, to=op.float_type))
+        op.know_shape(seed, info.shapes.get(score))
     if seed_classes is not None:
         op.mark_one_hot(seed, seed_classes, like=score)
     head = head_nodes(info, activation, score)
@@ -80,6 +88,9 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         if all(dy is None for dy in dys) or proto.op_type in NON_DIFFERENTIABLE:
             continue
         node = Node.from_proto(proto)
+        if wide:
+            node.inputs = [_float32(op, info, x, widened) for x in node.inputs]
+            node.outputs = [_float32(op, info, y, widened) for y in node.outputs]
         rule = VJP_RULES.get(node.op_type)
         if rule is None or proto.domain not in ("", "ai.onnx") and not (
                 proto.domain == "com.microsoft" and node.op_type in QUANTIZING):
@@ -93,7 +104,7 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
             raise UnsupportedOpError(
                 f"op {node.op_type} (node {node.name or proto.output[0]!r}): {exc}; "
                 f"pick a target layer after it with --layer", proto.output[0]) from None
-        for i, x in enumerate(node.inputs):
+        for i, x in enumerate(proto.input):
             if x in quantized_elsewhere and i < len(dxs) and dxs[i] is not None:
                 raise UnsupportedOpError(
                     f"op {node.op_type} (node {node.name!r}): input {x!r} is a quantized tensor "
@@ -112,14 +123,29 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     total = _total(op, cotangents.get(activation))
     if total is None:
         raise OnnxGradCamError(f"the score {score!r} does not depend on tensor {activation!r}")
-    gradient = op.Identity(total)
+    gradient = op.Cast(total, to=onnx.TensorProto.FLOAT16) if wide else op.Identity(total)
     nodes = live_nodes(op.nodes, [gradient])
     read = {i for n in nodes for i in n.input}
     inits = [t for t in op.initializers if t.name in read]
     kept = {o for n in nodes for o in n.output} | {seed}
+    if wide:  # the shortcuts' tensors are float32; their fp16 consumers do without them
+        return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head])
     return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
                          op.broadcasts.get(total),
                          {t: dy for t, dy in totals.items() if dy in kept})
+
+
+def _float32(op: Emitter, info: GraphInfo, name: str, widened: dict[str, str]) -> str:
+    """A float32 copy of the fp16 forward tensor ``name`` (a constant for a weight), made
+    once; other tensors as they are."""
+    if not name or info.elem_types.get(name) != onnx.TensorProto.FLOAT16:
+        return name
+    if name not in widened:
+        value = info.constants.get(name) if name not in info.overridable else None
+        widened[name] = (op.const(value.astype(np.float32)) if value is not None
+                         else op.Cast(name, to=op.float_type))
+        op.know_shape(widened[name], info.shapes.get(name))
+    return widened[name]
 
 
 def _is_float(info: GraphInfo, name: str) -> bool:
