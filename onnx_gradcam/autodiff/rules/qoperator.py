@@ -50,6 +50,20 @@ def _signature(op_type: str, inputs: int) -> tuple[str, list[tuple[int, int, int
     return SIGNATURES[op_type]
 
 
+def float_op_of(node: onnx.NodeProto) -> tuple[str, list[str]]:
+    """A QOperator node's float op and its quantized data inputs (the operands' tensors)."""
+    float_op, operands, _ = _signature(node.op_type, len(node.input))
+    return float_op, [node.input[q] for q, _, _ in operands]
+
+
+def output_parameters(node: onnx.NodeProto) -> tuple[str, str]:
+    """The (scale, zero point) tensor names of a QOperator (or QuantizeLinear) node's output."""
+    if node.op_type == "QuantizeLinear":
+        return node.input[1], node.input[2] if len(node.input) > 2 else ""
+    _, _, (scale, zero_point) = _signature(node.op_type, len(node.input))
+    return node.input[scale], node.input[zero_point]
+
+
 def float_meaning(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` in which each contrib QOperator op is DequantizeLinear → its float op →
     QuantizeLinear (standard ONNX, the same tensor names): what ONNX's shape inference reads,
