@@ -41,6 +41,7 @@ from onnx_gradcam.model import (
     Layer,
     LoadedModel,
     candidate_layers,
+    dequantized_layers,
     detect_layer,
     load_model,
     resolve_layer,
@@ -162,6 +163,7 @@ class Explainer:
         #: the model's own Softmax) or "output" (the model's output; no final Softmax found)
         self.score_kind = score if has_softmax else "output"
         self.layers: list[Layer] = self._layers(layer)
+        self.model, self.layers = dequantized_layers(self.model, self.layers)
         self.batch_size = max(1, int(batch_size))
         if self.model.input_shape[0] == 1:
             self.batch_size = 1  # a model exported with a fixed batch of one

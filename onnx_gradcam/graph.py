@@ -105,10 +105,7 @@ class GraphInfo:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        try:
-            inferred = onnx.shape_inference.infer_shapes(_without_weights(model), data_prop=True)
-        except Exception:  # noqa: BLE001 - shape inference is best-effort on exotic models
-            inferred = model
+        inferred = _infer_shapes(model)
         graph = inferred.graph
         self.nodes: list[onnx.NodeProto] = list(model.graph.node)
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
@@ -248,3 +245,16 @@ class GraphInfo:
 _NONNEGATIVE = frozenset({"Relu", "Sigmoid", "Softplus", "Abs", "Exp"})
 _MOVES_VALUES = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
                            "MaxPool", "Gather", "Dropout"})
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with inferred shapes (best effort). ONNX's inference does not know ONNX
+    Runtime's contrib QOperator ops (QLinearAdd, …): it reads their float meaning instead."""
+    if any(node.domain == "com.microsoft" for node in model.graph.node):
+        from onnx_gradcam.autodiff.rules.qoperator import float_meaning
+
+        model = float_meaning(model)
+    try:
+        return onnx.shape_inference.infer_shapes(_without_weights(model), data_prop=True)
+    except Exception:  # noqa: BLE001 - shape inference is best-effort on exotic models
+        return model

@@ -20,6 +20,7 @@ from functools import cached_property
 import onnx
 from onnx import helper
 
+from onnx_gradcam.autodiff.rules.qoperator import QUANTIZED_OPS, float_op_of
 from onnx_gradcam.graph import GraphInfo, readable
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -27,14 +28,15 @@ LAYOUTS = ("NCHW", "NHWC")
 CHANNELS_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "BatchNormalization",
                   "GlobalAveragePool", "GlobalMaxPool", "InstanceNormalization", "LRN", "LpPool",
                   "GlobalLpPool", "MaxUnpool", "DepthToSpace", "SpaceToDepth", "DeformConv",
-                  "GroupNormalization"}
+                  "GroupNormalization", "QLinearConv"}
 #: Ops whose 4-D inputs and output share one layout (unary, broadcasting, value moves).
 SAME_LAYOUT = {"Identity", "Dropout", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish",
                "HardSigmoid", "Elu", "Selu", "Tanh", "Gelu", "Softplus", "Softsign", "Mish",
                "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Cast", "Floor", "Ceil",
                "Round", "Sign", "Not", "IsNaN", "Add", "Sub", "Mul", "Div", "Max", "Min", "Sum",
                "Mean", "Where", "Pow", "PRelu", "ThresholdedRelu", "Celu", "Concat", "Pad",
-               "Resize", "Upsample", "Slice", "Split", "Tile", "Expand"}
+               "Resize", "Upsample", "Slice", "Split", "Tile", "Expand", "QuantizeLinear",
+               "DequantizeLinear"}
 #: Of those, the ones whose inputs may have fewer dimensions than their output.
 BROADCASTING = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Where", "Pow", "PRelu",
                 "Expand"}
@@ -151,7 +153,9 @@ class Layouts:
     def _node(self, node: onnx.NodeProto) -> None:
         op, at = node.op_type, f"at node {node.name or node.output[0]!r}"
         ins, outs = list(node.input), [o for o in node.output if o]
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain == "com.microsoft" and op in QUANTIZED_OPS:
+            self._quantized(node, at)
+        elif node.domain not in ("", "ai.onnx"):
             self._same_shape(node)
         elif op in CHANNELS_FIRST:
             self._say(ins[0], "NCHW", f"input of {op} {at}")
@@ -196,6 +200,18 @@ class Layouts:
                     self._join(names[0], name)
         else:
             self._same_shape(node)
+
+    def _quantized(self, node: onnx.NodeProto, at: str) -> None:
+        """ONNX Runtime's QOperator contrib ops say what their float op says."""
+        float_op, data = float_op_of(node)
+        if float_op in CHANNELS_FIRST and not _attr(node, "channels_last", 0):
+            self._say(data[0], "NCHW", f"input of {node.op_type} {at}")
+            self._say(node.output[0], "NCHW", f"output of {node.op_type} {at}")
+        elif float_op in SAME_LAYOUT:
+            for name in data:
+                shape = self.info.shapes.get(name)
+                if shape is not None and len(shape) == 4:
+                    self._join(node.output[0], name)
 
     def _same_shape(self, node: onnx.NodeProto) -> None:
         """An op we know nothing about: an output shaped exactly like a 4-D input is taken to

@@ -11,6 +11,9 @@ from pathlib import Path
 import onnx
 from onnx.external_data_helper import load_external_data_for_model
 
+from onnx_gradcam.autodiff import rules as _rules  # noqa: F401  (fills VJP_RULES)
+from onnx_gradcam.autodiff.registry import VJP_RULES
+from onnx_gradcam.autodiff.rules.qoperator import QUANTIZED_OPS, output_parameters
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape, readable
 from onnx_gradcam.layout import SAME_LAYOUT, Layouts, Verdict, explicit, pooled
@@ -258,7 +261,8 @@ def candidate_layers(model: LoadedModel, score: str | None = None) -> list[Layer
         node = info.nodes[index]
         for name in node.output:
             shape = info.shapes.get(name)
-            if shape is None or info.elem_types.get(name) not in (1, 10, 11):
+            quantized = node.op_type in QUANTIZED_OPS and info.elem_types.get(name) in (2, 3)
+            if shape is None or (info.elem_types.get(name) not in (1, 10, 11) and not quantized):
                 continue
             if len(shape) == 3:
                 convs = patch_convs(info) if convs is None else convs
@@ -365,16 +369,62 @@ def _before_dense_head(model: LoadedModel, score: str, by_name: dict[str, Layer]
 
 
 def _refuse_quantized(model: LoadedModel, nodes: set[int]) -> None:
+    """Refuse quantized ops that have no gradient rule (QDQ pairs have one: rules/quant.py)."""
     counts = Counter(op for op in (model.info.nodes[i].op_type for i in nodes)
-                     if op.startswith("QLinear") or op in QUANTIZED)
+                     if (op.startswith("QLinear") or op in QUANTIZED) and op not in VJP_RULES)
     if not counts:
         return
     listed = ", ".join(f"{op} ×{n}" for op, n in counts.most_common(3))
     more = ", …" if len(counts) > 3 else ""
-    kind = ("quantize/dequantize (QDQ) ops" if set(counts) <= {"QuantizeLinear", "DequantizeLinear"}
-            else "quantized QOperator ops")
-    raise OnnxGradCamError(f"{model.source}: {kind} ({listed}{more}) between the input and the "
-                           "scores are not supported yet; explain the float model instead")
+    raise OnnxGradCamError(f"{model.source}: quantized QOperator ops ({listed}{more}) between "
+                           "the input and the scores are not supported yet; explain the float "
+                           "model or a QDQ copy instead")
+
+
+def dequantized_layers(model: LoadedModel, layers: list[Layer]
+                       ) -> tuple[LoadedModel, list[Layer]]:
+    """``model`` and ``layers`` where each integer layer (a QOperator op's uint8/int8 output)
+    is replaced by its dequantized copy: DequantizeLinear → ``NAME/dequantized`` (the layer) →
+    QuantizeLinear → ``NAME/requantized``, which its consumers read instead (the same integers:
+    the forward is unchanged, and the gradient reaches the layer through the pair's rules)."""
+    info = model.info
+    integer = [la for la in layers if info.elem_types.get(la.name) in (2, 3)]
+    if not integer:
+        return model, layers
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    renamed = {}
+    for layer in integer:
+        scale, zero_point = output_parameters(info.nodes[info.producer[layer.name]])
+        real, again = f"{layer.name}/dequantized", f"{layer.name}/requantized"
+        for node in proto.graph.node:
+            node.input[:] = [again if i == layer.name else i for i in node.input]
+        proto.graph.node.extend([
+            onnx.helper.make_node("DequantizeLinear", [layer.name, scale, zero_point], [real]),
+            onnx.helper.make_node("QuantizeLinear", [real, scale, zero_point], [again])])
+        renamed[layer.name] = real
+    proto = _sorted(proto)
+    loaded = replace(model, proto=proto, info=GraphInfo(proto))
+    return loaded, [replace(la, name=renamed[la.name]) if la.name in renamed else la
+                    for la in layers]
+
+
+def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with its nodes in topological order (appended nodes moved to where their
+    inputs exist)."""
+    known = {i.name for i in proto.graph.input} | {t.name for t in proto.graph.initializer}
+    pending, order = list(proto.graph.node), []
+    while pending:
+        ready = [n for n in pending if all(not i or i in known for i in n.input)]
+        if not ready:
+            return proto  # a cycle or a missing input: leave it for ONNX Runtime to name
+        for node in ready:
+            known.update(node.output)
+        order += ready
+        pending = [n for n in pending if n not in ready]
+    del proto.graph.node[:]
+    proto.graph.node.extend(order)
+    return proto
 
 
 def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> Layer:

@@ -16,25 +16,27 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 F32, F64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+FLOATS = (F32, onnx.TensorProto.FLOAT16)
 
 
 def to_double(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy with every float32 tensor (initializers, constants, casts, value types) in float64."""
+    """A copy with every float32 or float16 tensor (initializers, constants, casts, value types)
+    in float64: an fp16 model's own function, in exact-enough arithmetic."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     for tensor in graph.initializer:
-        if tensor.data_type == F32:
+        if tensor.data_type in FLOATS:
             tensor.CopyFrom(_double(tensor))
     for value in [*graph.input, *graph.output]:
-        if value.type.tensor_type.elem_type == F32:
+        if value.type.tensor_type.elem_type in FLOATS:
             value.type.tensor_type.elem_type = F64
     del graph.value_info[:]
     for node in graph.node:
         for attr in node.attribute:
-            if attr.name == "to" and attr.i == F32:
+            if attr.name == "to" and attr.i in FLOATS:
                 attr.i = F64
-            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == F32:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in FLOATS:
                 attr.t.CopyFrom(_double(attr.t))
     return out
 

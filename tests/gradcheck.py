@@ -12,12 +12,14 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from onnx_gradcam.autodiff.rules.qoperator import float_meaning
 from onnx_gradcam.explainer_graph import GRADIENT, SEED, gradient_model
 from onnx_gradcam.graph import GraphInfo
+from tests.zoo.float64 import evaluator
 
 
 def make_model(nodes, inputs, output="y", inits=None, opset=17, dtype=np.float64,
-               extra_outputs=()):
+               extra_outputs=(), domains=None):
     """A model with float inputs ``inputs`` = [(name, shape)] and output ``output``."""
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     graph = helper.make_graph(
@@ -25,11 +27,13 @@ def make_model(nodes, inputs, output="y", inits=None, opset=17, dtype=np.float64
         [helper.make_tensor_value_info(n, elem, s) for n, s in inputs],
         [helper.make_tensor_value_info(o, elem, None) for o in (output, *extra_outputs)],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)] + [
+        helper.make_opsetid(d, v) for d, v in (domains or {}).items()])
     model.ir_version = 8
     outputs = list(model.graph.output)
     del model.graph.output[:]
-    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    readable = float_meaning(model) if domains else model  # contrib ops: their float meaning
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(readable).graph.value_info}
     model.graph.output.extend(inferred.get(o.name, o) for o in outputs)
     return model
 
@@ -40,17 +44,25 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def check_vjp(model, feeds, wrt="x", score="y", directions=3, rtol=1e-6, eps=1e-6, seed=20261127):
-    """Assert the gradient graph of ``score`` w.r.t. ``wrt`` matches central differences."""
+def check_vjp(model, feeds, wrt="x", score="y", directions=3, rtol=1e-6, eps=1e-6, seed=20261127,
+              reference=None):
+    """Assert the gradient graph of ``score`` w.r.t. ``wrt`` matches central differences (of
+    ``reference``, a float64 model with the same inputs and score, where given: the real-valued
+    function a quantized ``model`` approximates)."""
     rng = np.random.default_rng(seed)
     info = GraphInfo(model)
     grad_model = gradient_model(info, wrt, score)
     onnx.checker.check_model(grad_model, full_check=True)
-    forward = session(model)
     backward = session(grad_model)
+    # the reference in float64 by onnx.reference (ONNX Runtime has no double Conv)
+    forward = session(model) if reference is None else evaluator(reference)
+    model_feeds = feeds
+    if reference is not None:  # the model's own dtype (ORT quantizes float32) for the gradient
+        feeds = {k: v.astype(np.float64) for k, v in feeds.items()}
     y = forward.run([score], feeds)[0]
     c = rng.standard_normal(y.shape).astype(y.dtype)
-    g = backward.run([GRADIENT], {**feeds, SEED: c})[0]
+    dtype = next(iter(model_feeds.values())).dtype
+    g = backward.run([GRADIENT], {**model_feeds, SEED: c.astype(dtype)})[0]
     x = feeds[wrt]
     assert g.shape == x.shape, (g.shape, x.shape)
     for _ in range(directions):

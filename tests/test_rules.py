@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -11,6 +12,7 @@ import pytest
 from onnx import helper
 
 from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, VJP_RULES
+from onnx_gradcam.autodiff.rules.qoperator import SIGNATURES
 from tests.gradcheck import check_vjp, make_model
 
 F64, F32 = np.float64, np.float32
@@ -26,8 +28,12 @@ class Case:
     opset: int = 17
     dtype: type = F64
     batch: int = 2  # value of a symbolic first dim
-    away_from: float | None = None  # keep |x - k| > 0.2 for the kinks k of piecewise ops
+    away_from: float | tuple | None = None  # keep |x - k| > 0.2 for the kinks k of piecewise ops
     positive: bool = False
+    quantized: bool = False  # checked against its real-valued twin (:func:`_real_valued`)
+    #: where a quantized rule reads forward values (rounded to the output's step s, while the
+    #: twin's are exact), the relative error that rounding allows
+    rtol: float | None = None
 
 
 def w(*shape, seed=1, dtype=F64):
@@ -71,6 +77,105 @@ POOLED_DENSE_HEAD = [
     N("Transpose", ["m"], ["t"], perm=[0, 3, 1, 2]),
     N("Conv", ["t", "W1"], ["h"]), N("Relu", ["h"], ["r"]),
     N("Conv", ["r", "W2"], ["z"]), N("Flatten", ["z"], ["y"])]
+
+
+def _qdq(scale, zero_point=None, axis=None, **attrs):
+    """x → QuantizeLinear → DequantizeLinear → ·W → y, with the pair's parameters."""
+    inits = {"s": np.asarray(scale, F32), "W": w(4, dtype=F32) + 2.0}
+    names = ["x", "s"]
+    if zero_point is not None:
+        inits["zp"] = zero_point
+        names.append("zp")
+    axis_attr = {} if axis is None else {"axis": axis}
+    nodes = [N("QuantizeLinear", names, ["q"], **axis_attr, **attrs),
+             N("DequantizeLinear", ["q", *names[1:]], ["d"], **axis_attr),
+             N("Mul", ["d", "W"], ["y"])]
+    qmin, qmax = _integer_range(zero_point, attrs.get("output_dtype"))
+    zp = np.zeros(1) if zero_point is None else zero_point.astype(F64)
+    s = np.asarray(scale, F64)
+    kinks = tuple(np.concatenate([((qmin - zp) * s).ravel(), ((qmax - zp) * s).ravel()]))
+    return nodes, inits, kinks
+
+
+def _integer_range(zero_point, output_dtype=None):
+    if zero_point is not None:
+        output_dtype = helper.np_dtype_to_tensor_dtype(zero_point.dtype)
+    bits = {2: 8, 3: 8, 4: 16, 5: 16, 21: 4, 22: 4}[output_dtype or 2]
+    signed = (output_dtype or 2) in (3, 5, 22)
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+
+
+def _quantized_cases():
+    cases = []
+    for name, opset, shape, (nodes, inits, kinks) in [
+        ("qdq_int8_per_tensor", 13, ["N", 3, 4], _qdq(0.02, np.array(3, np.int8))),
+        ("qdq_uint8_default_zero_point_opset10", 10, [2, 3, 4], _qdq(0.01)),
+        ("qdq_uint8_per_axis", 13, ["N", 3, 2, 4],
+         _qdq([0.01, 0.02, 0.015], np.array([10, 128, 0], np.uint8), axis=1)),
+        ("qdq_int8_per_axis_last", 19, [2, 3, 4],
+         _qdq([0.01, 0.02, 0.015, 0.03], np.array([0, -5, 2, 7], np.int8), axis=-1)),
+        ("qdq_int16", 21, [2, 3, 4], _qdq(2e-4, np.array(-100, np.int16))),
+        ("qdq_uint16_output_dtype", 21, [2, 3, 4],
+         _qdq(1e-4, output_dtype=onnx.TensorProto.UINT16)),
+        ("qdq_int4", 21, [2, 3, 4], _qdq(0.25, np.array(1, ml_dtypes.int4))),
+        ("qdq_uint4_per_axis", 21, [2, 3, 4],
+         _qdq([0.1, 0.2, 0.15], np.array([3, 8, 0], ml_dtypes.uint4), axis=1)),
+    ]:
+        cases.append(Case(name, nodes, shape, inits, opset=opset, dtype=F32, away_from=kinks,
+                          quantized=True))
+    return cases
+
+
+U8, I8 = np.uint8, np.int8
+#: x → QuantizeLinear(uint8, s 0.02, zp 128) → xq: x is clipped outside these
+X_QUANT = {"xs": np.array(0.02, F32), "xzp": np.array(128, U8)}
+X_KINKS = (-2.56, 2.54)
+
+
+def _qop(op_type, inputs, output_scale, inits, shape, rtol=None, **attrs):
+    """x → QuantizeLinear → ``op_type`` (com.microsoft where ONNX has no such op) →
+    DequantizeLinear(output_scale, zp 128) → y."""
+    domain = "" if op_type in ("QLinearConv", "QLinearMatMul") else "com.microsoft"
+    nodes = [N("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
+             N(op_type, inputs, ["yq"], domain=domain, **attrs),
+             N("DequantizeLinear", ["yq", "ys", "yzp"], ["y"])]
+    inits = {**X_QUANT, **inits, "ys": np.array(output_scale, F32), "yzp": np.array(128, U8)}
+    return Case(op_type.lower(), nodes, shape, inits, opset=13, dtype=F32, away_from=X_KINKS,
+                quantized=True, rtol=rtol)
+
+
+def _qoperator_cases():
+    rng = np.random.default_rng(3)
+    x_in = ["xq", "xs", "xzp"]
+    out = ["ys", "yzp"]
+    weights = {"W": rng.integers(-100, 100, (4, 3, 3, 3)).astype(I8),
+               "ws": np.array([0.004, 0.006, 0.005, 0.003], F32), "wzp": np.zeros(4, I8)}
+    matrix = {"M": rng.integers(-100, 100, (4, 3)).astype(I8), "ms": np.array(0.01, F32),
+              "mzp": np.array(0, I8)}
+    other = {"b": rng.integers(0, 255, (3, 1)).astype(U8), "bs": np.array(0.03, F32),
+             "bzp": np.array(100, U8)}
+    fine = [N("QuantizeLinear", ["x", "fs", "fzp"], ["fq"])]
+    fine_quant = {"fs": np.array(0.015, F32), "fzp": np.array(120, U8)}
+    cases = [
+        _qop("QLinearConv", [*x_in, "W", "ws", "wzp", *out], 0.25, weights, ["N", 3, 5, 5],
+             pads=[1, 1, 1, 1]),
+        _qop("QLinearMatMul", [*x_in, "M", "ms", "mzp", *out], 0.1, matrix, ["N", 4]),
+        _qop("QLinearAdd", [*x_in, "b", "bs", "bzp", *out], 0.05, other, ["N", 3, 4]),
+        _qop("QLinearGlobalAveragePool", [*x_in, *out], 0.02, {}, ["N", 3, 4, 4]),
+        _qop("QLinearAveragePool", [*x_in, *out], 0.02, {}, ["N", 3, 4, 4],
+             kernel_shape=[2, 2], strides=[2, 2]),
+        # these read forward values, rounded to half a step of their scale
+        _qop("QLinearSigmoid", [*x_in, *out], 1 / 256, {}, [2, 6], rtol=2e-2),
+        _qop("QLinearLeakyRelu", [*x_in, *out], 0.02, {}, [2, 6], alpha=0.1),
+    ]
+    # two operands computed from x: a fan-out through two quantizations
+    mul = _qop("QLinearMul", [*x_in, "fq", "fs", "fzp", *out], 0.05, fine_quant, [2, 6],
+               rtol=2e-2)
+    concat = _qop("QLinearConcat", [*out, *x_in, "fq", "fs", "fzp"], 0.03, fine_quant,
+                  ["N", 2, 3], axis=1)
+    for case in (mul, concat):
+        case.nodes[1:1] = fine
+    return cases + [mul, concat]
 
 
 CASES = [
@@ -241,6 +346,8 @@ CASES = [
     Case("pad_edge", [N("Pad", ["x", "p"], ["y"], mode="edge")], [2, 3, 4],
          {"p": np.array([0, 2, 1, 0, 1, 2])}),
     *_conv_cases(),
+    *_quantized_cases(),
+    *_qoperator_cases(),
 ]
 
 
@@ -249,23 +356,90 @@ def _input(case: Case, rng: np.random.Generator) -> np.ndarray:
     if case.positive:
         return rng.uniform(0.5, 2.0, shape).astype(case.dtype)
     x = rng.standard_normal(shape) * 1.5
-    if case.away_from is not None:
-        k = case.away_from
+    kinks = case.away_from if isinstance(case.away_from, tuple) else (case.away_from,)
+    for k in kinks if case.away_from is not None else ():
         near = np.abs(x - k) < 0.2
         x[near] = k + np.where(x[near] >= k, 0.2, -0.2) + 0.1 * np.sign(x[near] - k + 1e-9)
         x = np.where(np.abs(x - k) < 0.2, k + 0.3, x)
     return x.astype(case.dtype)
 
 
+def _real_valued(case: Case):
+    """The float64 function a quantized case approximates, written from the ONNX and ONNX
+    Runtime specs' formulas: QuantizeLinear → clip(x / s + zp, qmin, qmax) without rounding,
+    DequantizeLinear → (q − zp) · s, a QLinear op → its float op between the two."""
+    rank = len(case.shape)
+    inits = {k: np.asarray(v, F64) for k, v in case.inits.items()}
+    nodes = []
+
+    def attr(node, name, default):
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
+                    default)
+
+    def per_axis(name, axis, r):
+        value = inits[name] if name else np.zeros(())
+        if value.size == 1:
+            return value.reshape(())
+        shape = [1] * r
+        shape[axis % r] = -1
+        return value.reshape(shape)
+
+    def dequantize(q, s, zp, out, axis=1, r=rank):
+        if q in case.inits:  # a weight: dequantized here, once
+            w8 = np.asarray(case.inits[q], F64)
+            inits[out] = (w8 - per_axis(zp, 0 if s and inits[s].size > 1 else axis, w8.ndim)) \
+                * per_axis(s, 0 if inits[s].size > 1 else axis, w8.ndim)
+            return
+        inits[out + "_s"], inits[out + "_zp"] = per_axis(s, axis, r), per_axis(zp, axis, r)
+        nodes.extend([N("Sub", [q, out + "_zp"], [out + "_c"]),
+                      N("Mul", [out + "_c", out + "_s"], [out])])
+
+    def quantize(x, s, zp, out, output_dtype=None, axis=1, r=rank):
+        qmin, qmax = _integer_range(case.inits.get(zp) if zp else None, output_dtype)
+        inits[out + "_s"], inits[out + "_zp"] = per_axis(s, axis, r), per_axis(zp, axis, r)
+        inits[out + "_lo"], inits[out + "_hi"] = np.array(qmin, F64), np.array(qmax, F64)
+        nodes.extend([N("Div", [x, out + "_s"], [out + "_d"]),
+                      N("Add", [out + "_d", out + "_zp"], [out + "_r"]),
+                      N("Clip", [out + "_r", out + "_lo", out + "_hi"], [out])])
+
+    for node in case.nodes:
+        ins = [*node.input, "", ""]
+        if node.op_type == "QuantizeLinear":
+            quantize(ins[0], ins[1], ins[2], node.output[0], attr(node, "output_dtype", None),
+                     attr(node, "axis", 1))
+        elif node.op_type == "DequantizeLinear":
+            dequantize(ins[0], ins[1], ins[2], node.output[0], attr(node, "axis", 1))
+        elif node.op_type in SIGNATURES or node.op_type == "QLinearConcat":
+            if node.op_type == "QLinearConcat":
+                float_op, output = "Concat", (0, 1)
+                operands = [(i, i + 1, i + 2) for i in range(2, len(node.input), 3)]
+            else:  # the signatures' input indices (spec facts) are shared; formulas are not
+                float_op, operands, output = SIGNATURES[node.op_type]
+            reals = [f"{node.output[0]}_in{k}" for k in range(len(operands))]
+            for (q, sc, zp), real in zip(operands, reals):
+                dequantize(ins[q], ins[sc], ins[zp], real)
+            kept = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            nodes.append(N(float_op, reals, [node.output[0] + "_f"], **kept))
+            quantize(node.output[0] + "_f", ins[output[0]], ins[output[1]], node.output[0])
+        else:
+            nodes.append(node)
+    return make_model(nodes, [("x", case.shape)], inits=inits, opset=17, dtype=F64)
+
+
 def _model(case: Case):
     inits = {k: (v.astype(case.dtype) if v.dtype.kind == "f" else v) for k, v in case.inits.items()}
+    contrib = any(n.domain == "com.microsoft" for n in case.nodes)
     return make_model(case.nodes, [("x", case.shape)], inits=inits, opset=case.opset,
-                      dtype=case.dtype)
+                      dtype=case.dtype, domains={"com.microsoft": 1} if contrib else None)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_rule_matches_finite_differences(case: Case) -> None:
     x = _input(case, np.random.default_rng(0))
+    if case.quantized:  # float32 gradient of the quantized graph vs float64 of the real one
+        check_vjp(_model(case), {"x": x}, rtol=case.rtol or 1e-5, eps=1e-4,
+                  reference=_real_valued(case))
+        return
     # float64 wherever ONNX Runtime has a double kernel; float32 (looser) where it has none
     if case.dtype == F64:
         check_vjp(_model(case), {"x": x}, rtol=1e-6, eps=1e-6)
@@ -322,3 +496,18 @@ def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
     ops = sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
                  if any(o.startswith("ogc") for o in n.output))
     assert ops and not {"Transpose", "Shape", "Div", "Mul"} & set(ops), ops
+
+
+def test_a_quantized_tensor_from_an_op_without_a_quantized_rule_is_refused() -> None:
+    """An integer MaxPool between Q and DQ carries no cotangent: refused by name, never a
+    silently zero gradient."""
+    from onnx_gradcam.errors import UnsupportedOpError
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+
+    nodes = [N("QuantizeLinear", ["x", "xs", "xzp"], ["q"]),
+             N("MaxPool", ["q"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             N("DequantizeLinear", ["p", "xs", "xzp"], ["y"])]
+    model = make_model(nodes, [("x", [1, 2, 4, 4])], inits=X_QUANT, opset=13, dtype=F32)
+    with pytest.raises(UnsupportedOpError, match="'p' is a quantized tensor made by MaxPool"):
+        gradient_model(GraphInfo(model), "x", "y")

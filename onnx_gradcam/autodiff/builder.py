@@ -15,7 +15,7 @@ import onnx
 
 from onnx_gradcam.autodiff import rules as _rules  # noqa: F401  (fills the registry)
 from onnx_gradcam.autodiff.emitter import Emitter, Node
-from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, VJP_RULES
+from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, QUANTIZING, VJP_RULES
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.graph import GraphInfo
 from onnx_gradcam.passes import live_nodes
@@ -54,8 +54,16 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     :class:`UnsupportedOpError` naming the op and node when a head op has no rule.
     """
     dtype = info.dtype(activation)
-    op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, constants=info.constants,
-                 prefix=prefix, overridable=info.overridable)
+    #: fp16 heads are differentiated in float32 from the fp16 forward's values: fp16 products
+    #: that cancel in a backward (SE blocks) lose digits float32 keeps
+    wide = np.dtype(dtype) == np.float16
+    op = Emitter(opset=info.opset, dtype=np.dtype(np.float32) if wide else dtype,
+                 shapes=info.shapes, constants=info.constants, prefix=prefix,
+                 overridable=info.overridable)
+    widened: dict[str, str] = {}
+    if wide:
+        seed = widened.setdefault(seed, op.Cast(seed, to=op.float_type))
+        op.know_shape(seed, info.shapes.get(score))
     if seed_classes is not None:
         op.mark_one_hot(seed, seed_classes, like=score)
     head = head_nodes(info, activation, score)
@@ -63,7 +71,13 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         raise OnnxGradCamError(f"tensor {activation!r} does not feed the score {score!r}")
     differentiable = {activation} | {
         o for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE
-        for o in info.nodes[i].output if _is_float(info, o)}
+        for o in info.nodes[i].output
+        if _is_float(info, o) or info.nodes[i].op_type in QUANTIZING}
+    #: quantized (8/16-bit integer) tensors on the path made by ops that carry no cotangent
+    #: (integer MaxPool, …): a cotangent reaching one would be dropped silently
+    quantized_elsewhere = {
+        o for i in head if info.nodes[i].op_type not in QUANTIZING | NON_DIFFERENTIABLE
+        for o in info.nodes[i].output if info.elem_types.get(o) in SMALL_INTEGERS}
     cotangents: dict[str, list[str]] = {score: [seed]}
     totals: dict[str, str] = {}
 
@@ -74,8 +88,12 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         if all(dy is None for dy in dys) or proto.op_type in NON_DIFFERENTIABLE:
             continue
         node = Node.from_proto(proto)
+        if wide:
+            node.inputs = [_float32(op, info, x, widened) for x in node.inputs]
+            node.outputs = [_float32(op, info, y, widened) for y in node.outputs]
         rule = VJP_RULES.get(node.op_type)
-        if rule is None or proto.domain not in ("", "ai.onnx"):
+        if rule is None or proto.domain not in ("", "ai.onnx") and not (
+                proto.domain == "com.microsoft" and node.op_type in QUANTIZING):
             raise UnsupportedOpError(
                 f"op {node.op_type} (node {node.name or proto.output[0]!r}) has no gradient rule; "
                 f"pick a target layer after it with --layer (see `onnx-gradcam inspect`)",
@@ -86,7 +104,12 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
             raise UnsupportedOpError(
                 f"op {node.op_type} (node {node.name or proto.output[0]!r}): {exc}; "
                 f"pick a target layer after it with --layer", proto.output[0]) from None
-        for i, x in enumerate(node.inputs):
+        for i, x in enumerate(proto.input):
+            if x in quantized_elsewhere and i < len(dxs) and dxs[i] is not None:
+                raise UnsupportedOpError(
+                    f"op {node.op_type} (node {node.name!r}): input {x!r} is a quantized tensor "
+                    f"made by {info.op_of(x)}, which has no quantized gradient rule",
+                    proto.output[0])
             if x not in differentiable:
                 continue
             dx = dxs[i] if i < len(dxs) else None
@@ -100,14 +123,29 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     total = _total(op, cotangents.get(activation))
     if total is None:
         raise OnnxGradCamError(f"the score {score!r} does not depend on tensor {activation!r}")
-    gradient = op.Identity(total)
+    gradient = op.Cast(total, to=onnx.TensorProto.FLOAT16) if wide else op.Identity(total)
     nodes = live_nodes(op.nodes, [gradient])
     read = {i for n in nodes for i in n.input}
     inits = [t for t in op.initializers if t.name in read]
     kept = {o for n in nodes for o in n.output} | {seed}
+    if wide:  # the shortcuts' tensors are float32; their fp16 consumers do without them
+        return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head])
     return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
                          op.broadcasts.get(total),
                          {t: dy for t, dy in totals.items() if dy in kept})
+
+
+def _float32(op: Emitter, info: GraphInfo, name: str, widened: dict[str, str]) -> str:
+    """A float32 copy of the fp16 forward tensor ``name`` (a constant for a weight), made
+    once; other tensors as they are."""
+    if not name or info.elem_types.get(name) != onnx.TensorProto.FLOAT16:
+        return name
+    if name not in widened:
+        value = info.constants.get(name) if name not in info.overridable else None
+        widened[name] = (op.const(value.astype(np.float32)) if value is not None
+                         else op.Cast(name, to=op.float_type))
+        op.know_shape(widened[name], info.shapes.get(name))
+    return widened[name]
 
 
 def _is_float(info: GraphInfo, name: str) -> bool:
@@ -117,6 +155,10 @@ def _is_float(info: GraphInfo, name: str) -> bool:
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                 onnx.TensorProto.BFLOAT16}
+
+
+SMALL_INTEGERS = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
+                  onnx.TensorProto.INT16, onnx.TensorProto.UINT4, onnx.TensorProto.INT4}
 
 
 def _total(op: Emitter, parts: list[str] | None) -> str | None:

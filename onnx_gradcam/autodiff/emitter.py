@@ -189,6 +189,12 @@ class Emitter:
         """The static shape of a forward tensor (dims None where symbolic), or None if unknown."""
         return self.shapes.get(name)
 
+    def know_shape(self, name: str, shape: tuple[int | None, ...] | None) -> None:
+        """Record the static shape of the emitted tensor ``name`` (a rule that runs another op's
+        rule on dequantized copies of the forward tensors)."""
+        if shape is not None:
+            self.shapes = {**self.shapes, name: tuple(shape)}  # never the caller's dict
+
     def rank(self, name: str) -> int:
         """The rank of a forward tensor, or a ValueError naming it where shape inference gave
         none (:meth:`known_rank` also knows emitted element-wise results, and says None)."""

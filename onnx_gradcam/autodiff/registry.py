@@ -25,6 +25,13 @@ NON_DIFFERENTIABLE: frozenset[str] = frozenset({
     "EyeLike", "RandomNormalLike", "RandomUniformLike", "Floor", "Ceil", "Round", "Sign",
 })
 
+#: Ops whose integer outputs carry a cotangent: the derivative with respect to the real number
+#: the integer stands for (``x / s + zp`` before rounding; see ``rules/quant.py``).
+QUANTIZING: frozenset[str] = frozenset({
+    "QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
+    "QLinearConcat"})
+
 
 def registrar(table: dict[str, F], what: str) -> Callable[..., Callable[[F], F]]:
     """A decorator factory filling ``table`` by op type; registering an op twice raises."""

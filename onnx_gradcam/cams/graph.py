@@ -300,7 +300,9 @@ def heatmap(op: Emitter, coarse: list[Value], size: Value | tuple[int, int],
     extremes = _upsample_at(op, shifted, *static,
                             (extreme_samples(h, height), extreme_samples(w, width)))
     low = op.reduce("ReduceMin", extremes, [2, 3])
-    spread = op.Add(op.Sub(op.reduce("ReduceMax", extremes, [2, 3]), low), 1e-14)
+    # ε² of the two steps, kept above zero in float16 (else a constant map divides 0 by 0)
+    epsilon = max(1e-14, float(np.finfo(op.dtype).smallest_subnormal))
+    spread = op.Add(op.Sub(op.reduce("ReduceMax", extremes, [2, 3]), low), epsilon)
     maps = _upsample_at(op, op.Div(op.Sub(shifted, low), spread), *static)
     return op.Clip(maps, op.const(0.0), op.const(1.0))
 

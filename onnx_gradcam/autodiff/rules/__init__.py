@@ -4,6 +4,8 @@ from onnx_gradcam.autodiff.rules import (  # noqa: F401  (imported for registrat
     elementwise,
     linalg,
     nn,
+    qoperator,
+    quant,
     reduce,
     resample,
     shape,
