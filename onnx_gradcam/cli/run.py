@@ -118,6 +118,19 @@ def run_command(
              "from its header only"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the outputs of a "
                                    "previous run in -o (only the files its report.json lists)"),
+    out_format: str = typer.Option(None, "--format", help="files (overlay pictures; the "
+                                   "local engine's default) or parquet (the maps in "
+                                   "OUT/results rows; Ray's default)"),
+    resume: bool = typer.Option(False, "--resume", help="finish a previous run in -o: skip "
+                                "the images its rows list"),
+    engine: str = typer.Option("local", "--engine", help="local, or ray (needs "
+                               "onnx-gradcam[ray])"),
+    ray_address: str = typer.Option("local", "--ray-address", help="ray: local (start one "
+                                    "here), auto (a running cluster) or an address"),
+    workers: int = typer.Option(None, "--workers", min=1, help="ray: explaining actors "
+                                "(default: one per CPU, at most 4)"),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
+                                          help="ray: GPUs each actor reserves"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Explain images with a CAM method; write overlays, optional .npy and report.json."""
@@ -136,8 +149,24 @@ def run_command(
     meta = explainer.model.metadata
     names = Labels.from_file(labels) if labels else Labels(meta.labels, meta.label_offset)
     demo = given is None
+    if engine not in ("local", "ray"):
+        raise OnnxGradCamError(f"--engine {engine!r}: choose local or ray")
+    out_format = out_format or ("parquet" if engine == "ray" else "files")
+    if out_format not in ("files", "parquet"):
+        raise OnnxGradCamError(f"--format {out_format!r}: choose files or parquet")
+    if resume and overwrite:
+        raise OnnxGradCamError("--resume and --overwrite contradict each other; pass one")
     options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size, grid,
-                         max_pixels, overwrite, demo)
+                         max_pixels, overwrite, demo, out_format, resume)
+    run_engine = None
+    if engine == "ray":
+        from onnx_gradcam.ray_engine import RayEngine
+
+        run_engine = RayEngine(model, dict(
+            layer=layer or None, providers=provider, score=score, batch_size=batch_size,
+            scorecam_batch=scorecam_batch, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+            gradient_builder=gradient_builder), methods, names, options, ray_address, workers,
+            gpus_per_worker)
     total = len(list_images(images))
     console = Console(stderr=True, quiet=quiet)
     if demo:
@@ -147,7 +176,7 @@ def run_command(
                   transient=True) as bar:
         task = bar.add_task("run", total=total)
         report = run_job(explainers, images, options, names, pre,
-                         progress=lambda n: bar.advance(task, n))
+                         progress=lambda n: bar.advance(task, n), engine=run_engine)
     done = len(report["images"])
     console.print(f"{done} image(s) explained with {', '.join(methods)} at "
                   f"{', '.join(report['layers'])} on {explainer.provider}; "

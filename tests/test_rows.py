@@ -1,0 +1,114 @@
+"""``run``'s rows (OUT/results, Parquet): schema, one row per explanation, and ``--resume``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx_gradcam.results import COLUMNS, cam_array
+from tests.test_hostile import (
+    cli,
+    explained,
+    labelled_cnn,
+    listed_files,
+    report_of,
+    save,
+    write_image,
+)
+
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    return save(labelled_cnn(), tmp_path_factory.mktemp("model") / "small.onnx")
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        write_image(folder / f"{i}.png", 20 + i, 24, seed=i)
+    (folder / "bad.png").write_bytes(b"not an image")
+    return folder
+
+
+def rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "results").to_pylist()  # the folder reads as one table
+
+
+def key(row: dict) -> tuple:
+    return (row["path"], row["method"] or "", row["rank"] or 0)
+
+
+def test_parquet_has_one_row_per_explanation_with_the_documented_schema(model_path, folder,
+                                                                         tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", model_path, folder, "-o", out, "--format", "parquet", "--top-k", "2",
+                 "--method", "gradcam,gradcam++", "--save-npy")
+    assert result.returncode == 1  # bad.png
+    table = pq.read_table(out / "results")
+    assert table.schema.names == [c for c, _ in COLUMNS]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for column in table.schema.names:  # every column is documented
+        assert f"`{column}`" in readme, column
+    got = rows(out)
+    good = [r for r in got if r["error"] is None]
+    assert len(good) == 6 * 2 * 2 and len({key(r) for r in good}) == len(good)
+    [bad] = [r for r in got if r["error"] is not None]
+    assert bad["path"].endswith("bad.png") and bad["cam"] is None
+    for row in good:
+        cam = np.load(row["npy"])  # float32 .npy: the float16 column agrees to its precision
+        assert np.allclose(cam_array(row), cam, atol=1e-3, rtol=1e-3)
+        assert row["overlay"] is None  # parquet: the maps are in the rows, no pictures
+        assert row["top"][0]["score"] >= row["top"][-1]["score"]
+    report = report_of(out)
+    assert len(report["images"]) == 6 and len(report["errors"]) == 1
+    assert set(os.listdir(out)) == listed_files(report)
+
+
+def test_resume_after_an_interruption_equals_a_clean_run(model_path, folder, tmp_path,
+                                                         monkeypatch):
+    from onnx_gradcam import runner
+
+    clean = tmp_path / "clean"
+    assert cli("run", model_path, folder, "-o", clean, "--top-k", "2", "--save-npy",
+               "--batch-size", "2").returncode == 1
+    real, calls = runner.save_image, []
+
+    def interrupted(path, rgb):  # Ctrl-C in image 3's second overlay (two per image)
+        calls.append(path)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        real(path, rgb)
+
+    monkeypatch.setattr(runner, "save_image", interrupted)
+    out = tmp_path / "out"
+    assert cli("run", model_path, folder, "-o", out, "--top-k", "2", "--save-npy",
+               "--batch-size", "2").returncode == 130
+    assert explained(out) == {"0.png", "1.png"}  # chunk two (2.png, 3.png) never listed
+    assert set(os.listdir(out)) == listed_files(report_of(out))  # its files are gone
+    monkeypatch.setattr(runner, "save_image", real)
+    refused = cli("run", model_path, folder, "-o", out)
+    assert refused.returncode == 1 and "--resume" in refused.stderr
+    assert cli("run", model_path, folder, "-o", out, "--top-k", "2", "--save-npy",
+               "--batch-size", "2", "--resume").returncode == 1
+    report = report_of(out)
+    assert report["explained_this_run"] == 4  # 0.png and 1.png were not explained again
+    assert set(os.listdir(out)) == listed_files(report) == listed_files(report_of(clean))
+    strip = [c for c, _ in COLUMNS if c not in ("path", "decode_ms", "explain_ms", "overlay",
+                                                 "npy", "grid")]
+
+    def table(run: Path) -> list[tuple]:
+        return sorted((Path(r["path"]).name, Path(r["npy"] or "").name,
+                       *(repr(r[c]) for c in strip)) for r in rows(run))
+
+    assert table(out) == table(clean)  # no duplicate rows, none missing
+    for row in rows(out):
+        if row["npy"]:
+            clean_npy = clean / Path(row["npy"]).name
+            assert np.array_equal(np.load(row["npy"]), np.load(clean_npy))
