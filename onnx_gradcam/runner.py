@@ -30,6 +30,8 @@ from onnx_gradcam.images import (
     list_images,
     name_max,
     overlay,
+    preprocess,
+    read_image,
     save_array,
     save_image,
     write_json,
@@ -200,19 +202,26 @@ def decoded_chunks(explainer: Explainer, paths: Sequence[Path], pre: Preprocessi
         chunk = paths[first:first + batch_size]
         decoded = []
         for path in chunk:
-            t0 = time.perf_counter()
             try:
-                batch, originals = explainer.prepare([path], pre, max_pixels)
-                check_finite_input(batch)
-                size = header_size(path) or originals[0].shape[:2]
-                decoded.append(Decoded(path, batch[0], originals[0], time.perf_counter() - t0,
-                                       (int(size[0]), int(size[1]))))
+                decoded.append(decode_one(path, pre, max_pixels))
             except OnnxGradCamError as exc:
                 errors.append(error_row(path, exc))
         if decoded:
             yield decoded
         if progress:
             progress(len(chunk))
+
+
+def decode_one(path: Path, pre: Preprocessing, max_pixels: int) -> Decoded:
+    """Decode (within ``max_pixels``) and preprocess one image with ``pre`` (resolved: its
+    size set); :class:`OnnxGradCamError` where it fails or its input is not finite."""
+    assert pre.size is not None
+    t0 = time.perf_counter()
+    rgb = read_image(path, max_pixels, pre.size)
+    x = preprocess(rgb, pre, pre.size)
+    check_finite_input(x[None])
+    size = header_size(path) or rgb.shape[:2]
+    return Decoded(path, x, rgb, time.perf_counter() - t0, (int(size[0]), int(size[1])))
 
 
 def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
@@ -254,6 +263,7 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
                           "color": pre.color, "scale": pre.scale, "mean": list(pre.mean),
                           "std": list(pre.std)},
         "format": options.format,
+        "engine": getattr(engine, "name", "local"),
     }
     try:
         if engine is not None:

@@ -1,0 +1,140 @@
+"""``run --engine ray``: the same job on Ray Data, on this machine or a cluster.
+
+Paths → decode and preprocess in Ray tasks → explain in a pool of actors, each holding one
+warm :class:`Explainer` per method (ONNX Runtime threads split so the actors do not
+oversubscribe the cores) → results stream back to the driver's :class:`~onnx_gradcam.runner.Sink`,
+which writes the rows and files exactly as the local engine does. Ray is imported only here,
+so the local engine needs no Ray installed.
+
+Records cross Ray as pickled :class:`Decoded`/:class:`Explained` objects (bytes columns): the
+same code runs on both sides, and an image that fails is a record with an error, never a
+failed task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from onnx_gradcam.errors import OnnxGradCamError
+from onnx_gradcam.labels import Labels
+from onnx_gradcam.metadata import Preprocessing
+from onnx_gradcam.runner import RunOptions, decode_one, error_row, explain_finite, explain_images
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise OnnxGradCamError("--engine ray needs Ray: pip install 'onnx-gradcam[ray]'") \
+            from None
+    return ray
+
+
+def _decode(batch: dict, pre: Preprocessing, max_pixels: int) -> dict:
+    """A Ray task: each path → a pickled :class:`Decoded` without its original (the
+    driver draws no pictures), or an error row."""
+    out = []
+    for text in batch["path"]:
+        path = Path(str(text))
+        try:
+            record = dataclasses.replace(decode_one(path, pre, max_pixels), rgb=None)
+        except OnnxGradCamError as exc:
+            record = error_row(path, exc)
+        out.append(pickle.dumps(record))
+    return {"record": np.array(out, dtype=object)}
+
+
+class _Explain:
+    """A Ray actor: one explainer per method, built once, explaining every batch it gets."""
+
+    def __init__(self, model: Path, kwargs: dict, methods: list[str], labels: Labels, k: int,
+                 fixed_target: int | None, threads: int) -> None:
+        from onnx_gradcam.explainer import Explainer
+
+        self.explainers = [Explainer(model, method=m, threads=threads, **kwargs)
+                           for m in methods]
+        self.labels, self.k, self.fixed_target = labels, k, fixed_target
+
+    def __call__(self, batch: dict) -> dict:
+        records = [pickle.loads(r) for r in batch["record"]]
+        errors = [r for r in records if isinstance(r, dict)]
+        decoded = [r for r in records if not isinstance(r, dict)]
+        results = []
+        if decoded:
+            for done in explain_finite(
+                    lambda part: explain_images(self.explainers, part, self.k,
+                                                self.fixed_target, self.labels),
+                    decoded, errors):
+                results += [dataclasses.replace(d, item=dataclasses.replace(d.item, x=None))
+                            for d in done]
+        out = [pickle.dumps(r) for r in [*results, *errors]]
+        return {"record": np.array(out, dtype=object)}
+
+
+class RayEngine:
+    """``engine`` for :func:`onnx_gradcam.runner.run_job`: explains on Ray."""
+
+    name = "ray"
+
+    def __init__(self, model: Path, kwargs: dict, methods: list[str], labels: Labels,
+                 options: RunOptions, address: str = "local", workers: int | None = None,
+                 gpus_per_worker: float = 0.0) -> None:
+        _ray()  # refuse before any work when Ray is missing
+        if options.format != "parquet" or options.grid:
+            raise OnnxGradCamError("--engine ray writes --format parquet (the maps in the "
+                                   "rows; no overlay pictures or --grid yet)")
+        self.model, self.kwargs, self.methods, self.labels = model, kwargs, methods, labels
+        self.options, self.address = options, address
+        self.workers, self.gpus = workers, gpus_per_worker
+
+    def __call__(self, paths: list[Path], pre: Preprocessing, k: int, fixed_target: int | None,
+                 sink, progress) -> None:
+        ray = _ray()
+        started = not ray.is_initialized()
+        if started:
+            if self.address == "local":
+                ray.init(include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=self.address, log_to_driver=False)
+        try:
+            self._run(ray, paths, pre, k, fixed_target, sink, progress)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, ray, paths, pre, k, fixed_target, sink, progress) -> None:
+        if not paths:
+            return
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        workers = self.workers or max(1, min(4, cpus))
+        threads = max(1, cpus // workers)
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # output names as the local engine
+        context.enable_progress_bars = False
+        size = self.options.batch_size
+        ds = ray.data.from_items([{"path": str(p)} for p in paths],
+                                 override_num_blocks=max(1, -(-len(paths) // size)))
+        ds = ds.map_batches(_decode, fn_kwargs={"pre": pre,
+                                                "max_pixels": self.options.max_pixels},
+                            batch_size=size, batch_format="numpy",
+                            # the actors hold the CPUs; decode tasks (short beside explaining,
+                            # bounded by Ray Data's backpressure) run beside them
+                            num_cpus=0)
+        ds = ds.map_batches(_Explain, fn_constructor_kwargs=dict(
+            model=Path(self.model).resolve(), kwargs=self.kwargs, methods=self.methods,
+            labels=self.labels, k=k, fixed_target=fixed_target, threads=threads),
+            batch_size=size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=threads, num_gpus=self.gpus or None)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            records = [pickle.loads(r) for r in batch["record"]]
+            sink.errors += [r for r in records if isinstance(r, dict)]
+            sink.write([r for r in records if not isinstance(r, dict)])
+            if progress:
+                progress(len(records))
+

@@ -1,0 +1,85 @@
+"""``run --engine ray`` on a local Ray cluster this module starts (2 CPUs): the same rows and
+.npy cams as the local engine, and a corrupt image is an error row, not a failed job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from models.scenes import make_dataset
+from onnx_gradcam.results import cam_array
+from tests.test_hostile import cli, report_of
+
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo.onnx"
+N = 48
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("scenes")
+    images, _, _ = make_dataset(N, seed=18)
+    for i, rgb in enumerate(images):
+        cv2.imwrite(str(folder / f"s{i:02d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    good = (folder / "s00.png").read_bytes()
+    (folder / "corrupt.png").write_bytes(good[: len(good) // 3])
+    return folder
+
+
+def by_image(out: Path) -> dict[tuple, dict]:
+    return {(Path(r["path"]).name, r["rank"]): r for r in pq.read_table(out / "results")
+            .to_pylist()}
+
+
+def test_ray_engine_equals_the_local_engine(cluster, scenes, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    common = ("--top-k", "2", "--save-npy", "--format", "parquet", "--batch-size", "8")
+    assert cli("run", DEMO, scenes, "-o", local, *common).returncode == 1  # corrupt.png
+    result = cli("run", DEMO, scenes, "-o", remote, *common, "--engine", "ray",
+                 "--workers", "2")
+    assert result.returncode == 1, result.stderr
+    assert "corrupt.png" in result.stderr
+    a, b = by_image(local), by_image(remote)
+    assert a.keys() == b.keys() and len(a) == N * 2 + 1  # two targets each, one error row
+    assert b[("corrupt.png", None)]["error"] == a[("corrupt.png", None)]["error"]
+    for key, row in a.items():
+        if row["error"]:
+            continue
+        other = b[key]
+        assert other["target"] == row["target"] and other["top"] == row["top"]
+        np.testing.assert_allclose(np.load(other["npy"]), np.load(row["npy"]), atol=1e-6,
+                                   rtol=0)
+        # float16 rows: within one float16 step near 1 (a 1e-7 difference may round either way)
+        np.testing.assert_allclose(cam_array(other), cam_array(row), atol=2.0**-11, rtol=0)
+        assert Path(other["npy"]).name == Path(row["npy"]).name
+    report = report_of(remote)
+    assert report["engine"] == "ray" and report_of(local)["engine"] == "local"
+    assert len(report["images"]) == N and len(report["errors"]) == 1
+
+
+def test_ray_engine_without_ray_says_so_in_one_line(scenes, tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    result = cli("run", DEMO, scenes, "-o", tmp_path / "out", "--engine", "ray")
+    assert result.returncode == 1
+    assert "onnx-gradcam[ray]" in result.stderr and "Traceback" not in result.stderr
