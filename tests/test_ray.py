@@ -83,3 +83,49 @@ def test_ray_engine_without_ray_says_so_in_one_line(scenes, tmp_path, monkeypatc
     result = cli("run", DEMO, scenes, "-o", tmp_path / "out", "--engine", "ray")
     assert result.returncode == 1
     assert "onnx-gradcam[ray]" in result.stderr and "Traceback" not in result.stderr
+
+
+def _explain_actors() -> list[int]:
+    """Pids of this machine's explaining actors (Ray titles their processes)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if entry.name.isdigit() and b"MapBatches(_Explain)" in title:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_actor_still_yields_every_row(cluster, scenes, tmp_path):
+    """SIGKILL one explaining actor once the first rows landed: Ray replaces it and retries
+    its batch; every image still has its rows, none twice."""
+    import os
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            pids = _explain_actors()
+            if pids and list((out / "results").glob("part-*.parquet")):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=kill_one, daemon=True)
+    thread.start()
+    result = cli("run", DEMO, scenes, "-o", out, "--save-npy", "--batch-size", "2",
+                 "--engine", "ray", "--workers", "2")
+    thread.join(timeout=1)
+    assert killed, "the run ended before an actor could be killed"
+    assert result.returncode == 1, result.stderr  # corrupt.png only
+    rows = pq.read_table(out / "results").to_pylist()
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(
+        [f"s{i:02d}.png" for i in range(N)] + ["corrupt.png"])
+    assert all(Path(r["npy"]).is_file() for r in rows if not r["error"])
