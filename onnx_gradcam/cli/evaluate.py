@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from onnx_gradcam.cams import METHODS
+from onnx_gradcam.cli.progress import image_bar
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.evaluate import evaluate
 from onnx_gradcam.explainer import Explainer
@@ -46,8 +46,7 @@ def evaluate_command(
                  *(list_images([masks]) if masks else [])]
         check_output_file(output, reads, "--json", "evaluate.json")
     console = Console(stderr=True, quiet=quiet)
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True) as bar:
+    with image_bar("evaluating", console) as bar:
         task = bar.add_task("evaluate", total=len(list_images(images)))
         result = evaluate(explainers, images, masks, steps=steps, batch_size=batch_size,
                           progress=lambda n: bar.advance(task, n), max_pixels=max_pixels)

@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from onnx_gradcam.cams import METHODS
+from onnx_gradcam.cli.progress import image_bar
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
 from onnx_gradcam.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images
@@ -172,15 +172,16 @@ def run_command(
     if demo:
         console.print(f"no model given: using the bundled demo model {DEMO_MODEL}",
                       markup=False, highlight=False)
-    with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True) as bar:
+    with image_bar("explaining", console) as bar:
         task = bar.add_task("run", total=total)
         report = run_job(explainers, images, options, names, pre,
                          progress=lambda n: bar.advance(task, n), engine=run_engine)
-    done = len(report["images"])
+    done, seconds = report["explained_this_run"], report["seconds"]
     console.print(f"{done} image(s) explained with {', '.join(methods)} at "
-                  f"{', '.join(report['layers'])} on {explainer.provider}; "
-                  f"wrote {output}/ (report.json)")
+                  f"{', '.join(report['layers'])} on {explainer.provider} ({engine} engine) in "
+                  f"{seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s; "
+                  f"{len(report['errors'])} error(s); wrote {output}/ (report.json, results/)",
+                  markup=False, highlight=False)
     for error in report["errors"]:
         typer.secho(f"error: {error['error']}", fg=typer.colors.RED, err=True)
     if report["errors"]:
