@@ -3,6 +3,7 @@ atomically under names that fit the file system."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
@@ -282,13 +283,35 @@ def save_array(path: Path, array: np.ndarray) -> None:
 
 
 def list_images(paths: list[Path]) -> list[Path]:
-    """Expand folders into the image files directly inside them (sorted; sub-folders such as
-    ``masks/`` are not entered); files are kept as given."""
+    """Expand inputs into image files: a folder gives the image files directly inside it
+    (sorted; sub-folders such as ``masks/`` are not entered); a ``.txt`` file the paths it
+    lists, one a line (relative ones from the list's folder; blank lines and ``#`` comments
+    skipped); a pattern naming no file (``'val/**/*.jpg'``, quoted so the shell leaves it)
+    the files it matches, sorted; any other file is kept as given."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
             out.extend(sorted(p for p in path.iterdir()
                               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            out.extend(_listed(path))
+        elif not os.path.lexists(path) and set("*?[") & set(str(path)):
+            matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+            matches = [m for m in matches if m.is_file()]
+            if not matches:
+                raise OnnxGradCamError(f"{path}: the pattern matches no file")
+            out.extend(matches)
         else:
             out.append(path)
     return out
+
+
+def _listed(path: Path) -> list[Path]:
+    """The image paths a list file names."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise OnnxGradCamError(f"{path}: a list of images must be UTF-8 text, one path a "
+                               "line") from None
+    return [path.parent / line.strip() for line in lines
+            if line.strip() and not line.lstrip().startswith("#")]

@@ -234,8 +234,8 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
     fixed_target, sink, progress)`` explains elsewhere (Ray) and hands results to ``sink``."""
     explainers = [explainers] if isinstance(explainers, Explainer) else list(explainers)
     lead = explainers[0]
-    check_outdir(options.outdir, inputs)
     paths = list_images(list(inputs))
+    check_outdir(options.outdir, [*inputs, *paths])  # listed files too (a .txt, a pattern)
     pre = lead.preprocessing(preprocessing)
     check_preprocessing(lead, pre, options.max_pixels)
     fixed_target = None if options.target is None else labels.index(options.target)

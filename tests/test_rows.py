@@ -112,3 +112,17 @@ def test_resume_after_an_interruption_equals_a_clean_run(model_path, folder, tmp
         if row["npy"]:
             clean_npy = clean / Path(row["npy"]).name
             assert np.array_equal(np.load(row["npy"]), np.load(clean_npy))
+
+
+def test_a_list_file_and_a_pattern_name_the_images(model_path, folder, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# the first two, one relative, one absolute\n\nin/0.png\n"
+                       f"{folder / '1.png'}\n")
+    out = tmp_path / "out"
+    assert cli("run", model_path, listing, folder / "[45].png", "-o", out).returncode == 0
+    assert explained(out) == {"0.png", "1.png", "4.png", "5.png"}
+    nothing = cli("run", model_path, folder / "*.jpg", "-o", tmp_path / "none")
+    assert nothing.returncode == 1 and "matches no file" in nothing.stderr
+    # a listed image's folder is an input folder too: inputs are never outputs
+    refused = cli("run", model_path, listing, "-o", folder)
+    assert refused.returncode == 1 and "holds the input" in refused.stderr

@@ -72,7 +72,7 @@ def split_model(paths: list[Path]) -> tuple[Path | None, list[Path]]:
     first = paths[0]
     if first.suffix.lower() == ".onnx":
         return first, paths[1:]
-    if not first.is_file() or cv2.haveImageReader(str(first)):
+    if not first.is_file() or first.suffix.lower() == ".txt" or cv2.haveImageReader(str(first)):
         return None, paths
     if is_onnx_model(first) or first.suffix.lower() not in IMAGE_SUFFIXES:
         return first, paths[1:]  # not an ONNX model either: loading it says so in one line
@@ -80,8 +80,9 @@ def split_model(paths: list[Path]) -> tuple[Path | None, list[Path]]:
 
 
 def run_command(
-    paths: list[Path] = typer.Argument(..., help="[MODEL.onnx] then image files or folders "
-                                       "(no model: the bundled demo model)"),
+    paths: list[Path] = typer.Argument(..., help="[MODEL.onnx] then image files, folders, "
+                                       ".txt lists of paths or quoted patterns (no model: "
+                                       "the bundled demo model)"),
     output: Path = typer.Option(..., "-o", "--output", help="output folder"),
     method: str = typer.Option("gradcam", "--method", "-m",
                                help=f"one of {', '.join(METHODS)}; a comma list; or all"),
