@@ -25,13 +25,12 @@ from onnx_gradcam.grid import contact_sheet, grid_row
 from onnx_gradcam.images import (
     DEFAULT_MAX_PIXELS,
     bounded,
+    decode_image,
     fit_name,
-    header_size,
     list_images,
     name_max,
     overlay,
     preprocess,
-    read_image,
     save_array,
     save_image,
     write_json,
@@ -65,6 +64,7 @@ class RunOptions:
     demo_model: bool = False  # no model was given: the report says the demo model ran
     format: str = "files"  # files: overlay pictures; parquet: the maps in the rows instead
     resume: bool = False  # skip the images a previous run in ``outdir`` completed
+    image_column: str = "image"  # a Parquet input's column of encoded images
 
 
 T = TypeVar("T")
@@ -217,10 +217,9 @@ def decode_one(path: Path, pre: Preprocessing, max_pixels: int) -> Decoded:
     size set); :class:`OnnxGradCamError` where it fails or its input is not finite."""
     assert pre.size is not None
     t0 = time.perf_counter()
-    rgb = read_image(path, max_pixels, pre.size)
+    rgb, size = decode_image(path, max_pixels, pre.size)
     x = preprocess(rgb, pre, pre.size)
     check_finite_input(x[None])
-    size = header_size(path) or rgb.shape[:2]
     return Decoded(path, x, rgb, time.perf_counter() - t0, (int(size[0]), int(size[1])))
 
 
@@ -234,7 +233,7 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
     fixed_target, sink, progress)`` explains elsewhere (Ray) and hands results to ``sink``."""
     explainers = [explainers] if isinstance(explainers, Explainer) else list(explainers)
     lead = explainers[0]
-    paths = list_images(list(inputs))
+    paths = list_images(list(inputs), options.image_column)
     check_outdir(options.outdir, [*inputs, *paths])  # listed files too (a .txt, a pattern)
     pre = lead.preprocessing(preprocessing)
     check_preprocessing(lead, pre, options.max_pixels)

@@ -126,3 +126,37 @@ def test_a_list_file_and_a_pattern_name_the_images(model_path, folder, tmp_path)
     # a listed image's folder is an input folder too: inputs are never outputs
     refused = cli("run", model_path, listing, "-o", folder)
     assert refused.returncode == 1 and "holds the input" in refused.stderr
+
+
+def test_a_parquet_of_image_bytes_is_read_in_place(model_path, folder, tmp_path):
+    """Rows of a Parquet image column (binary, or Hugging Face's struct with ``bytes``) give
+    the cams the same images give as files; a null or corrupt row is an error row."""
+    import pyarrow as pa
+
+    names = [f"{i}.png" for i in range(6)]
+    blobs = [(folder / n).read_bytes() for n in names]
+    table = pa.table({"img": blobs + [b"junk", None],
+                      "hf": [{"bytes": b, "path": n} for b, n in zip(blobs, names)]
+                      + [{"bytes": b"junk", "path": "x"}, None]})
+    data = tmp_path / "data.parquet"
+    pq.write_table(table, data, row_group_size=3)  # rows spread over three row groups
+    files, stored = tmp_path / "files", tmp_path / "stored"
+    assert cli("run", model_path, *[folder / n for n in names], "-o", files,
+               "--save-npy").returncode == 0
+    result = cli("run", model_path, data, "-o", stored, "--save-npy", "--image-column", "img")
+    assert result.returncode == 1
+    got = {r["path"]: r for r in rows(stored)}
+    assert sorted(got) == sorted(f"{data}/img/{i}" for i in range(8))
+    assert "cannot decode" in got[f"{data}/img/6"]["error"]
+    assert "no image bytes" in got[f"{data}/img/7"]["error"]
+    want = {Path(r["path"]).stem: r for r in rows(files)}
+    for i in range(6):
+        row, ref = got[f"{data}/img/{i}"], want[str(i)]
+        assert (row["width"], row["height"], row["target"]) == (ref["width"], ref["height"],
+                                                                ref["target"])
+        assert np.array_equal(np.load(row["npy"]), np.load(ref["npy"]))
+    hf = tmp_path / "hf"
+    assert cli("run", model_path, data, "-o", hf, "--image-column", "hf").returncode == 1
+    assert len(rows(hf)) == 8
+    wrong = cli("run", model_path, data, "-o", tmp_path / "w", "--image-column", "nope")
+    assert wrong.returncode == 1 and "candidates: img, hf" in wrong.stderr

@@ -72,7 +72,8 @@ def split_model(paths: list[Path]) -> tuple[Path | None, list[Path]]:
     first = paths[0]
     if first.suffix.lower() == ".onnx":
         return first, paths[1:]
-    if not first.is_file() or first.suffix.lower() == ".txt" or cv2.haveImageReader(str(first)):
+    if (not first.is_file() or first.suffix.lower() in (".txt", ".parquet")
+            or cv2.haveImageReader(str(first))):
         return None, paths
     if is_onnx_model(first) or first.suffix.lower() not in IMAGE_SUFFIXES:
         return first, paths[1:]  # not an ONNX model either: loading it says so in one line
@@ -81,8 +82,8 @@ def split_model(paths: list[Path]) -> tuple[Path | None, list[Path]]:
 
 def run_command(
     paths: list[Path] = typer.Argument(..., help="[MODEL.onnx] then image files, folders, "
-                                       ".txt lists of paths or quoted patterns (no model: "
-                                       "the bundled demo model)"),
+                                       ".txt lists of paths, quoted patterns or .parquet "
+                                       "files (no model: the bundled demo model)"),
     output: Path = typer.Option(..., "-o", "--output", help="output folder"),
     method: str = typer.Option("gradcam", "--method", "-m",
                                help=f"one of {', '.join(METHODS)}; a comma list; or all"),
@@ -132,6 +133,9 @@ def run_command(
                                 "(default: one per CPU, at most 4)"),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
                                           help="ray: GPUs each actor reserves"),
+    image_column: str = typer.Option("image", "--image-column", help="a .parquet input's "
+                                     "column of encoded images (binary, or a struct with "
+                                     "bytes)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Explain images with a CAM method; write overlays, optional .npy and report.json."""
@@ -158,7 +162,7 @@ def run_command(
     if resume and overwrite:
         raise OnnxGradCamError("--resume and --overwrite contradict each other; pass one")
     options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size, grid,
-                         max_pixels, overwrite, demo, out_format, resume)
+                         max_pixels, overwrite, demo, out_format, resume, image_column)
     run_engine = None
     if engine == "ray":
         from onnx_gradcam.ray_engine import RayEngine
@@ -168,7 +172,7 @@ def run_command(
             scorecam_batch=scorecam_batch, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
             gradient_builder=gradient_builder), methods, names, options, ray_address, workers,
             gpus_per_worker)
-    total = len(list_images(images))
+    total = len(list_images(images, image_column))
     console = Console(stderr=True, quiet=quiet)
     if demo:
         console.print(f"no model given: using the bundled demo model {DEMO_MODEL}",
