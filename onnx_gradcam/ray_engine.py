@@ -76,6 +76,49 @@ class _Explain:
         return {"record": np.array(out, dtype=object)}
 
 
+class _Evaluate:
+    """A Ray actor for ``evaluate``: scores each batch; one record per batch, (per-method
+    values, errors, mask problems, images)."""
+
+    def __init__(self, model: Path, kwargs: dict, methods: list[str], masks: Path | None,
+                 max_pixels: int, steps: int, channel_axis: int, threads: int) -> None:
+        from onnx_gradcam.explainer import Explainer
+
+        self.explainers = [Explainer(model, method=m, threads=threads, **kwargs)
+                           for m in methods]
+        self.masks, self.max_pixels = masks, max_pixels
+        self.steps, self.channel_axis = steps, channel_axis
+
+    def __call__(self, batch: dict) -> dict:
+        from onnx_gradcam.evaluate import score_batch
+
+        records = [pickle.loads(r) for r in batch["record"]]
+        errors = [r for r in records if isinstance(r, dict)]
+        decoded = [r for r in records if not isinstance(r, dict)]
+        problems: list[dict] = []
+        parts = score_batch(self.explainers, decoded, self.masks, self.max_pixels,
+                            self.steps, self.channel_axis, errors, problems) if decoded else []
+        record = pickle.dumps((parts, errors, problems, len(records)))
+        return {"record": np.array([record], dtype=object)}
+
+
+def evaluate_engine(model: Path, kwargs: dict, methods: list[str], batch_size: int,
+                    max_pixels: int, address: str = "local", workers: int | None = None,
+                    gpus: float = 0.0):
+    """``engine`` for :func:`onnx_gradcam.evaluate.evaluate`: scores on Ray."""
+    _ray()
+
+    def engine(paths, pre, steps, channel_axis, masks):
+        actor = dict(model=Path(model).resolve(), kwargs=kwargs, methods=methods,
+                     masks=masks.resolve() if masks else None, max_pixels=max_pixels,
+                     steps=steps, channel_axis=channel_axis)
+        for records in ray_records(paths, pre, max_pixels, batch_size, _Evaluate, actor,
+                                   address, workers, gpus):
+            yield from records
+
+    return engine
+
+
 class RayEngine:
     """``engine`` for :func:`onnx_gradcam.runner.run_job`: explains on Ray."""
 
@@ -94,47 +137,53 @@ class RayEngine:
 
     def __call__(self, paths: list[Path], pre: Preprocessing, k: int, fixed_target: int | None,
                  sink, progress) -> None:
-        ray = _ray()
-        started = not ray.is_initialized()
-        if started:
-            if self.address == "local":
-                ray.init(include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=self.address, log_to_driver=False)
-        try:
-            self._run(ray, paths, pre, k, fixed_target, sink, progress)
-        finally:
-            if started:
-                ray.shutdown()
-
-    def _run(self, ray, paths, pre, k, fixed_target, sink, progress) -> None:
-        if not paths:
-            return
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        workers = self.workers or max(1, min(4, cpus))
-        threads = max(1, cpus // workers)
-        context = ray.data.DataContext.get_current()
-        context.execution_options.preserve_order = True  # output names as the local engine
-        context.enable_progress_bars = False
-        size = self.options.batch_size
-        ds = ray.data.from_items([{"path": str(p)} for p in paths],
-                                 override_num_blocks=max(1, -(-len(paths) // size)))
-        ds = ds.map_batches(_decode, fn_kwargs={"pre": pre,
-                                                "max_pixels": self.options.max_pixels},
-                            batch_size=size, batch_format="numpy",
-                            # the actors hold the CPUs; decode tasks (short beside explaining,
-                            # bounded by Ray Data's backpressure) run beside them
-                            num_cpus=0)
-        ds = ds.map_batches(_Explain, fn_constructor_kwargs=dict(
-            model=Path(self.model).resolve(), kwargs=self.kwargs, methods=self.methods,
-            labels=self.labels, k=k, fixed_target=fixed_target, threads=threads),
-            batch_size=size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=threads, num_gpus=self.gpus or None)
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            records = [pickle.loads(r) for r in batch["record"]]
+        actor = dict(model=Path(self.model).resolve(), kwargs=self.kwargs, methods=self.methods,
+                     labels=self.labels, k=k, fixed_target=fixed_target)
+        for records in ray_records(paths, pre, self.options.max_pixels,
+                                   self.options.batch_size, _Explain, actor, self.address,
+                                   self.workers, self.gpus):
             sink.errors += [r for r in records if isinstance(r, dict)]
             sink.write([r for r in records if not isinstance(r, dict)])
             if progress:
                 progress(len(records))
 
+
+def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_size: int,
+                actor: type, actor_kwargs: dict, address: str = "local",
+                workers: int | None = None, gpus: float = 0.0):
+    """Decode ``paths`` in Ray tasks, run each batch through a pool of ``actor(**actor_kwargs,
+    threads=T)`` and yield what each batch gave (unpickled records), in order. Ray is started
+    here (and stopped after) unless it runs already; ``address``: local, auto or an
+    address."""
+    ray = _ray()
+    started = not ray.is_initialized()
+    if started:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    try:
+        if not paths:
+            return
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        workers = workers or max(1, min(4, cpus))
+        threads = max(1, cpus // workers)
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # output names as the local engine
+        context.enable_progress_bars = False
+        ds = ray.data.from_items([{"path": str(p)} for p in paths],
+                                 override_num_blocks=max(1, -(-len(paths) // batch_size)))
+        ds = ds.map_batches(_decode, fn_kwargs={"pre": pre, "max_pixels": max_pixels},
+                            batch_size=batch_size, batch_format="numpy",
+                            # the actors hold the CPUs; decode tasks (short beside explaining,
+                            # bounded by Ray Data's backpressure) run beside them
+                            num_cpus=0)
+        ds = ds.map_batches(actor, fn_constructor_kwargs={**actor_kwargs, "threads": threads},
+                            batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=workers),
+                            num_cpus=threads, num_gpus=gpus or None)
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            yield [pickle.loads(r) for r in batch["record"]]
+    finally:
+        if started:
+            ray.shutdown()

@@ -30,9 +30,11 @@ def cluster():
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("scenes")
-    images, _, _ = make_dataset(N, seed=18)
-    for i, rgb in enumerate(images):
+    images, _, masks = make_dataset(N, seed=18)
+    (folder / "masks").mkdir()
+    for i, (rgb, mask) in enumerate(zip(images, masks)):
         cv2.imwrite(str(folder / f"s{i:02d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(folder / "masks" / f"s{i:02d}.png"), mask.astype(np.uint8) * 255)
     good = (folder / "s00.png").read_bytes()
     (folder / "corrupt.png").write_bytes(good[: len(good) // 3])
     return folder
@@ -129,3 +131,21 @@ def test_a_killed_actor_still_yields_every_row(cluster, scenes, tmp_path):
     assert sorted(Path(r["path"]).name for r in rows) == sorted(
         [f"s{i:02d}.png" for i in range(N)] + ["corrupt.png"])
     assert all(Path(r["npy"]).is_file() for r in rows if not r["error"])
+
+
+def test_evaluate_on_ray_equals_the_local_engine(cluster, scenes, tmp_path):
+    import json
+
+    common = ("--masks", scenes / "masks", "--steps", "5", "--method", "gradcam,gradcam++",
+              "--batch-size", "8", "--quiet")
+    local = cli("evaluate", DEMO, scenes, *common, "--json", tmp_path / "local.json")
+    remote = cli("evaluate", DEMO, scenes, *common, "--json", tmp_path / "ray.json",
+                 "--engine", "ray", "--workers", "2")
+    assert local.returncode == remote.returncode == 1, remote.stderr  # corrupt.png
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("local", "ray"))
+    assert a["errors"] == b["errors"] and len(a["errors"]) == 1
+    assert a["metrics"].keys() == b["metrics"].keys() == {"gradcam", "gradcam++"}
+    for method, row in a["metrics"].items():
+        assert row["images"] == N and row["pointing_images"] == N
+        for key, value in row.items():
+            assert b["metrics"][method][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
