@@ -149,3 +149,38 @@ def test_evaluate_on_ray_equals_the_local_engine(cluster, scenes, tmp_path):
         assert row["images"] == N and row["pointing_images"] == N
         for key, value in row.items():
             assert b["metrics"][method][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_resume_on_ray_after_an_interruption_equals_a_clean_run(cluster, scenes, tmp_path,
+                                                                monkeypatch):
+    from onnx_gradcam.results import Ledger
+
+    common = ("--save-npy", "--batch-size", "8", "--format", "parquet")
+    clean = tmp_path / "clean"
+    assert cli("run", DEMO, scenes, "-o", clean, *common).returncode == 1
+    real, calls = Ledger.write, []
+
+    def interrupted(self, rows):  # Ctrl-C while the third part is written
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(self, rows)
+
+    monkeypatch.setattr(Ledger, "write", interrupted)
+    out = tmp_path / "out"
+    ray_run = ("--engine", "ray", "--workers", "2")
+    assert cli("run", DEMO, scenes, "-o", out, *common, *ray_run).returncode == 130
+    monkeypatch.setattr(Ledger, "write", real)
+    done = {r["path"] for r in pq.read_table(out / "results").to_pylist()}  # two parts
+    good = {str(p) for p in scenes.glob("s*.png")}
+    assert 0 < len(done & good) < N and len(report_of(out)["images"]) == len(done & good)
+    assert cli("run", DEMO, scenes, "-o", out, *common, *ray_run, "--resume").returncode == 1
+    assert report_of(out)["explained_this_run"] == len(good - done)  # none explained twice
+
+    def table(run: Path) -> list[tuple]:
+        return sorted((Path(r["path"]).name, Path(r["npy"] or "").name, r["target"],
+                       r["error"]) for r in pq.read_table(run / "results").to_pylist())
+
+    assert table(out) == table(clean)  # every row once
+    assert sorted(p.name for p in out.glob("*.npy")) == sorted(p.name for p in
+                                                              clean.glob("*.npy"))
