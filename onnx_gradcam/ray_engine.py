@@ -175,9 +175,10 @@ def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_si
                                  override_num_blocks=max(1, -(-len(paths) // batch_size)))
         ds = ds.map_batches(_decode, fn_kwargs={"pre": pre, "max_pixels": max_pixels},
                             batch_size=batch_size, batch_format="numpy",
-                            # the actors hold the CPUs; decode tasks (short beside explaining,
-                            # bounded by Ray Data's backpressure) run beside them
-                            num_cpus=0)
+                            # the actors hold the CPUs; decode tasks (short beside explaining)
+                            # run beside them, one per actor at a time: unbounded, Ray would
+                            # start a process (and its imports) per pending task
+                            num_cpus=0, compute=ray.data.TaskPoolStrategy(size=workers))
         ds = ds.map_batches(actor, fn_constructor_kwargs={**actor_kwargs, "threads": threads},
                             batch_size=batch_size, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=workers),

@@ -12,6 +12,7 @@ README ("Parquet output").
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from onnx_gradcam.images import atomic_write
 
 RESULTS = "results"
+PENDING = ".pending.json"  # the files being written for the next part (a dot: readers skip it)
 _PART = re.compile(r"part-(\d{6})\.parquet")
 
 _TOP = [("class", "int32"), ("label", "string"), ("score", "float64"),
@@ -97,6 +99,17 @@ class Ledger:
         atomic_write(self.upcoming(), buffer.getvalue())
         self.next += 1
 
+    def pending(self, names: list[str]) -> None:
+        """Record the file names the next part will list, before they are written."""
+        atomic_write(self.folder / PENDING, json.dumps(names).encode())
+
+    def pending_names(self) -> list[str]:
+        try:
+            names = json.loads((self.folder / PENDING).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []
+        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
     def upcoming(self) -> Path:
         """The path the next :meth:`write` lands at."""
         return self.folder / f"part-{self.next:06d}.parquet"
@@ -105,6 +118,10 @@ class Ledger:
         """Remove the parts (``--overwrite``), and the folder if nothing else is in it."""
         for part in _parts(self.folder.parent):
             part.unlink()
+        if self.folder.is_dir():
+            for leftover in self.folder.iterdir():  # the pending list, a killed write's temp
+                if leftover.name == PENDING or leftover.name.startswith(".part-"):
+                    leftover.unlink()
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
 

@@ -120,8 +120,20 @@ def clear_previous_run(outdir: Path, overwrite: bool, resume: bool = False) -> N
         path = outdir / name
         if Path(name).suffix in (".png", ".npy") and (path.is_symlink() or path.is_file()):
             path.unlink()
+    remove_unlisted(outdir)
     Ledger(outdir).remove()
     report.unlink(missing_ok=True)
+
+
+def remove_unlisted(outdir: Path) -> None:
+    """Remove the files a killed run was writing: named in the ledger's pending list but in
+    no part. Only regular files go (the run writes no symlinks: one there is not its own)."""
+    listed = {Path(row[c]).name for row in read_rows(outdir, ["overlay", "npy", "grid"])
+              for c in ("overlay", "npy", "grid") if row[c]}
+    for name in set(Ledger(outdir).pending_names()) - listed:
+        path = outdir / Path(name).name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 class _Names:
@@ -373,6 +385,7 @@ class Sink:
         self._unlisted: list[Path] = []  # files written for rows not yet in a part
         self._part: Path | None = None  # the part that lists them once it lands
         self.done: set[str] = set()
+        remove_unlisted(options.outdir)
         for row in read_rows(options.outdir, ["path", "stem", "overlay", "npy", "grid"]):
             self.done.add(row["path"])  # a listed image is complete, error rows too
             if row["stem"]:
@@ -382,10 +395,15 @@ class Sink:
 
     def write(self, explained: list[Explained]) -> None:
         rows: list[dict] = []
-        for done in explained:
+        stems = [self.names.stem(d.item.path, lambda stem, d=d: self._files(d, stem))
+                 for d in explained]
+        if stems:  # should the process die, --resume and --overwrite remove these
+            self.ledger.pending([f for d, stem in zip(explained, stems)
+                                 for f in self._files(d, stem)])
+        for done, stem in zip(explained, stems):
             written: list[Path] = []
             try:
-                rows += self._image(done, written)
+                rows += self._image(done, stem, written)
             except OSError as exc:  # a full disk, a read-only folder: this image's error row
                 for path in written:
                     path.unlink(missing_ok=True)
@@ -405,7 +423,9 @@ class Sink:
     def abort(self) -> None:
         """After an interruption: the files of rows not yet in a part are removed (a part
         that did land lists them), and pending error rows are written."""
-        if not (self._part and self._part.exists()):
+        if self._part and self._part.exists():
+            self.errors.clear()  # the part that landed holds them
+        else:
             for path in self._unlisted:
                 path.unlink(missing_ok=True)
         self._unlisted.clear()
@@ -420,18 +440,19 @@ class Sink:
         return {**header, **({"results": str(folder)} if folder.is_dir() else {}),
                 "images": images, "errors": errors}
 
-    def _image(self, done: Explained, written: list[Path]) -> list[dict]:
+    def _files(self, done: Explained, stem: str) -> list[str]:
+        """The names of the files one image's results take under ``stem``."""
+        options, names = self.options, self.names
+        suffixes = (((".png",) if options.format == "files" else ())
+                    + ((".npy",) if options.save_npy else ()))
+        out = [names.file(_base(stem, m, self.labels, t), s)
+               for m, _, t, _, _, _ in done.maps for s in suffixes]
+        return out + ([names.file(f"{stem}_grid", ".png")] if options.grid else [])
+
+    def _image(self, done: Explained, stem: str, written: list[Path]) -> list[dict]:
         options, labels, names = self.options, self.labels, self.names
         pictures = options.format == "files"
         item = done.item
-
-        def files(stem: str) -> list[str]:
-            suffixes = ((".png",) if pictures else ()) + ((".npy",) if options.save_npy else ())
-            out = [names.file(_base(stem, m, labels, t), s)
-                   for m, _, t, _, _, _ in done.maps for s in suffixes]
-            return out + ([names.file(f"{stem}_grid", ".png")] if options.grid else [])
-
-        stem = names.stem(item.path, files)
         rgb = bounded(item.rgb) if pictures or options.grid else None
         rows, panels = [], []
         for method, rank, target, score, prob, cam in done.maps:

@@ -160,3 +160,39 @@ def test_a_parquet_of_image_bytes_is_read_in_place(model_path, folder, tmp_path)
     assert len(rows(hf)) == 8
     wrong = cli("run", model_path, data, "-o", tmp_path / "w", "--image-column", "nope")
     assert wrong.returncode == 1 and "candidates: img, hf" in wrong.stderr
+
+
+def test_resume_after_a_killed_run_removes_its_half_written_files(model_path, folder, tmp_path,
+                                                                  monkeypatch):
+    """A killed process cleans nothing up: the files of its last chunk lie in OUT, listed in
+    no part, and report.json is missing. --resume removes exactly those (the ledger named
+    them before writing) and then equals a clean run."""
+    from onnx_gradcam import runner
+
+    clean = tmp_path / "clean"
+    assert cli("run", model_path, folder, "-o", clean, "--save-npy",
+               "--batch-size", "2").returncode == 1
+    real, calls = runner.save_image, []
+
+    def killed(path, rgb):  # dies in 3.png's overlay, after 2.png's files of that chunk
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real(path, rgb)
+
+    monkeypatch.setattr(runner, "save_image", killed)
+    monkeypatch.setattr(runner.Sink, "abort", lambda self: None)  # SIGKILL: no clean-up
+    out = tmp_path / "out"
+    assert cli("run", model_path, folder, "-o", out, "--save-npy",
+               "--batch-size", "2").returncode == 130
+    (out / "report.json").unlink()
+    monkeypatch.undo()
+    listed = {Path(r[c]).name for r in rows(out) for c in ("overlay", "npy") if r[c]}
+    orphans = {p.name for p in out.iterdir()} - listed - {"results"}
+    assert len(orphans) >= 2 and all(n.startswith("2_") for n in orphans), orphans
+    refused = cli("run", model_path, folder, "-o", out, "--save-npy", "--batch-size", "2")
+    assert refused.returncode == 1 and "previous run" in refused.stderr  # rows, no report
+    assert cli("run", model_path, folder, "-o", out, "--save-npy", "--batch-size", "2",
+               "--resume").returncode == 1
+    assert set(os.listdir(out)) == listed_files(report_of(out))
+    assert sorted(os.listdir(out)) == sorted(os.listdir(clean))  # no 2_2_… names
