@@ -156,6 +156,8 @@ def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_si
     here (and stopped after) unless it runs already; ``address``: local, auto or an
     address."""
     ray = _ray()
+    if not paths:  # all done already (--resume): no cluster to start
+        return
     started = not ray.is_initialized()
     if started:
         if address == "local":
@@ -163,8 +165,6 @@ def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_si
         else:
             ray.init(address=address, log_to_driver=False)
     try:
-        if not paths:
-            return
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         workers = workers or max(1, min(4, cpus))
         threads = max(1, cpus // workers)
