@@ -14,6 +14,7 @@ failed task.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 from pathlib import Path
 
@@ -160,10 +161,13 @@ def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_si
         return
     started = not ray.is_initialized()
     if started:
+        # the command's own bar and lines report progress; Ray's INFO lines would bury them
+        quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
         if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(include_dashboard=False, **quiet)
         else:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, **quiet)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         workers = workers or max(1, min(4, cpus))
