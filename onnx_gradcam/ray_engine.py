@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from onnx_gradcam.errors import OnnxGradCamError
+from onnx_gradcam.images import bounded
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.runner import RunOptions, decode_one, error_row, explain_finite, explain_images
@@ -36,14 +37,15 @@ def _ray():
     return ray
 
 
-def _decode(batch: dict, pre: Preprocessing, max_pixels: int) -> dict:
-    """A Ray task: each path → a pickled :class:`Decoded` without its original (the
-    driver draws no pictures), or an error row."""
+def _decode(batch: dict, pre: Preprocessing, max_pixels: int, pictures: bool) -> dict:
+    """A Ray task: each path → a pickled :class:`Decoded`, or an error row. Its original
+    travels (scaled to the overlay's bounded size) only when the driver draws pictures."""
     out = []
     for text in batch["path"]:
         path = Path(str(text))
         try:
-            record = dataclasses.replace(decode_one(path, pre, max_pixels), rgb=None)
+            item = decode_one(path, pre, max_pixels)
+            record = dataclasses.replace(item, rgb=bounded(item.rgb) if pictures else None)
         except OnnxGradCamError as exc:
             record = error_row(path, exc)
         out.append(pickle.dumps(record))
@@ -129,9 +131,6 @@ class RayEngine:
                  options: RunOptions, address: str = "local", workers: int | None = None,
                  gpus_per_worker: float = 0.0) -> None:
         _ray()  # refuse before any work when Ray is missing
-        if options.format != "parquet" or options.grid:
-            raise OnnxGradCamError("--engine ray writes --format parquet (the maps in the "
-                                   "rows; no overlay pictures or --grid yet)")
         self.model, self.kwargs, self.methods, self.labels = model, kwargs, methods, labels
         self.options, self.address = options, address
         self.workers, self.gpus = workers, gpus_per_worker
@@ -140,9 +139,10 @@ class RayEngine:
                  sink, progress) -> None:
         actor = dict(model=Path(self.model).resolve(), kwargs=self.kwargs, methods=self.methods,
                      labels=self.labels, k=k, fixed_target=fixed_target)
+        pictures = self.options.format == "files" or self.options.grid
         for records in ray_records(paths, pre, self.options.max_pixels,
                                    self.options.batch_size, _Explain, actor, self.address,
-                                   self.workers, self.gpus):
+                                   self.workers, self.gpus, pictures):
             sink.errors += [r for r in records if isinstance(r, dict)]
             sink.write([r for r in records if not isinstance(r, dict)])
             if progress:
@@ -151,7 +151,7 @@ class RayEngine:
 
 def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_size: int,
                 actor: type, actor_kwargs: dict, address: str = "local",
-                workers: int | None = None, gpus: float = 0.0):
+                workers: int | None = None, gpus: float = 0.0, pictures: bool = False):
     """Decode ``paths`` in Ray tasks, run each batch through a pool of ``actor(**actor_kwargs,
     threads=T)`` and yield what each batch gave (unpickled records), in order. Ray is started
     here (and stopped after) unless it runs already; ``address``: local, auto or an
@@ -177,7 +177,8 @@ def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_si
         context.enable_progress_bars = False
         ds = ray.data.from_items([{"path": str(p)} for p in paths],
                                  override_num_blocks=max(1, -(-len(paths) // batch_size)))
-        ds = ds.map_batches(_decode, fn_kwargs={"pre": pre, "max_pixels": max_pixels},
+        ds = ds.map_batches(_decode, fn_kwargs={"pre": pre, "max_pixels": max_pixels,
+                                                "pictures": pictures},
                             batch_size=batch_size, batch_format="numpy",
                             # the actors hold the CPUs; decode tasks (short beside explaining)
                             # run beside them, one per actor at a time: unbounded, Ray would

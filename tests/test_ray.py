@@ -184,3 +184,19 @@ def test_resume_on_ray_after_an_interruption_equals_a_clean_run(cluster, scenes,
     assert table(out) == table(clean)  # every row once
     assert sorted(p.name for p in out.glob("*.npy")) == sorted(p.name for p in
                                                               clean.glob("*.npy"))
+
+
+def test_ray_draws_the_same_overlays_and_grids(cluster, scenes, tmp_path):
+    listing = tmp_path / "some.txt"
+    listing.write_text("\n".join(str(scenes / f"s{i:02d}.png") for i in range(12)))
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    common = ("--format", "files", "--grid", "--batch-size", "4", "--quiet")
+    assert cli("run", DEMO, listing, "-o", local, *common).returncode == 0
+    result = cli("run", DEMO, listing, "-o", remote, *common, "--engine", "ray")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in local.glob("*.png"))
+    assert len(names) == 12 * 2 + 1  # overlay and grid per image, one contact sheet
+    assert names == sorted(p.name for p in remote.glob("*.png"))
+    for name in names:  # cams equal to 1e-6: a pixel may round one level the other way
+        a, b = (cv2.imread(str(d / name)).astype(int) for d in (local, remote))
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1, name
