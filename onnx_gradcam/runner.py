@@ -33,6 +33,7 @@ from onnx_gradcam.images import (
     preprocess,
     save_array,
     save_image,
+    strict_json,
     write_json,
 )
 from onnx_gradcam.labels import Labels
@@ -123,6 +124,26 @@ def clear_previous_run(outdir: Path, overwrite: bool, resume: bool = False) -> N
     remove_unlisted(outdir)
     Ledger(outdir).remove()
     report.unlink(missing_ok=True)
+
+
+#: What a resumed run must share with the run it continues (the engine and provider may change).
+_SAME_RUN = ("model", "methods", "layers", "score", "preprocessing", "format", "targets",
+             "save_npy")
+
+
+def check_same_run(outdir: Path, header: dict) -> None:
+    """``--resume`` continues a run only with its options, as far as its report.json tells
+    (a killed run may have written none)."""
+    try:
+        previous = json.loads((outdir / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    for key in _SAME_RUN:
+        if key in previous and json.loads(strict_json(header[key])) != previous[key]:
+            raise OnnxGradCamError(
+                f"{outdir}: --resume with other options than the run it continues ({key}: "
+                f"{previous[key]} then, {header[key]} now); pass the same options, or "
+                "--overwrite")
 
 
 def remove_unlisted(outdir: Path) -> None:
@@ -256,13 +277,6 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
         raise OnnxGradCamError(f"--top-k {options.top_k} is more than the model's "
                                f"{lead.num_classes} classes")
     k = 1 if fixed_target is not None else max(1, min(options.top_k, lead.num_classes or 1000))
-    options.outdir.mkdir(parents=True, exist_ok=True)
-    clear_previous_run(options.outdir, options.overwrite, options.resume)
-    sink = Sink(explainers, options, labels)
-    todo = [p for p in paths if str(p) not in sink.done]
-    if progress and len(todo) < len(paths):
-        progress(len(paths) - len(todo))
-    started = time.perf_counter()
     header = {
         "model": lead.model.source,
         "demo_model": options.demo_model,
@@ -274,8 +288,19 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
                           "color": pre.color, "scale": pre.scale, "mean": list(pre.mean),
                           "std": list(pre.std)},
         "format": options.format,
+        "targets": {"top_k": k, "target": fixed_target},
+        "save_npy": options.save_npy,
         "engine": getattr(engine, "name", "local"),
     }
+    options.outdir.mkdir(parents=True, exist_ok=True)
+    clear_previous_run(options.outdir, options.overwrite, options.resume)
+    if options.resume:
+        check_same_run(options.outdir, header)
+    sink = Sink(explainers, options, labels)
+    todo = [p for p in paths if str(p) not in sink.done]
+    if progress and len(todo) < len(paths):
+        progress(len(paths) - len(todo))
+    started = time.perf_counter()
     try:
         if engine is not None:
             engine(todo, pre, k, fixed_target, sink, progress)

@@ -95,6 +95,9 @@ def test_resume_after_an_interruption_equals_a_clean_run(model_path, folder, tmp
     monkeypatch.setattr(runner, "save_image", real)
     refused = cli("run", model_path, folder, "-o", out)
     assert refused.returncode == 1 and "--resume" in refused.stderr
+    other = cli("run", model_path, folder, "-o", out, "--top-k", "1", "--save-npy", "--resume")
+    assert other.returncode == 1 and "other options than the run it continues" in other.stderr
+    assert explained(out) == {"0.png", "1.png"}  # refused before anything was touched
     assert cli("run", model_path, folder, "-o", out, "--top-k", "2", "--save-npy",
                "--batch-size", "2", "--resume").returncode == 1
     report = report_of(out)
