@@ -45,27 +45,35 @@ def evaluate(explainers: Sequence[Explainer], inputs: Sequence[Path],
              masks: Path | None = None, preprocessing: Preprocessing | None = None,
              steps: int = 20, batch_size: int = 16,
              progress: Callable[[int], None] | None = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+             max_pixels: int = DEFAULT_MAX_PIXELS, engine: Callable | None = None) -> dict:
     """Average Drop, Increase in Confidence, deletion and insertion AUC (and the pointing game
     where masks are given) per method, over every image; bad images are listed, not fatal.
     With ``masks``, each image without a usable mask is listed under ``mask_problems``
     (missing, undecodable or of another size) and the pointing game counts only the others
-    (``pointing_images`` of ``images``)."""
+    (``pointing_images`` of ``images``). ``engine(paths, pre, steps, channel_axis, masks)``
+    scores elsewhere (Ray), yielding what :func:`score_batch` gives per batch."""
     lead = explainers[0]
     pre = lead.preprocessing(preprocessing)
     check_preprocessing(lead, pre, max_pixels)
-    probabilities = _probabilities(lead)
     channel_axis = 0 if pre.layout == "NCHW" else 2
     paths = list_images(list(inputs))
-    per: dict[str, dict[str, list]] = {
-        ex.method.name: {"full": [], "masked": [], "deletion": [], "insertion": [], "hits": []}
-        for ex in explainers}
+    per = _values(explainers)
     errors: list[dict] = []
     problems: list[dict] = []
-    for decoded in decoded_chunks(lead, paths, pre, batch_size, errors, progress, max_pixels):
-        truths = _masks(decoded, masks, max_pixels, problems) if masks else {}
-        explain_finite(lambda part, truths=truths: _score_chunk(
-            explainers, part, per, probabilities, truths, steps, channel_axis), decoded, errors)
+    if engine is None:
+        for decoded in decoded_chunks(lead, paths, pre, batch_size, errors, progress,
+                                      max_pixels):
+            for part in score_batch(explainers, decoded, masks, max_pixels, steps,
+                                    channel_axis, errors, problems):
+                _merge(per, part)
+    else:
+        for parts, failed, missing, count in engine(paths, pre, steps, channel_axis, masks):
+            for part in parts:
+                _merge(per, part)
+            errors += failed
+            problems += missing
+            if progress:
+                progress(count)
     summary = {}
     for method, values in per.items():
         if not values["full"]:
@@ -90,6 +98,28 @@ def evaluate(explainers: Sequence[Explainer], inputs: Sequence[Path],
     return result
 
 
+def _values(explainers: Sequence[Explainer]) -> dict[str, dict[str, list]]:
+    return {ex.method.name: {"full": [], "masked": [], "deletion": [], "insertion": [],
+                             "hits": []} for ex in explainers}
+
+
+def _merge(per: dict[str, dict[str, list]], part: dict[str, dict[str, list]]) -> None:
+    for method, values in part.items():
+        for key, items in values.items():
+            per[method][key] += items
+
+
+def score_batch(explainers: Sequence[Explainer], decoded: list[Decoded], masks: Path | None,
+                max_pixels: int, steps: int, channel_axis: int, errors: list[dict],
+                problems: list[dict]) -> list[dict[str, dict[str, list]]]:
+    """Score one decoded chunk with every method: the per-method values to merge (images
+    whose scores are not finite go to ``errors``, missing masks to ``problems``)."""
+    probabilities = _probabilities(explainers[0])
+    truths = _masks(decoded, masks, max_pixels, problems) if masks else {}
+    return explain_finite(lambda part: _score_chunk(explainers, part, probabilities, truths,
+                                                    steps, channel_axis), decoded, errors)
+
+
 def _masks(decoded: list[Decoded], masks: Path, max_pixels: int,
            problems: list[dict]) -> dict[Path, np.ndarray]:
     """The usable mask of each decoded image; the others are listed in ``problems``."""
@@ -109,11 +139,12 @@ def _masks(decoded: list[Decoded], masks: Path, max_pixels: int,
     return found
 
 
-def _score_chunk(explainers, decoded, per, probabilities, truths, steps, channel_axis):
-    """Score one chunk with every method; nothing is recorded unless every method explains
+def _score_chunk(explainers, decoded, probabilities, truths, steps, channel_axis):
+    """Score one chunk with every method; nothing is returned unless every method explains
     it (a non-finite score raises first), so a retried chunk is never counted twice."""
     batch = np.stack([d.x for d in decoded])
     results = [ex.explain(batch) for ex in explainers]
+    per = _values(explainers)
     for ex, res in zip(explainers, results):
         values = per[ex.method.name]
         full = probabilities(batch)[np.arange(len(batch)), res.targets]
@@ -130,3 +161,4 @@ def _score_chunk(explainers, decoded, per, probabilities, truths, steps, channel
             mask = truths.get(item.path)
             if mask is not None:
                 values["hits"].append(metrics.pointing_game(res.cams[i], mask))
+    return per

@@ -3,7 +3,10 @@ atomically under names that fit the file system."""
 
 from __future__ import annotations
 
+import functools
+import glob
 import hashlib
+import io
 import json
 import math
 import os
@@ -71,7 +74,7 @@ def synthetic_image(size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.uint8(255 * image / max(float(image.max()), 1e-6))
 
 
-def header_size(path: Path) -> tuple[int, int] | None:
+def header_size(path: Path | io.BytesIO) -> tuple[int, int] | None:
     """(H, W) from the file's header without decoding its pixels (Pillow reads only the
     header), or None where Pillow does not know the format. Past Pillow's own
     decompression-bomb limit only the pixel count is known (its error names it): (count, 1)."""
@@ -120,17 +123,19 @@ def decode_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS,
     memory follows the budget and the overlay size, not the file. One clear error for
     missing, empty, undecodable and over-budget files."""
     path = Path(path)
-    if not path.is_file():
+    stored = None if parquet_item(path) is None else io.BytesIO(image_bytes(path))
+    if stored is None and not path.is_file():
         raise OnnxGradCamError(f"{path}: no such image file")
-    if path.stat().st_size == 0:
+    if (path.stat().st_size if stored is None else len(stored.getvalue())) == 0:
         raise OnnxGradCamError(f"{path}: empty file")
-    size = header_size(path)
+    size = header_size(stored or path)  # before reading a file: a bomb is refused unread
     if size is not None and size[0] * size[1] > max_pixels:
         raise _over_budget(path, size, max_pixels)
+    data = path.read_bytes() if stored is None else stored.getvalue()
     d = _reduction(size, at_least) if size else 1
     flags = _REDUCED[d] | cv2.IMREAD_IGNORE_ORIENTATION if d > 1 else cv2.IMREAD_UNCHANGED
     try:
-        image = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), flags)
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     except cv2.error:  # OpenCV's own checks, e.g. its pixel cap on a header Pillow did not read
         image = None
     if image is None:
@@ -297,14 +302,109 @@ def save_array(path: Path, array: np.ndarray) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def list_images(paths: list[Path]) -> list[Path]:
-    """Expand folders into the image files directly inside them (sorted; sub-folders such as
-    ``masks/`` are not entered); files are kept as given."""
+def list_images(paths: list[Path], image_column: str = "image") -> list[Path]:
+    """Expand inputs into image files: a folder gives the image files directly inside it
+    (sorted; sub-folders such as ``masks/`` are not entered); a ``.txt`` file the paths it
+    lists, one a line (relative ones from the list's folder; blank lines and ``#`` comments
+    skipped); a pattern naming no file (``'val/**/*.jpg'``, quoted so the shell leaves it)
+    the files it matches, sorted; a ``.parquet`` file one ``FILE.parquet/COLUMN/ROW`` per row
+    of its ``image_column`` of encoded images; any other file is kept as given."""
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
             out.extend(sorted(p for p in path.iterdir()
                               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.suffix.lower() == ".txt" and path.is_file():
+            out.extend(_listed(path))
+        elif path.suffix.lower() == ".parquet" and path.is_file():
+            out.extend(_parquet_images(path, image_column))
+        elif not os.path.lexists(path) and set("*?[") & set(str(path)):
+            matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+            matches = [m for m in matches if m.is_file()]
+            if not matches:
+                raise OnnxGradCamError(f"{path}: the pattern matches no file")
+            out.extend(matches)
         else:
             out.append(path)
     return out
+
+
+def image_bytes(path: Path) -> bytes:
+    """An image file's bytes, or a Parquet row's (``FILE.parquet/COLUMN/ROW``, see
+    :func:`list_images`)."""
+    item = parquet_item(path)
+    if item is None:
+        if not path.is_file():
+            raise OnnxGradCamError(f"{path}: no such image file")
+        return path.read_bytes()
+    file, column, row = item
+    starts = _row_groups(str(file))
+    group = int(np.searchsorted(starts, row, side="right")) - 1
+    if not 0 <= row < starts[-1]:
+        raise OnnxGradCamError(f"{path}: {file} has {starts[-1]} rows")
+    value = _group_column(str(file), column, group)[row - starts[group]]
+    if value is None:
+        raise OnnxGradCamError(f"{path}: no image bytes in this row")
+    return value
+
+
+def parquet_item(path: Path) -> tuple[Path, str, int] | None:
+    """(file, column, row) where ``path`` names a row of a Parquet file's image column."""
+    file = path.parent.parent
+    if path.name.isdigit() and file.suffix.lower() == ".parquet" and file.is_file():
+        return file, path.parent.name, int(path.name)
+    return None
+
+
+def _parquet_images(file: Path, column: str) -> list[Path]:
+    """One path per row of ``file``'s image-bytes ``column`` (binary, or a struct with a
+    ``bytes`` field as Hugging Face datasets write images)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(file)
+    except (OSError, pa.ArrowException) as exc:
+        raise OnnxGradCamError(f"{file}: not a readable Parquet file ({exc})") from None
+    schema = meta.schema_arrow
+    kind = schema.field(column).type if column in schema.names else None
+    if kind is not None and pa.types.is_struct(kind):
+        kind = kind.field("bytes").type if kind.get_field_index("bytes") >= 0 else None
+    if kind is None or not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        binary = [f.name for f in schema if pa.types.is_binary(f.type)
+                  or pa.types.is_large_binary(f.type) or pa.types.is_struct(f.type)]
+        raise OnnxGradCamError(f"{file}: no image-bytes column {column!r} (--image-column); "
+                               f"candidates: {', '.join(binary) or 'none'}")
+    return [file / column / str(i) for i in range(meta.metadata.num_rows)]
+
+
+@functools.lru_cache(maxsize=8)
+def _row_groups(file: str) -> list[int]:
+    """The first row of each row group, then the row count."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(file).metadata
+    return [int(v) for v in np.cumsum([0] + [meta.row_group(g).num_rows
+                                             for g in range(meta.num_row_groups)])]
+
+
+@functools.lru_cache(maxsize=2)  # images are read in order: one row group at a time in memory
+def _group_column(file: str, column: str, group: int) -> list:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    values = pq.ParquetFile(file).read_row_group(group, columns=[column]).column(0)
+    if pa.types.is_struct(values.type):
+        values = values.combine_chunks().field("bytes")
+    return values.to_pylist()
+
+
+def _listed(path: Path) -> list[Path]:
+    """The image paths a list file names."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise OnnxGradCamError(f"{path}: a list of images must be UTF-8 text, one path a "
+                               "line") from None
+    return [path.parent / line.strip() for line in lines
+            if line.strip() and not line.lstrip().startswith("#")]

@@ -1,8 +1,10 @@
-"""The ``run`` job: images or folders → overlays, optional .npy cams and report.json.
+"""The ``run`` job: images or folders → rows (``OUT/results``, Parquet), overlays, optional
+.npy cams and report.json.
 
-A bad image never stops the batch: it is listed under ``errors`` in the report. Inputs are never
-outputs, no file the run did not write is overwritten, and report.json lists every file the run
-wrote (so ``--overwrite`` knows what a later run may remove).
+A bad image never stops the batch: it is an error row, listed under ``errors`` in the report.
+Inputs are never outputs, no file the run did not write is overwritten, and the rows list every
+file the run wrote (so ``--overwrite`` knows what a later run may remove, and ``--resume`` which
+images are done).
 """
 
 from __future__ import annotations
@@ -23,19 +25,30 @@ from onnx_gradcam.grid import contact_sheet, grid_row
 from onnx_gradcam.images import (
     DEFAULT_MAX_PIXELS,
     bounded,
+    decode_image,
     fit_name,
-    header_size,
     list_images,
     name_max,
     overlay,
+    preprocess,
     save_array,
     save_image,
+    strict_json,
     write_json,
 )
 from onnx_gradcam.kinks import WARN_SHIFT, KnifeEdges
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.metrics import as_probabilities
+from onnx_gradcam.results import (
+    COLUMNS,
+    RESULTS,
+    Ledger,
+    cam_bytes,
+    has_rows,
+    read_rows,
+    report_entries,
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,9 @@ class RunOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are error rows, never decoded
     overwrite: bool = False  # replace a previous run's outputs in ``outdir``
     demo_model: bool = False  # no model was given: the report says the demo model ran
+    format: str = "files"  # files: overlay pictures; parquet: the maps in the rows instead
+    resume: bool = False  # skip the images a previous run in ``outdir`` completed
+    image_column: str = "image"  # a Parquet input's column of encoded images
     knife_edges: bool = True  # count near-kink decisions per map (one more head pass per chunk)
 
 
@@ -78,23 +94,28 @@ def check_outdir(outdir: Path, inputs: Sequence[Path]) -> None:
                                    "pick another -o")
 
 
-def clear_previous_run(outdir: Path, overwrite: bool) -> None:
-    """A folder holding a previous run's report.json is refused, or with ``overwrite`` the
-    files that report lists (only those, and only directly in ``outdir``) are removed."""
+def clear_previous_run(outdir: Path, overwrite: bool, resume: bool = False) -> None:
+    """A folder holding a previous run (its report.json or rows) is refused; with ``resume``
+    it is continued; with ``overwrite`` the files its rows and report list (only those, and
+    only directly in ``outdir``) are removed."""
     report = outdir / REPORT
-    if not os.path.lexists(report):
+    if resume or not (os.path.lexists(report) or has_rows(outdir)):
         return
     if not overwrite:
-        raise OnnxGradCamError(f"{outdir}: holds a previous run's {REPORT}; pass --overwrite "
-                               "to replace its outputs, or pick another -o")
-    try:
-        previous = json.loads(report.read_text(encoding="utf-8"))
-        listed = [*(e.get(k) for i in previous["images"] for e in i.get("explanations", [])
-                    for k in _WRITTEN), *(i.get("grid") for i in previous["images"]),
-                  previous.get("contact_sheet")]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise OnnxGradCamError(f"{report}: not a report of `onnx-gradcam run`, so --overwrite "
-                               "cannot tell its files; pick another -o") from None
+        raise OnnxGradCamError(f"{outdir}: holds a previous run; pass --resume to finish it, "
+                               "--overwrite to replace its outputs, or pick another -o")
+    listed = [row[c] for row in read_rows(outdir, ["overlay", "npy", "grid"])
+              for c in ("overlay", "npy", "grid")]
+    if os.path.lexists(report):
+        try:
+            previous = json.loads(report.read_text(encoding="utf-8"))
+            listed += [*(e.get(k) for i in previous["images"]
+                         for e in i.get("explanations", []) for k in _WRITTEN),
+                       *(i.get("grid") for i in previous["images"]),
+                       previous.get("contact_sheet")]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise OnnxGradCamError(f"{report}: not a report of `onnx-gradcam run`, so "
+                                   "--overwrite cannot tell its files; pick another -o") from None
     for value in listed:
         if not isinstance(value, str):
             continue
@@ -102,7 +123,40 @@ def clear_previous_run(outdir: Path, overwrite: bool) -> None:
         path = outdir / name
         if Path(name).suffix in (".png", ".npy") and (path.is_symlink() or path.is_file()):
             path.unlink()
-    report.unlink()
+    remove_unlisted(outdir)
+    Ledger(outdir).remove()
+    report.unlink(missing_ok=True)
+
+
+#: What a resumed run must share with the run it continues (the engine and provider may change).
+_SAME_RUN = ("model", "methods", "layers", "score", "preprocessing", "format", "targets",
+             "save_npy")
+
+
+def check_same_run(outdir: Path, header: dict) -> None:
+    """``--resume`` continues a run only with its options, as far as its report.json tells
+    (a killed run may have written none)."""
+    try:
+        previous = json.loads((outdir / REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    for key in _SAME_RUN:
+        if key in previous and json.loads(strict_json(header[key])) != previous[key]:
+            raise OnnxGradCamError(
+                f"{outdir}: --resume with other options than the run it continues ({key}: "
+                f"{previous[key]} then, {header[key]} now); pass the same options, or "
+                "--overwrite")
+
+
+def remove_unlisted(outdir: Path) -> None:
+    """Remove the files a killed run was writing: named in the ledger's pending list but in
+    no part. Only regular files go (the run writes no symlinks: one there is not its own)."""
+    listed = {Path(row[c]).name for row in read_rows(outdir, ["overlay", "npy", "grid"])
+              for c in ("overlay", "npy", "grid") if row[c]}
+    for name in set(Ledger(outdir).pending_names()) - listed:
+        path = outdir / Path(name).name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 class _Names:
@@ -183,13 +237,8 @@ def decoded_chunks(explainer: Explainer, paths: Sequence[Path], pre: Preprocessi
         chunk = paths[first:first + batch_size]
         decoded = []
         for path in chunk:
-            t0 = time.perf_counter()
             try:
-                batch, originals = explainer.prepare([path], pre, max_pixels)
-                check_finite_input(batch)
-                size = header_size(path) or originals[0].shape[:2]
-                decoded.append(Decoded(path, batch[0], originals[0], time.perf_counter() - t0,
-                                       (int(size[0]), int(size[1]))))
+                decoded.append(decode_one(path, pre, max_pixels))
             except OnnxGradCamError as exc:
                 errors.append(error_row(path, exc))
         if decoded:
@@ -198,16 +247,29 @@ def decoded_chunks(explainer: Explainer, paths: Sequence[Path], pre: Preprocessi
             progress(len(chunk))
 
 
+def decode_one(path: Path, pre: Preprocessing, max_pixels: int) -> Decoded:
+    """Decode (within ``max_pixels``) and preprocess one image with ``pre`` (resolved: its
+    size set); :class:`OnnxGradCamError` where it fails or its input is not finite."""
+    assert pre.size is not None
+    t0 = time.perf_counter()
+    rgb, size = decode_image(path, max_pixels, pre.size)
+    x = preprocess(rgb, pre, pre.size)
+    check_finite_input(x[None])
+    return Decoded(path, x, rgb, time.perf_counter() - t0, (int(size[0]), int(size[1])))
+
+
 def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
             options: RunOptions, labels: Labels, preprocessing: Preprocessing | None = None,
-            progress: Callable[[int], None] | None = None) -> dict:
+            progress: Callable[[int], None] | None = None,
+            engine: Callable[..., None] | None = None) -> dict:
     """Explain every image under ``inputs`` with each explainer (one per method); write the
-    pictures (and with ``options.grid`` one method grid per image plus a contact sheet) and
-    report.json; return the report."""
+    rows (``OUT/results``), the pictures (and with ``options.grid`` one method grid per image
+    plus a contact sheet) and report.json; return the report. ``engine(paths, pre, k,
+    fixed_target, sink, progress)`` explains elsewhere (Ray) and hands results to ``sink``."""
     explainers = [explainers] if isinstance(explainers, Explainer) else list(explainers)
     lead = explainers[0]
-    check_outdir(options.outdir, inputs)
-    paths = list_images(list(inputs))
+    paths = list_images(list(inputs), options.image_column)
+    check_outdir(options.outdir, [*inputs, *paths])  # listed files too (a .txt, a pattern)
     pre = lead.preprocessing(preprocessing)
     check_preprocessing(lead, pre, options.max_pixels)
     fixed_target = None if options.target is None else labels.index(options.target)
@@ -216,12 +278,8 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
     elif lead.num_classes and options.top_k > lead.num_classes:
         raise OnnxGradCamError(f"--top-k {options.top_k} is more than the model's "
                                f"{lead.num_classes} classes")
-    options.outdir.mkdir(parents=True, exist_ok=True)
-    clear_previous_run(options.outdir, options.overwrite)
-    names = _Names(options.outdir)
-    images, errors, rows = [], [], []
-    started = time.perf_counter()
-    report = {
+    k = 1 if fixed_target is not None else max(1, min(options.top_k, lead.num_classes or 1000))
+    header = {
         "model": lead.model.source,
         "demo_model": options.demo_model,
         "methods": [ex.method.name for ex in explainers],
@@ -231,26 +289,44 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
         "preprocessing": {"size": list(pre.size or ()), "layout": pre.layout,
                           "color": pre.color, "scale": pre.scale, "mean": list(pre.mean),
                           "std": list(pre.std)},
-        "images": images,
-        "errors": errors,
+        "format": options.format,
+        "targets": {"top_k": k, "target": fixed_target},
+        "save_npy": options.save_npy,
+        "engine": getattr(engine, "name", "local"),
     }
+    options.outdir.mkdir(parents=True, exist_ok=True)
+    clear_previous_run(options.outdir, options.overwrite, options.resume)
+    if options.resume:
+        check_same_run(options.outdir, header)
+    sink = Sink(explainers, options, labels)
+    todo = [p for p in paths if str(p) not in sink.done]
+    if progress and len(todo) < len(paths):
+        progress(len(paths) - len(todo))
+    started = time.perf_counter()
     try:
-        for decoded in decoded_chunks(lead, paths, pre, options.batch_size, errors, progress,
-                                      options.max_pixels):
-            for done, grids in explain_finite(
-                    lambda part: _explain_chunk(explainers, part, options, labels,
-                                                fixed_target, names, errors), decoded, errors):
-                images += done
-                rows += grids
+        if engine is not None:
+            engine(todo, pre, k, fixed_target, sink, progress)
+        else:
+            for decoded in decoded_chunks(lead, todo, pre, options.batch_size, sink.errors,
+                                          progress, options.max_pixels):
+                for done in explain_finite(
+                        lambda part: explain_images(explainers, part, k, fixed_target, labels,
+                                                    options.knife_edges),
+                        decoded, sink.errors):
+                    sink.write(done)
+        sink.write([])  # the error rows of a last chunk with no good image
     except BaseException as exc:  # Ctrl-C, or a failure the run cannot go on from
-        # list what was written, so a later --overwrite can remove it
+        sink.abort()  # list what was written, so --resume and --overwrite know it
+        report = sink.report(header)
         report["interrupted"] = f"{type(exc).__name__}: {exc}".strip(": ")
         write_json(options.outdir / REPORT, report)
         raise
+    report = sink.report(header)
     report["seconds"] = round(time.perf_counter() - started, 4)
-    if rows:
+    report["explained_this_run"] = sink.explained
+    if sink.grids:
         sheet = options.outdir / "contact_sheet.png"
-        save_image(sheet, contact_sheet(rows))
+        save_image(sheet, contact_sheet(sink.grids))
         report["contact_sheet"] = str(sheet)
     write_json(options.outdir / REPORT, report)
     return report
@@ -272,6 +348,17 @@ def explain_finite(work: Callable[[list[Decoded]], T], decoded: list[Decoded],
         except NonFiniteError as exc:
             errors.append(error_row(item.path, exc))
     return out
+
+
+@dataclass
+class Explained:
+    """One image's results, whichever engine made them: per (method, rank) its map."""
+
+    item: Decoded
+    maps: list[tuple[str, int, int, float, float, np.ndarray, dict | None]]  # method, rank,
+    #              target, score, probability, cam, knife edges (gradient methods, if counted)
+    top: list[dict]
+    explain_ms: dict[str, float]
 
 
 def _cams(explainer: Explainer, batch: np.ndarray, k: int, fixed_target: int | None):
@@ -307,95 +394,161 @@ def flagged_maps(report: dict) -> list[str]:
     return lines
 
 
-def _explain_chunk(explainers: list[Explainer], decoded: list[Decoded], options: RunOptions,
-                   labels: Labels, fixed_target: int | None, names: _Names, errors: list[dict]
-                   ) -> tuple[list[dict], list[np.ndarray]]:
-    """Explain one chunk with every method, then write each image's pictures; an image whose
-    files cannot be written (a full disk, a read-only folder) is an error row."""
+def explain_images(explainers: list[Explainer], decoded: list[Decoded], k: int,
+                   fixed_target: int | None, labels: Labels, knife_edges: bool = False
+                   ) -> list[Explained]:
+    """Explain one chunk with every method (``k`` targets each, or ``fixed_target``), with
+    the knife edges of each gradient map when ``knife_edges``."""
     batch = np.stack([d.x for d in decoded])
     lead = explainers[0]
-    k = 1 if fixed_target is not None else max(1, min(options.top_k, lead.num_classes or 1000))
     per_method, seconds = [], {}
     for ex in explainers:
         t0 = time.perf_counter()
         per_method.append(_cams(ex, batch, k, fixed_target))
-        seconds[ex.method.name] = (time.perf_counter() - t0) / len(decoded)
-    knife = _knife_edges(explainers, per_method, batch) if options.knife_edges else []
+        seconds[ex.method.name] = round((time.perf_counter() - t0) / len(decoded) * 1e3, 3)
+    knife = _knife_edges(explainers, per_method, batch) if knife_edges else []
     scores = per_method[0][2]
     probs = as_probabilities(scores, lead.score_kind)
     order = np.argsort(-scores, axis=1)
-    out, grids = [], []
+    out = []
     for i, item in enumerate(decoded):
-        bases = [(ex, cams, rank, int(targets[i, rank]),
-                  knife[rank].as_dict(i) if ex.method.needs_gradient and knife else None)
-                 for ex, (cams, targets, _) in zip(explainers, per_method)
-                 for rank in range(cams.shape[1])]
-
-        def files(stem: str, bases=bases) -> list[str]:
-            suffixes = (".png", ".npy") if options.save_npy else (".png",)
-            out = [names.file(_base(stem, ex, labels, t), s)
-                   for ex, _, _, t, _ in bases for s in suffixes]
-            return out + ([names.file(f"{stem}_grid", ".png")] if options.grid else [])
-
-        stem = names.stem(item.path, files)
-        written: list[Path] = []
-        try:
-            explained, grid, row = _write_image(item, stem, bases, i, scores[i], options,
-                                                labels, names, written)
-        except BaseException as exc:
-            for path in written:  # no image's files stay behind half-written and unlisted
-                path.unlink(missing_ok=True)
-            if not isinstance(exc, OSError):
-                raise
-            errors.append(error_row(item.path, OnnxGradCamError(
-                f"cannot write its outputs: {exc.strerror or exc}")))
-            continue
+        maps = []
+        for ex, (cams, targets, _) in zip(explainers, per_method):
+            for rank in range(cams.shape[1]):
+                t = int(targets[i, rank])
+                edges = knife[rank].as_dict(i) if ex.method.needs_gradient and knife else None
+                maps.append((ex.method.name, rank, t, float(scores[i, t]), float(probs[i, t]),
+                             cams[i, rank], edges))
         top = [{"class": int(c), "label": labels.name(int(c)), "score": float(scores[i, c]),
                 "probability": float(probs[i, c])} for c in order[i, :max(k, 5)]]
-        out.append({"path": str(item.path), "width": item.size[1], "height": item.size[0],
-                    "top": top, "explanations": explained, **({"grid": grid} if grid else {}),
-                    "timings_ms": {"decode": round(item.seconds * 1e3, 3),
-                                   **{f"explain_{m}": round(t * 1e3, 3)
-                                      for m, t in seconds.items()}}})
-        if row is not None:
-            grids.append(row)
-    return out, grids
+        out.append(Explained(item, maps, top, seconds))
+    return out
 
 
-def _base(stem: str, explainer: Explainer, labels: Labels, target: int) -> str:
+class Sink:
+    """Writes results as they come: each image's files (overlays unless ``format`` is
+    parquet, .npy cams, grid), then the chunk's rows as one atomic part (see
+    :mod:`onnx_gradcam.results`). ``errors`` collects error rows until the next part."""
+
+    def __init__(self, explainers: list[Explainer], options: RunOptions, labels: Labels) -> None:
+        self.options, self.labels = options, labels
+        self.layer = ",".join(layer.name for layer in explainers[0].layers)
+        self.names = _Names(options.outdir)
+        self.ledger = Ledger(options.outdir)
+        self.errors: list[dict] = []
+        self.grids: list[np.ndarray] = []
+        self.explained = 0
+        self._unlisted: list[Path] = []  # files written for rows not yet in a part
+        self._part: Path | None = None  # the part that lists them once it lands
+        self.done: set[str] = set()
+        remove_unlisted(options.outdir)
+        for row in read_rows(options.outdir, ["path", "stem", "overlay", "npy", "grid"]):
+            self.done.add(row["path"])  # a listed image is complete, error rows too
+            if row["stem"]:
+                self.names.stems.add(row["stem"])
+            self.names.files.update(Path(row[c]).name for c in ("overlay", "npy", "grid")
+                                    if row[c])
+
+    def write(self, explained: list[Explained]) -> None:
+        rows: list[dict] = []
+        stems = [self.names.stem(d.item.path, lambda stem, d=d: self._files(d, stem))
+                 for d in explained]
+        if stems:  # should the process die, --resume and --overwrite remove these
+            self.ledger.pending([f for d, stem in zip(explained, stems)
+                                 for f in self._files(d, stem)])
+        for done, stem in zip(explained, stems):
+            written: list[Path] = []
+            try:
+                rows += self._image(done, stem, written)
+            except OSError as exc:  # a full disk, a read-only folder: this image's error row
+                for path in written:
+                    path.unlink(missing_ok=True)
+                self.errors.append(error_row(done.item.path, OnnxGradCamError(
+                    f"cannot write its outputs: {exc.strerror or exc}")))
+                continue
+            finally:
+                self._unlisted += written
+            self.explained += 1
+        rows += [{"path": e["path"], "error": e["error"]} for e in self.errors]
+        self._part = self.ledger.upcoming()
+        self.ledger.write(rows)
+        self.errors.clear()
+        self._unlisted.clear()
+        self._part = None
+
+    def abort(self) -> None:
+        """After an interruption: the files of rows not yet in a part are removed (a part
+        that did land lists them), and pending error rows are written."""
+        if self._part and self._part.exists():
+            self.errors.clear()  # the part that landed holds them
+        else:
+            for path in self._unlisted:
+                path.unlink(missing_ok=True)
+        self._unlisted.clear()
+        if self.errors:
+            self.ledger.write([{"path": e["path"], "error": e["error"]} for e in self.errors])
+            self.errors.clear()
+
+    def report(self, header: dict) -> dict:
+        columns = [c for c, _ in COLUMNS if c != "cam"]
+        images, errors = report_entries(read_rows(self.options.outdir, columns))
+        folder = self.options.outdir / RESULTS
+        return {**header, **({"results": str(folder)} if folder.is_dir() else {}),
+                "images": images, "errors": errors}
+
+    def _files(self, done: Explained, stem: str) -> list[str]:
+        """The names of the files one image's results take under ``stem``."""
+        options, names = self.options, self.names
+        suffixes = (((".png",) if options.format == "files" else ())
+                    + ((".npy",) if options.save_npy else ()))
+        out = [names.file(_base(stem, m, self.labels, t), s)
+               for m, _, t, _, _, _, _ in done.maps for s in suffixes]
+        return out + ([names.file(f"{stem}_grid", ".png")] if options.grid else [])
+
+    def _image(self, done: Explained, stem: str, written: list[Path]) -> list[dict]:
+        options, labels, names = self.options, self.labels, self.names
+        pictures = options.format == "files"
+        item = done.item
+        rgb = bounded(item.rgb) if pictures or options.grid else None
+        rows, panels = [], []
+        for method, rank, target, score, prob, cam, edges in done.maps:
+            base = _base(stem, method, labels, target)
+            row = {"path": str(item.path), "stem": stem, "width": item.size[1],
+                   "height": item.size[0], "method": method, "layer": self.layer,
+                   "rank": rank, "target": target, "label": labels.name(target),
+                   "score": score, "probability": prob, "top": done.top,
+                   "decode_ms": round(item.seconds * 1e3, 3),
+                   "explain_ms": done.explain_ms[method]}
+            if edges is not None:
+                row.update(knife_count=edges["count"], knife_shift=edges["shift"],
+                           knife_ops=",".join(edges["ops"]))
+            if not pictures:
+                row.update(cam=cam_bytes(cam), cam_height=cam.shape[0], cam_width=cam.shape[1])
+            if rgb is not None:
+                picture = overlay(rgb, cam, options.alpha, options.colormap)
+                panels.append((f"{method}: {labels.name(target)}", picture))
+            if pictures:
+                path = options.outdir / names.file(base, ".png")
+                save_image(path, picture)
+                written.append(path)
+                row["overlay"] = str(path)
+            if options.save_npy:
+                npy = options.outdir / names.file(base, ".npy")
+                save_array(npy, cam)
+                written.append(npy)
+                row["npy"] = str(npy)
+            rows.append(row)
+        if options.grid:
+            picture = grid_row(rgb, item.path.name, panels)
+            path = options.outdir / names.file(f"{stem}_grid", ".png")
+            save_image(path, picture)
+            written.append(path)
+            self.grids.append(picture)
+            for row in rows:
+                row["grid"] = str(path)
+        return rows
+
+
+def _base(stem: str, method: str, labels: Labels, target: int) -> str:
     """An overlay's (and its .npy's) name before the suffix and any shortening."""
-    return f"{stem}_{explainer.method.name}_{labels.slug(target)}"
-
-
-def _write_image(item: Decoded, stem: str, bases: list, i: int, scores: np.ndarray,
-                 options: RunOptions, labels: Labels, names: _Names, written: list[Path]
-                 ) -> tuple[list[dict], str | None, np.ndarray | None]:
-    """Write one image's overlays (drawn on the original scaled to a bounded size), .npy cams
-    and grid: (explanations, grid path, grid picture); ``written`` collects each file as it
-    lands."""
-    rgb = bounded(item.rgb)
-    explained, panels = [], []
-    for ex, cams, rank, target, knife_edges in bases:
-        base = _base(stem, ex, labels, target)
-        picture = overlay(rgb, cams[i, rank], options.alpha, options.colormap)
-        path = options.outdir / names.file(base, ".png")
-        save_image(path, picture)
-        written.append(path)
-        entry = {"method": ex.method.name, "target": target, "label": labels.name(target),
-                 "score": float(scores[target]), "overlay": str(path)}
-        if knife_edges is not None:
-            entry["knife_edges"] = knife_edges
-        if options.save_npy:
-            npy = options.outdir / names.file(base, ".npy")
-            save_array(npy, cams[i, rank])
-            written.append(npy)
-            entry["npy"] = str(npy)
-        explained.append(entry)
-        panels.append((f"{ex.method.name}: {labels.name(target)}", picture))
-    if not options.grid:
-        return explained, None, None
-    row = grid_row(rgb, item.path.name, panels)
-    path = options.outdir / names.file(f"{stem}_grid", ".png")
-    save_image(path, row)
-    written.append(path)
-    return explained, str(path), row
+    return f"{stem}_{method}_{labels.slug(target)}"

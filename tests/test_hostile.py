@@ -147,8 +147,9 @@ def listed_files(report: dict) -> set[str]:
                   if k in e}
         if "grid" in item:
             names.add(Path(item["grid"]).name)
-    if "contact_sheet" in report:
-        names.add(Path(report["contact_sheet"]).name)
+    for key in ("contact_sheet", "results"):  # results: the rows' folder
+        if key in report:
+            names.add(Path(report[key]).name)
     return names
 
 

@@ -167,13 +167,13 @@ def test_metadata_round_trip_keeps_gray():
 
 
 def test_quantized_qoperator_graph_says_what_is_unsupported(tmp_path):
-    """An int8 QOperator graph: its only float 4-D tensors are the input and a 1×1 output."""
+    """An integer graph whose op has no gradient rule (ConvInteger): its only float 4-D
+    tensors are the input and a 1×1 output, and the refusal names the op."""
     consts = {"s": np.float32(0.05), "z": np.uint8(128), "ws": np.float32(0.01),
               "wz": np.uint8(128), "w": np.full((4, 3, 8, 8), 130, np.uint8)}
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
-             helper.make_node("QLinearConv", ["xq", "s", "z", "w", "ws", "wz", "s", "z"],
-                              ["yq"]),
-             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"]),
+             helper.make_node("ConvInteger", ["xq", "w", "z", "wz"], ["yi"]),
+             helper.make_node("Cast", ["yi"], ["y"], to=TensorProto.FLOAT),
              helper.make_node("Flatten", ["y"], ["logits"])]
     graph = helper.make_graph(
         nodes, "qop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
@@ -185,7 +185,7 @@ def test_quantized_qoperator_graph_says_what_is_unsupported(tmp_path):
     onnx.save(model, path)
     proc = cli("inspect", path)
     assert proc.returncode == 1
-    assert "quantized QOperator ops" in proc.stderr and "QLinearConv" in proc.stderr
+    assert "quantized QOperator ops" in proc.stderr and "ConvInteger" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from onnx_gradcam.cams import METHODS
+from onnx_gradcam.cli.progress import image_bar
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.evaluate import evaluate
 from onnx_gradcam.explainer import Explainer
@@ -32,6 +32,13 @@ def evaluate_command(
         DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
         help="largest image or mask (width × height) to decode; a larger one is listed, read "
              "from its header only"),
+    engine: str = typer.Option("local", "--engine", help="local, or ray (needs "
+                               "onnx-gradcam[ray])"),
+    ray_address: str = typer.Option("local", "--ray-address", help="ray: local, auto or an "
+                                    "address"),
+    workers: int = typer.Option(None, "--workers", min=1, help="ray: scoring actors"),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
+                                          help="ray: GPUs each actor reserves"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Average Drop, Increase in Confidence, deletion/insertion AUC and the pointing game
@@ -45,12 +52,21 @@ def evaluate_command(
         reads = [*explainers[0].model.files, *list_images(images),
                  *(list_images([masks]) if masks else [])]
         check_output_file(output, reads, "--json", "evaluate.json")
+    run_engine = None
+    if engine == "ray":
+        from onnx_gradcam.ray_engine import evaluate_engine
+
+        run_engine = evaluate_engine(model, {"layer": layer or None, "providers": provider,
+                                             "batch_size": batch_size}, methods, batch_size,
+                                     max_pixels, ray_address, workers, gpus_per_worker)
+    elif engine != "local":
+        raise OnnxGradCamError(f"--engine {engine!r}: choose local or ray")
     console = Console(stderr=True, quiet=quiet)
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True) as bar:
+    with image_bar("evaluating", console) as bar:
         task = bar.add_task("evaluate", total=len(list_images(images)))
         result = evaluate(explainers, images, masks, steps=steps, batch_size=batch_size,
-                          progress=lambda n: bar.advance(task, n), max_pixels=max_pixels)
+                          progress=lambda n: bar.advance(task, n), max_pixels=max_pixels,
+                          engine=run_engine)
     table = Table("method", "images", "avg drop % ↓", "incr. conf. % ↑", "deletion AUC ↓",
                   "insertion AUC ↑", "pointing % ↑")
     for name, row in result["metrics"].items():

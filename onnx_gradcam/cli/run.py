@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from onnx_gradcam.cams import METHODS
+from onnx_gradcam.cli.progress import image_bar
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
 from onnx_gradcam.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, list_images
@@ -77,7 +77,8 @@ def split_model(paths: list[Path]) -> tuple[Path | None, list[Path]]:
     first = paths[0]
     if first.suffix.lower() == ".onnx":
         return first, paths[1:]
-    if not first.is_file() or cv2.haveImageReader(str(first)):
+    if (not first.is_file() or first.suffix.lower() in (".txt", ".parquet")
+            or cv2.haveImageReader(str(first))):
         return None, paths
     if is_onnx_model(first) or first.suffix.lower() not in IMAGE_SUFFIXES:
         return first, paths[1:]  # not an ONNX model either: loading it says so in one line
@@ -85,8 +86,9 @@ def split_model(paths: list[Path]) -> tuple[Path | None, list[Path]]:
 
 
 def run_command(
-    paths: list[Path] = typer.Argument(..., help="[MODEL.onnx] then image files or folders "
-                                       "(no model: the bundled demo model)"),
+    paths: list[Path] = typer.Argument(..., help="[MODEL.onnx] then image files, folders, "
+                                       ".txt lists of paths, quoted patterns or .parquet "
+                                       "files (no model: the bundled demo model)"),
     output: Path = typer.Option(..., "-o", "--output", help="output folder"),
     method: str = typer.Option("gradcam", "--method", "-m",
                                help=f"one of {', '.join(METHODS)}; a comma list; or all"),
@@ -131,6 +133,22 @@ def run_command(
         True, "--knife-edges/--no-knife-edges",
         help="count, per map, the kink decisions within float32 rounding of their threshold "
              "(report.json, warnings); costs about one more explain per batch"),
+    out_format: str = typer.Option(None, "--format", help="files (overlay pictures; the "
+                                   "local engine's default) or parquet (the maps in "
+                                   "OUT/results rows; Ray's default)"),
+    resume: bool = typer.Option(False, "--resume", help="finish a previous run in -o: skip "
+                                "the images its rows list"),
+    engine: str = typer.Option("local", "--engine", help="local, or ray (needs "
+                               "onnx-gradcam[ray])"),
+    ray_address: str = typer.Option("local", "--ray-address", help="ray: local (start one "
+                                    "here), auto (a running cluster) or an address"),
+    workers: int = typer.Option(None, "--workers", min=1, help="ray: explaining actors "
+                                "(default: one per CPU, at most 4)"),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
+                                          help="ray: GPUs each actor reserves"),
+    image_column: str = typer.Option("image", "--image-column", help="a .parquet input's "
+                                     "column of encoded images (binary, or a struct with "
+                                     "bytes)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or summary"),
 ) -> None:
     """Explain images with a CAM method; write overlays, optional .npy and report.json."""
@@ -149,22 +167,40 @@ def run_command(
     meta = explainer.model.metadata
     names = Labels.from_file(labels) if labels else Labels(meta.labels, meta.label_offset)
     demo = given is None
+    if engine not in ("local", "ray"):
+        raise OnnxGradCamError(f"--engine {engine!r}: choose local or ray")
+    out_format = out_format or ("parquet" if engine == "ray" else "files")
+    if out_format not in ("files", "parquet"):
+        raise OnnxGradCamError(f"--format {out_format!r}: choose files or parquet")
+    if resume and overwrite:
+        raise OnnxGradCamError("--resume and --overwrite contradict each other; pass one")
     options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size, grid,
-                         max_pixels, overwrite, demo, knife_edges)
-    total = len(list_images(images))
+                         max_pixels, overwrite, demo, out_format, resume, image_column,
+                         knife_edges)
+    run_engine = None
+    if engine == "ray":
+        from onnx_gradcam.ray_engine import RayEngine
+
+        run_engine = RayEngine(model, dict(
+            layer=layer or None, providers=provider, score=score, batch_size=batch_size,
+            scorecam_batch=scorecam_batch, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
+            gradient_builder=gradient_builder, exact=exact), methods, names, options, ray_address, workers,
+            gpus_per_worker)
+    total = len(list_images(images, image_column))
     console = Console(stderr=True, quiet=quiet)
     if demo:
         console.print(f"no model given: using the bundled demo model {DEMO_MODEL}",
                       markup=False, highlight=False)
-    with Progress(TextColumn("explaining"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True) as bar:
+    with image_bar("explaining", console) as bar:
         task = bar.add_task("run", total=total)
         report = run_job(explainers, images, options, names, pre,
-                         progress=lambda n: bar.advance(task, n))
-    done = len(report["images"])
+                         progress=lambda n: bar.advance(task, n), engine=run_engine)
+    done, seconds = report["explained_this_run"], report["seconds"]
     console.print(f"{done} image(s) explained with {', '.join(methods)} at "
-                  f"{', '.join(report['layers'])} on {explainer.provider}; "
-                  f"wrote {output}/ (report.json)")
+                  f"{', '.join(report['layers'])} on {explainer.provider} ({engine} engine) in "
+                  f"{seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s; "
+                  f"{len(report['errors'])} error(s); wrote {output}/ (report.json, results/)",
+                  markup=False, highlight=False)
     for line in flagged_maps(report):
         typer.secho(f"warning: {line}", fg=typer.colors.YELLOW, err=True)
     for error in report["errors"]:

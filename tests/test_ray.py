@@ -1,0 +1,202 @@
+"""``run --engine ray`` on a local Ray cluster this module starts (2 CPUs): the same rows and
+.npy cams as the local engine, and a corrupt image is an error row, not a failed job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from models.scenes import make_dataset
+from onnx_gradcam.results import cam_array
+from tests.test_hostile import cli, report_of
+
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo.onnx"
+N = 48
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20,
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("scenes")
+    images, _, masks = make_dataset(N, seed=18)
+    (folder / "masks").mkdir()
+    for i, (rgb, mask) in enumerate(zip(images, masks)):
+        cv2.imwrite(str(folder / f"s{i:02d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(folder / "masks" / f"s{i:02d}.png"), mask.astype(np.uint8) * 255)
+    good = (folder / "s00.png").read_bytes()
+    (folder / "corrupt.png").write_bytes(good[: len(good) // 3])
+    return folder
+
+
+def by_image(out: Path) -> dict[tuple, dict]:
+    return {(Path(r["path"]).name, r["rank"]): r for r in pq.read_table(out / "results")
+            .to_pylist()}
+
+
+def test_ray_engine_equals_the_local_engine(cluster, scenes, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    common = ("--top-k", "2", "--save-npy", "--format", "parquet", "--batch-size", "8")
+    assert cli("run", DEMO, scenes, "-o", local, *common).returncode == 1  # corrupt.png
+    result = cli("run", DEMO, scenes, "-o", remote, *common, "--engine", "ray",
+                 "--workers", "2")
+    assert result.returncode == 1, result.stderr
+    assert "corrupt.png" in result.stderr
+    a, b = by_image(local), by_image(remote)
+    assert a.keys() == b.keys() and len(a) == N * 2 + 1  # two targets each, one error row
+    assert b[("corrupt.png", None)]["error"] == a[("corrupt.png", None)]["error"]
+    for key, row in a.items():
+        if row["error"]:
+            continue
+        other = b[key]
+        assert other["target"] == row["target"] and other["top"] == row["top"]
+        np.testing.assert_allclose(np.load(other["npy"]), np.load(row["npy"]), atol=1e-6,
+                                   rtol=0)
+        # float16 rows: within one float16 step near 1 (a 1e-7 difference may round either way)
+        np.testing.assert_allclose(cam_array(other), cam_array(row), atol=2.0**-11, rtol=0)
+        assert Path(other["npy"]).name == Path(row["npy"]).name
+    report = report_of(remote)
+    assert report["engine"] == "ray" and report_of(local)["engine"] == "local"
+    assert len(report["images"]) == N and len(report["errors"]) == 1
+
+
+def test_ray_engine_without_ray_says_so_in_one_line(scenes, tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    result = cli("run", DEMO, scenes, "-o", tmp_path / "out", "--engine", "ray")
+    assert result.returncode == 1
+    assert "onnx-gradcam[ray]" in result.stderr and "Traceback" not in result.stderr
+
+
+def _explain_actors() -> list[int]:
+    """Pids of this machine's explaining actors (Ray titles their processes)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if entry.name.isdigit() and b"MapBatches(_Explain)" in title:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_actor_still_yields_every_row(cluster, scenes, tmp_path):
+    """SIGKILL one explaining actor once the first rows landed: Ray replaces it and retries
+    its batch; every image still has its rows, none twice."""
+    import os
+    import signal
+    import threading
+    import time
+
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            pids = _explain_actors()
+            if pids and list((out / "results").glob("part-*.parquet")):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=kill_one, daemon=True)
+    thread.start()
+    result = cli("run", DEMO, scenes, "-o", out, "--save-npy", "--batch-size", "2",
+                 "--engine", "ray", "--workers", "2")
+    thread.join(timeout=1)
+    assert killed, "the run ended before an actor could be killed"
+    assert result.returncode == 1, result.stderr  # corrupt.png only
+    rows = pq.read_table(out / "results").to_pylist()
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(
+        [f"s{i:02d}.png" for i in range(N)] + ["corrupt.png"])
+    assert all(Path(r["npy"]).is_file() for r in rows if not r["error"])
+
+
+def test_evaluate_on_ray_equals_the_local_engine(cluster, scenes, tmp_path):
+    import json
+
+    common = ("--masks", scenes / "masks", "--steps", "5", "--method", "gradcam,gradcam++",
+              "--batch-size", "8", "--quiet")
+    local = cli("evaluate", DEMO, scenes, *common, "--json", tmp_path / "local.json")
+    remote = cli("evaluate", DEMO, scenes, *common, "--json", tmp_path / "ray.json",
+                 "--engine", "ray", "--workers", "2")
+    assert local.returncode == remote.returncode == 1, remote.stderr  # corrupt.png
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("local", "ray"))
+    assert a["errors"] == b["errors"] and len(a["errors"]) == 1
+    assert a["metrics"].keys() == b["metrics"].keys() == {"gradcam", "gradcam++"}
+    for method, row in a["metrics"].items():
+        assert row["images"] == N and row["pointing_images"] == N
+        for key, value in row.items():
+            assert b["metrics"][method][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_resume_on_ray_after_an_interruption_equals_a_clean_run(cluster, scenes, tmp_path,
+                                                                monkeypatch):
+    from onnx_gradcam.results import Ledger
+
+    common = ("--save-npy", "--batch-size", "8", "--format", "parquet")
+    clean = tmp_path / "clean"
+    assert cli("run", DEMO, scenes, "-o", clean, *common).returncode == 1
+    real, calls = Ledger.write, []
+
+    def interrupted(self, rows):  # Ctrl-C while the third part is written
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(self, rows)
+
+    monkeypatch.setattr(Ledger, "write", interrupted)
+    out = tmp_path / "out"
+    ray_run = ("--engine", "ray", "--workers", "2")
+    assert cli("run", DEMO, scenes, "-o", out, *common, *ray_run).returncode == 130
+    monkeypatch.setattr(Ledger, "write", real)
+    done = {r["path"] for r in pq.read_table(out / "results").to_pylist()}  # two parts
+    good = {str(p) for p in scenes.glob("s*.png")}
+    assert 0 < len(done & good) < N and len(report_of(out)["images"]) == len(done & good)
+    assert cli("run", DEMO, scenes, "-o", out, *common, *ray_run, "--resume").returncode == 1
+    assert report_of(out)["explained_this_run"] == len(good - done)  # none explained twice
+
+    def table(run: Path) -> list[tuple]:
+        return sorted((Path(r["path"]).name, Path(r["npy"] or "").name, r["target"],
+                       r["error"]) for r in pq.read_table(run / "results").to_pylist())
+
+    assert table(out) == table(clean)  # every row once
+    assert sorted(p.name for p in out.glob("*.npy")) == sorted(p.name for p in
+                                                              clean.glob("*.npy"))
+
+
+def test_ray_draws_the_same_overlays_and_grids(cluster, scenes, tmp_path):
+    listing = tmp_path / "some.txt"
+    listing.write_text("\n".join(str(scenes / f"s{i:02d}.png") for i in range(12)))
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    common = ("--format", "files", "--grid", "--batch-size", "4", "--quiet")
+    assert cli("run", DEMO, listing, "-o", local, *common).returncode == 0
+    result = cli("run", DEMO, listing, "-o", remote, *common, "--engine", "ray")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in local.glob("*.png"))
+    assert len(names) == 12 * 2 + 1  # overlay and grid per image, one contact sheet
+    assert names == sorted(p.name for p in remote.glob("*.png"))
+    for name in names:  # cams equal to 1e-6: a pixel may round one level the other way
+        a, b = (cv2.imread(str(d / name)).astype(int) for d in (local, remote))
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1, name
