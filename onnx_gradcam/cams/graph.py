@@ -10,6 +10,7 @@ kept 4-D (a channel of one) so that ``Resize`` takes it as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -76,25 +77,33 @@ def layercam(op: Emitter, acts: Value, grads: Value) -> Value:
     return op.reduce("ReduceSum", op.Mul(op.Relu(grads), acts), [1])
 
 
-def layer_coarse(op: Emitter, method: Method, acts: Value, grads: Value, layout: str,
-                 pooled: tuple[Value, tuple[int, ...]] | None = None,
-                 mean: Value | None = None, nonnegative: bool = False,
-                 acts_mean: Value | None = None) -> Value:
-    """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC, by
-    the cheapest of the method's shortcuts that applies (:class:`~onnx_gradcam.cams.Method`).
+@dataclass(frozen=True)
+class Facts:
+    """What a layer's head says about its gradient G and activation A, which lets a method take
+    a shortcut (:class:`~onnx_gradcam.cams.Method`) instead of forming G."""
 
-    ``pooled``: a tensor of G's rank that G is a broadcast of (the gradient of a global average
-    pooling head), and its size-1 axes. Where it has size 1 on both spatial axes (G the same at
-    every position), the full-size G is never formed (an Expand, and the methods' products, of
-    K·h·w values saved): the method's constant-G shortcut reads ``pooled`` instead. Where it
-    pools only part of the space, mean weights are its mean.
-    ``mean``: G's mean over the positions per channel (N, K) where the head gives it without
-    forming G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`).
-    ``nonnegative``: A ≥ 0 by construction (a ReLU's output), which lets a method take the
-    shortcuts of its ``when_nonnegative`` twin.
-    ``acts_mean``: a forward tensor holding mean_ij A per channel (the head's own average
-    pool, K values per sample in any shape), which ``constant_g`` forms read instead of summing
-    A again."""
+    #: a tensor of G's rank that G is a broadcast of (the gradient of a global average pooling
+    #: head), and its size-1 axes. Where it has size 1 on both spatial axes (G the same at every
+    #: position), the full-size G is never formed (an Expand, and the methods' products, of
+    #: K·h·w values saved): the constant-G shortcut reads it instead. Where it pools only part of
+    #: the space, mean weights are its mean.
+    pooled: tuple[Value, tuple[int, ...]] | None = None
+    #: G's mean over the positions per channel (N, K), where the head gives it without forming
+    #: G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`)
+    mean: Value | None = None
+    #: A ≥ 0 by construction (a ReLU's output): the method's ``when_nonnegative`` twin applies
+    nonnegative: bool = False
+    #: a forward tensor holding mean_ij A per channel (the head's own average pool, K values per
+    #: sample in any shape), which ``constant_g`` forms read instead of summing A again
+    acts_mean: Value | None = None
+
+
+def layer_coarse(op: Emitter, method: Method, acts: Value, grads: Value, layout: str,
+                 facts: Facts = Facts()) -> Value:  # noqa: B008 (a frozen, empty record)
+    """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC, by
+    the cheapest of the method's shortcuts that ``facts`` allow."""
+    pooled, mean, nonnegative, acts_mean = (facts.pooled, facts.mean, facts.nonnegative,
+                                            facts.acts_mean)
     to_nchw = [0, 3, 1, 2]
     value, size_one = pooled if pooled is not None else (None, ())
     for tensor in (grads, value):
