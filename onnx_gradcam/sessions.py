@@ -73,7 +73,9 @@ class Sessions:
                  exact: bool) -> None:
         self.model, self.spec = model, spec
         self._providers, self._threads, self._exact = providers, threads, exact
-        self._sessions: dict[tuple[GraphSpec, bool], ort.InferenceSession] = {}
+        #: by the graph's identity (cheaper to hash than its spec, on every call); the entry
+        #: holds the graph, so its id is not reused while the entry lives
+        self._sessions: dict[tuple[int, bool], tuple[ExplainerModel, ort.InferenceSession]] = {}
 
     @cached_property
     def _digest(self) -> str:
@@ -89,15 +91,15 @@ class Sessions:
         """A session of ``graph``'s maps model, or (``tensors``) of the full graph, whose layer
         tensors are fetched only on demand."""
         full = tensors or not graph.coarse
-        key = (graph.spec, full)
+        key = (id(graph), full)
         if key not in self._sessions:
             model = graph.model if full else graph.maps_model()
-            self._sessions[key] = make_session(model.SerializeToString(), self._providers,
-                                               self._threads, self._exact)
-        return self._sessions[key]
+            self._sessions[key] = graph, make_session(model.SerializeToString(), self._providers,
+                                                      self._threads, self._exact)
+        return self._sessions[key][1]
 
 
-@dataclass
+@dataclass(slots=True)
 class Batch:
     """A batch's feeds bound to one explainer graph, run in chunks of ``chunk`` rows (None:
     in one run)."""
@@ -116,8 +118,10 @@ class Batch:
         return self._run(self.sessions.session(self.graph, tensors=True), names)
 
     def _run(self, session: ort.InferenceSession, names: list[str]) -> list[np.ndarray]:
+        if self.chunk is None:
+            return session.run(names, self.feeds)
         n = len(next(iter(self.feeds.values())))
-        if self.chunk is None or n <= self.chunk:
+        if n <= self.chunk:
             return session.run(names, self.feeds)
         chunks = [session.run(names, {k: v[i:i + self.chunk] for k, v in self.feeds.items()})
                   for i in range(0, n, self.chunk)]
