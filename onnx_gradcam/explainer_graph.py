@@ -255,8 +255,9 @@ class _Parts:
         self.nodes += [*op.nodes, *nodes]
         self.inits += op.initializers
 
-    def identity(self, source: str, name: str) -> onnx.NodeProto:
-        return helper.make_node("Identity", [source], [name])
+
+def _identity(source: str, name: str) -> onnx.NodeProto:
+    return helper.make_node("Identity", [source], [name])
 
 
 def explainer_model(info: GraphInfo, spec: GraphSpec) -> ExplainerModel:
@@ -287,7 +288,7 @@ def explainer_model(info: GraphInfo, spec: GraphSpec) -> ExplainerModel:
         head = head or grad.head
         if spec.method is not None:
             coarse.append(_layer_map(info, spec, index, layer_head, grad, parts))
-    parts.nodes += [parts.identity(score2d, SCORES), parts.identity(start.targets, TARGETS)]
+    parts.nodes += [_identity(score2d, SCORES), _identity(start.targets, TARGETS)]
     cams = _heatmap(info, spec, coarse, parts) if coarse else None
     model = _assemble(info, parts.nodes, parts.inits, [*start.inputs, *row_inputs], parts.outputs)
     return ExplainerModel(model, list(spec.layers), gradients, head, coarse, cams,
@@ -322,7 +323,7 @@ def _layer_gradient(info: GraphInfo, spec: GraphSpec, index: int, head: Head, st
                                           prefix=f"ogc_grad{index}/", seed_classes=classes)
     name = indexed(GRADIENT, index)
     parts.add(seed_op)
-    parts.add(grad, parts.identity(grad.gradient, name))
+    parts.add(grad, _identity(grad.gradient, name))
     layer = spec.layers[index]
     parts.outputs.append((name, info.dtype(layer), info.shapes.get(layer)))
     return grad
@@ -346,7 +347,7 @@ def _layer_map(info: GraphInfo, spec: GraphSpec, index: int, head: Head, grad: G
     facts = Facts(grad.pooled, mean, head_info.nonnegative(head_activation),
                   head_info.spatial_mean(head_activation, layout))
     layer_map = layer_coarse(cam_op, method, head_activation, grad.gradient, layout, facts)
-    parts.add(cam_op, parts.identity(layer_map, name))
+    parts.add(cam_op, _identity(layer_map, name))
     parts.outputs.append((name, info.dtype(activation),
                           _coarse_shape(info.shapes.get(activation), layout)))
     return name
@@ -359,7 +360,7 @@ def _heatmap(info: GraphInfo, spec: GraphSpec, coarse: list[str], parts: _Parts)
     sources = [_coarse_shape(info.shapes.get(a), la) for a, la in zip(spec.layers, spec.layouts)]
     maps = heatmap(post, coarse, _input_size(post, info, spec.input_layout),
                    [(s[2], s[3]) if s else (None, None) for s in sources])
-    parts.add(post, parts.identity(maps, CAMS))
+    parts.add(post, _identity(maps, CAMS))
     parts.outputs.append((CAMS, info.dtype(first), _input_maps_shape(info, spec.input_layout)))
     return CAMS
 
