@@ -61,9 +61,6 @@ class Maps(NamedTuple):
     cams: np.ndarray | None  # (N, H, W), where the graph post-processes
     tensors: LayerTensors | Callable[[], LayerTensors]
 
-    def heatmaps(self, size: tuple[int, int]) -> np.ndarray:
-        return self.cams if self.cams is not None else postprocess(self.coarse, size)
-
 
 @dataclass
 class Explanation:
@@ -297,7 +294,7 @@ class Explainer:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Scores (N, C) of a preprocessed batch (used by Score-CAM's masked passes)."""
         x = self._check_input(x)
-        batch = Batch(self.sessions, self.graph, {self.model.input_name: x}, self.batch_size)
+        batch = Batch(self.sessions, self.graph, {self.model.input_name: x}, self._chunk(x))
         return batch.maps([SCORES])[0]  # the argmax graph: no targets
 
     def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
@@ -337,20 +334,23 @@ class Explainer:
         feeds = {self.model.input_name: x}
         if graph.takes_target:
             feeds[TARGET] = checked
-        maps = self._maps(Batch(self.sessions, graph, feeds, self.batch_size), x)
-        result = self._result(start, maps, self._size(x))
+        maps = self._maps(Batch(self.sessions, graph, feeds, self._chunk(x)), x)
+        result = self._result(start, maps, x)
         if self.method.needs_gradient:
             result.diagnose = partial(self.knife_edges, x, result.targets)
         return result
 
-    def _result(self, start: float, maps: Maps, size: tuple[int, int], k: int | None = None
+    def _result(self, start: float, maps: Maps, x: np.ndarray, k: int | None = None
                 ) -> Explanation:
-        """``maps`` as an :class:`Explanation`; with ``k`` targets per image, the arrays gain a
-        k axis (see :meth:`explain_many`)."""
-        cams, coarse, targets = maps.heatmaps(size), maps.coarse[0], maps.targets
+        """``maps`` of the batch ``x`` as an :class:`Explanation`, post-processed here where
+        the graph does not; with ``k`` targets per image, the arrays gain a k axis (see
+        :meth:`explain_many`)."""
+        cams, coarse, targets = maps.cams, maps.coarse[0], maps.targets
+        if cams is None:
+            cams = postprocess(maps.coarse, self._size(x))
         if k is not None:
-            n = len(targets) // k
-            cams, targets = cams.reshape(n, k, *size), targets.reshape(n, k)
+            n = len(x)
+            cams, targets = cams.reshape(n, k, *cams.shape[1:]), targets.reshape(n, k)
             coarse = coarse.reshape(n, k, *coarse.shape[1:])
         f32, scores = _FLOAT32, maps.scores  # a float32 model's outputs need no conversion
         return Explanation(cams if cams.dtype is f32 else cams.astype(f32),
@@ -451,7 +451,7 @@ class Explainer:
             return check_finite_result(self._stack(results, start))
         feeds = {self.model.input_name: x, TARGET: flat, ROWS: rows}
         maps = self._maps(Batch(self.sessions, self.rows_graph, feeds), x, rows)
-        return check_finite_result(self._result(start, maps, self._size(x), k))
+        return check_finite_result(self._result(start, maps, x, k))
 
     def _stack(self, results: list[Explanation], start: float) -> Explanation:
         """One result per rank → explain_many's shapes; gradients image-major (row i·k + r),
@@ -479,6 +479,10 @@ class Explainer:
     def rows_graph(self) -> ExplainerModel:
         """The many-targets explainer graph (:class:`GraphSpec` ``rows``)."""
         return self.sessions.graph("ranks", rows=True)
+
+    def _chunk(self, x: np.ndarray) -> int | None:
+        """How many rows of ``x`` one run takes: None where all of them fit."""
+        return None if len(x) <= self.batch_size else self.batch_size
 
     def _size(self, x: np.ndarray) -> tuple[int, int]:
         dims = x.shape[2:4] if self.model.input_layout == "NCHW" else x.shape[1:3]

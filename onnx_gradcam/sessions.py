@@ -121,8 +121,6 @@ class Batch:
         if self.chunk is None:
             return session.run(names, self.feeds)
         n = len(next(iter(self.feeds.values())))
-        if n <= self.chunk:
-            return session.run(names, self.feeds)
         chunks = [session.run(names, {k: v[i:i + self.chunk] for k, v in self.feeds.items()})
                   for i in range(0, n, self.chunk)]
         return [np.concatenate(parts) for parts in zip(*chunks)]
