@@ -1,4 +1,5 @@
-"""The public ``Explainer``: builds the explainer graph once, owns the session, runs methods."""
+"""The public API: ``Explainer`` (input and target checks, the graph for the targets, the result
+path) and ``Explanation``; graphs and sessions are :mod:`onnx_gradcam.sessions`'s."""
 
 from __future__ import annotations
 
