@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 import onnx_gradcam as og  # noqa: E402
 from bench.overhead import models  # noqa: E402
 from bench.timing import interleaved_medians  # noqa: E402
-from onnx_gradcam.export import export_model  # noqa: E402
 from onnx_gradcam.runtime import PROVIDER_NAMES  # noqa: E402
 
 
@@ -43,7 +42,7 @@ def measure(model: onnx.ModelProto, method: str, batches: list[int], repeats: in
             provider: str, threads: int | None) -> list[tuple[int, float, float, float]]:
     """[(batch, exported seconds, plain seconds, size ratio)] for one model."""
     explainer = og.Explainer(model, method=method, providers="cpu")
-    exported = export_model(explainer)
+    exported = explainer.export()
     size = exported.ByteSize() / model.ByteSize()
     plain = session(model, provider, threads)
     explain = session(exported, provider, threads)

@@ -6,7 +6,7 @@ tensor becomes an extra output, ``onnx_gradcam.*`` metadata is written and TF an
 are compared on one input.
 """
 
-from converters.api import ConvertResult, convert, detect_format
-from converters.options import ConvertOptions
+from onnx_gradcam.converters.api import ConvertResult, convert, detect_format
+from onnx_gradcam.converters.options import ConvertOptions
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert", "detect_format"]

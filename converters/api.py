@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+from onnx_gradcam.converters import export, labels, layers, tfgraph
+from onnx_gradcam.converters.options import ConvertOptions, check_opset, preprocessing_from
+from onnx_gradcam.converters.source import Source
+from onnx_gradcam.converters.verify import Verification, sample_input, verify
 
-from converters import export, labels, layers, tfgraph
-from converters.options import ConvertOptions, check_opset, preprocessing_from
-from converters.source import Source
-from converters.verify import Verification, sample_input, verify
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.metadata import Preprocessing, metadata_props, write_metadata
 
@@ -59,18 +59,18 @@ def detect_format(src: Path, options: ConvertOptions) -> str:
 
 def _load(fmt: str, src: Path, options: ConvertOptions) -> Source:
     if fmt == "keras":
-        from converters import keras
+        from onnx_gradcam.converters import keras
 
         return keras.load(src, options)
     if fmt == "savedmodel":
-        from converters import savedmodel
+        from onnx_gradcam.converters import savedmodel
 
         return savedmodel.load(src, options)
     if fmt == "frozen":
-        from converters import frozen
+        from onnx_gradcam.converters import frozen
 
         return frozen.load(src, options)
-    from converters import slim
+    from onnx_gradcam.converters import slim
 
     return slim.load(options)
 

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 import numpy as np
 import onnx
 from onnx import helper
+from onnx_gradcam.converters import _tf, tfgraph
 
-from converters import _tf, tfgraph
 from onnx_gradcam.errors import OnnxGradCamError
 
 

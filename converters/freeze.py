@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from converters import _tf
+from onnx_gradcam.converters import _tf
+
 from onnx_gradcam.errors import OnnxGradCamError
 
 

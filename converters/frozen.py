@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters import _tf, tfgraph
-from converters.layers import op_name, tensor_name
-from converters.options import ConvertOptions
-from converters.source import Source
+from onnx_gradcam.converters import _tf, tfgraph
+from onnx_gradcam.converters.layers import op_name, tensor_name
+from onnx_gradcam.converters.options import ConvertOptions
+from onnx_gradcam.converters.source import Source
+
 from onnx_gradcam.errors import OnnxGradCamError
 
 

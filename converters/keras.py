@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from converters import _tf
-from converters.freeze import freeze_concrete
-from converters.options import ConvertOptions, parse_preprocess
-from converters.source import Source
+from onnx_gradcam.converters import _tf
+from onnx_gradcam.converters.freeze import freeze_concrete
+from onnx_gradcam.converters.options import ConvertOptions, parse_preprocess
+from onnx_gradcam.converters.source import Source
+
 from onnx_gradcam.errors import OnnxGradCamError
 
 #: keras.applications model names → their ``preprocess_input`` mode (first match wins)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from converters import _tf
-from converters.freeze import freeze_concrete
-from converters.options import ConvertOptions
-from converters.source import Source
+from onnx_gradcam.converters import _tf
+from onnx_gradcam.converters.freeze import freeze_concrete
+from onnx_gradcam.converters.options import ConvertOptions
+from onnx_gradcam.converters.source import Source
+
 from onnx_gradcam.errors import OnnxGradCamError
 
 DEFAULT_SIGNATURES = ("serving_default", "serve")

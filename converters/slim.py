@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from converters import _tf, slim_compat
-from converters.options import ConvertOptions, parse_preprocess
-from converters.source import Source
+from onnx_gradcam.converters import _tf, slim_compat
+from onnx_gradcam.converters.options import ConvertOptions, parse_preprocess
+from onnx_gradcam.converters.source import Source
+
 from onnx_gradcam.errors import OnnxGradCamError
 
 

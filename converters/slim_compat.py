@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from converters import _tf
+from onnx_gradcam.converters import _tf
 
 _ALIASES = {
     "tf_keras.legacy_tf_layers": "tf_keras.src.legacy_tf_layers",

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from converters import _tf
-from converters.layers import op_name
+from onnx_gradcam.converters import _tf
+from onnx_gradcam.converters.layers import op_name
 
 #: op types that never carry a model's result
 NOT_OUTPUTS = frozenset(

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from onnx_gradcam.converters import tfgraph
 
-from converters import tfgraph
 from onnx_gradcam.errors import OnnxGradCamError
 
 RTOL = 1e-3  # of the reference's largest magnitude (at least 1)

@@ -1,8 +1,8 @@
-"""The public ``Explainer``: builds the explainer graph once, owns the session, runs methods."""
+"""The public API: ``Explainer`` (input and target checks, the graph for the targets, the result
+path) and ``Explanation``; graphs and sessions are :mod:`onnx_gradcam.sessions`'s."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,10 +15,9 @@ import onnx
 import onnxruntime as ort
 
 from onnx_gradcam import targets as targets_
-from onnx_gradcam.autodiff.builder import build_gradient
 from onnx_gradcam.cams import METHODS, Method, postprocess, reduce_map
 from onnx_gradcam.cams.score import scorecam
-from onnx_gradcam.errors import NonFiniteError, OnnxGradCamError, UnsupportedOpError
+from onnx_gradcam.errors import NonFiniteError, OnnxGradCamError
 from onnx_gradcam.explainer_graph import (
     GRADIENT,
     ROWS,
@@ -26,10 +25,13 @@ from onnx_gradcam.explainer_graph import (
     TARGET,
     TARGETS,
     ExplainerModel,
-    explainer_model,
+    GraphSpec,
 )
+from onnx_gradcam.export import ExportSpec, check_exportable, export_model
 from onnx_gradcam.images import (
     DEFAULT_MAX_PIXELS,
+    atomic_write,
+    check_output_file,
     preprocess,
     read_image,
     synthetic_image,
@@ -40,7 +42,6 @@ from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.model import (
     Layer,
     LoadedModel,
-    candidate_layers,
     dequantized_layers,
     detect_layer,
     load_model,
@@ -48,14 +49,12 @@ from onnx_gradcam.model import (
     score_like,
 )
 from onnx_gradcam.runtime import Provider, make_session
+from onnx_gradcam.sessions import Batch, Sessions
 
 if TYPE_CHECKING:
     from onnx_gradcam.verify import VerifyReport
 
 Targets = int | Sequence[int] | Sequence[targets_.Target] | np.ndarray | None
-#: fetch(tensors, names): ``names`` from a graph's maps session, or (``tensors``) its full one
-Fetch = Callable[[bool, list[str]], list[np.ndarray]]
-_GRAPH_CACHE: dict[tuple, ExplainerModel] = {}
 _FLOAT32 = np.dtype(np.float32)
 
 
@@ -63,16 +62,14 @@ LayerTensors = tuple[list[np.ndarray], list[np.ndarray]]
 
 
 class Maps(NamedTuple):
-    """What one run of an explainer graph gives (see :meth:`Explainer._maps`)."""
+    """What one run of an explainer graph gives (:meth:`Explainer._maps`); the rows of a
+    many-targets run are (image, target) pairs, image-major."""
 
     scores: np.ndarray
     targets: np.ndarray
     coarse: list[np.ndarray]
     cams: np.ndarray | None  # (N, H, W), where the graph post-processes
     tensors: LayerTensors | Callable[[], LayerTensors]
-
-    def heatmaps(self, size: tuple[int, int]) -> np.ndarray:
-        return self.cams if self.cams is not None else postprocess(self.coarse, size)
 
 
 @dataclass
@@ -173,16 +170,16 @@ class Explainer:
         self.aug_smooth, self.eigen_smooth = aug_smooth, eigen_smooth
         self.gradient_builder = gradient_builder
         self._providers, self._threads, self.exact = providers, threads, exact
+        self.sessions = Sessions(self.model, self.graph_spec, providers, threads, exact)
         self._probes: dict[tuple[str, tuple[str, ...]], tuple] = {}
-        self._sessions: dict[tuple[int, bool], ort.InferenceSession] = {}
-        #: the default (argmax) graph and its session; None where the output is not class
-        #: scores (explained for target objects only, each kind's graph built on first use)
+        #: the explainer graph of the common call (each sample's best class) and its session;
+        #: None where the output is not class scores (explained for target objects only, each
+        #: kind's graph built on first use)
         self.graph: ExplainerModel | None = None
         self.session: ort.InferenceSession | None = None
         if score_like(self.model.info.shapes.get(self.score)):
-            self.graph = self._graph()
-            self.session = self._session(self.graph)
-        self._rows: ExplainerModel | None = None  # the many-targets graph, built on first use
+            self.graph = self.sessions.graph("argmax")
+            self.session = self.sessions.session(self.graph)
         self._argmax: dict[int, np.ndarray] = {}  # read-only all −1 targets per batch size
         self.provider: str = self.session.get_providers()[0] if self.session else ""
 
@@ -207,49 +204,14 @@ class Explainer:
             return None
         return self.method if self.method.graph is not None else None
 
-    def _build(self, rows: bool = False, targets: str = "ranks") -> ExplainerModel:
-        return explainer_model(
-            self.model.info, self.layer_names, self.score,
-            self.method.needs_gradient, rows=rows, builder=self.gradient_builder,
-            cam=self.graph_cam, layouts=[la.layout for la in self.layers], targets=targets,
-            input_layout=self.model.input_layout, grids=[la.grid for la in self.layers])
-
-    def _graph(self, targets: str = "argmax") -> ExplainerModel:
-        """The explainer graph (cached per model, layers, score, method and builder) for
-        ``targets`` (:func:`explainer_model`): ``argmax``, the default graph, explains each
-        sample's best class; ``classes`` takes class indices and −1; ``ranks`` also rank codes
-        −2, −3, … (a full sort of the scores per sample)."""
-        cam = self.method.name if self.graph_cam else None
-        key = (self._digest, tuple(self.layer_names), self.score,
-               self.method.needs_gradient, self.gradient_builder, cam, targets)
-        if key not in _GRAPH_CACHE:
-            try:
-                _GRAPH_CACHE[key] = self._build(targets=targets)
-            except UnsupportedOpError as exc:
-                nearest = self._nearest_working_layer(exc.node_output)
-                hint = f"; the nearest layer that works: --layer {nearest}" if nearest else ""
-                raise UnsupportedOpError(f"{exc}{hint}", exc.node_output) from None
-        return _GRAPH_CACHE[key]
-
-    @cached_property
-    def _digest(self) -> str:
-        """The model's identity in the graph cache (hashed once: it serializes every weight)."""
-        return hashlib.sha1(self.model.proto.SerializeToString()).hexdigest()
-
-    def _nearest_working_layer(self, node_output: str) -> str | None:
-        """The first candidate layer after the failing node whose head we can differentiate."""
-        info = self.model.info
-        after = {o for i in info.descendants(node_output) for o in info.nodes[i].output}
-        after.add(node_output)
-        for layer in candidate_layers(self.model, self.score):
-            if layer.name not in after:
-                continue
-            try:
-                build_gradient(info, layer.name, self.score, self.score)
-            except OnnxGradCamError:
-                continue
-            return layer.name
-        return None
+    @property
+    def graph_spec(self) -> GraphSpec:
+        """What this explainer's graphs compute (:class:`GraphSpec`; the seed kind and rows are
+        chosen per call)."""
+        return GraphSpec(tuple(self.layer_names), self.score, self.graph_cam,
+                         self.method.needs_gradient, layouts=tuple(la.layout for la in self.layers),
+                         input_layout=self.model.input_layout, builder=self.gradient_builder,
+                         grids=tuple(la.grid for la in self.layers))
 
     @cached_property
     def num_classes(self) -> int | None:
@@ -322,52 +284,19 @@ class Explainer:
     def input_dtype(self) -> np.dtype:
         return self.model.info.dtype(self.model.input_name)
 
-    def _session(self, graph: ExplainerModel, tensors: bool = False) -> ort.InferenceSession:
-        """A session of ``graph``'s maps model, or (``tensors``) of the full graph, whose layer
-        tensors are fetched only on demand; each built on first use."""
-        key = (id(graph), tensors or not graph.coarse)
-        if key not in self._sessions:
-            model = graph.model if key[1] else graph.maps_model()
-            self._sessions[key] = make_session(model.SerializeToString(), self._providers,
-                                               self._threads, self.exact)
-        return self._sessions[key]
-
-    def _run(self, names: list[str], x: np.ndarray, graph: ExplainerModel,
-             targets: np.ndarray | dict[str, np.ndarray] | None = None,
-             tensors: bool = False) -> list[np.ndarray]:
-        """Fetch ``names`` for a batch from ``graph``'s session (:meth:`_session`), in chunks of
-        ``batch_size``; ``targets`` feed ``ogc_target`` where the graph takes one, or (a dict)
-        a target kind's seed inputs."""
-        session = self._session(graph, tensors)
-        chunks = []
-        for i in range(0, len(x), self.batch_size):
-            feeds = {self.model.input_name: x[i:i + self.batch_size]}
-            if isinstance(targets, dict):
-                feeds.update((k, v[i:i + self.batch_size]) for k, v in targets.items())
-            elif graph.takes_target:
-                assert targets is not None
-                feeds[TARGET] = targets[i:i + self.batch_size]
-            chunks.append(session.run(names, feeds))
-        if len(chunks) == 1:
-            return chunks[0]
-        return [np.concatenate(parts) for parts in zip(*chunks)]
-
-    def _maps(self, graph: ExplainerModel, fetch: Fetch, x: np.ndarray,
-              rows: np.ndarray | None = None) -> Maps:
-        """Scores, resolved targets, coarse maps per layer, heatmaps and layer tensors from
-        ``graph`` run by ``fetch`` (:data:`Fetch`). Where the graph computes the map, only the
-        maps are fetched and the layer tensors are a function that fetches them from the full
-        graph; else the maps are computed here (``rows``: the sample each gradient row
-        explains) and the heatmaps are left to :func:`postprocess` (None)."""
-        names = [*graph.activations, *graph.gradients]
+    def _maps(self, batch: Batch, x: np.ndarray, rows: np.ndarray | None = None) -> Maps:
+        """Scores, resolved targets, coarse maps per layer, heatmaps and layer tensors of
+        ``batch``. Where the graph computes the map, only the maps are fetched and the layer
+        tensors are a function that fetches them from the full graph; else the maps are computed
+        here (``rows``: the sample each gradient row explains) and the heatmaps are left to
+        :func:`postprocess` (None)."""
+        graph = batch.graph
         if graph.coarse:
-            scores, resolved, *coarse, cams = fetch(False, graph.map_outputs)
-
-            def tensors() -> LayerTensors:
-                return self._layer_tensors(fetch(True, names))
-
-            return Maps(scores, resolved, [c[:, 0] for c in coarse], cams[:, 0], tensors)
-        scores, resolved, *rest = fetch(False, [SCORES, TARGETS, *names])
+            scores, resolved, *coarse, cams = batch.maps(graph.map_outputs)
+            return Maps(scores, resolved, [c[:, 0] for c in coarse], cams[:, 0],
+                        partial(self._fetch_tensors, batch))
+        scores, resolved, *rest = batch.maps([SCORES, TARGETS, *graph.activations,
+                                              *graph.gradients])
         acts, grads = self._layer_tensors(rest)
         xs = x if rows is None else x[rows]
         coarse = [self._coarse(a if rows is None else a[rows], g, xs, resolved)
@@ -388,7 +317,9 @@ class Explainer:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Scores (N, C) of a preprocessed batch (used by Score-CAM's masked passes)."""
         x = self._check_input(x)
-        return self._run([SCORES], x, self._class_graph)[0]  # the argmax graph: no targets
+        batch = Batch(self.sessions, self._class_graph, {self.model.input_name: x},
+                      self._chunk(x))
+        return batch.maps([SCORES])[0]  # the argmax graph: no targets
 
     @property
     def _class_graph(self) -> ExplainerModel:
@@ -443,18 +374,11 @@ class Explainer:
             targets = targets_.classes(targets)
         checked = self.check_targets(targets, len(x))
         graph = self._graph_for(targets, checked)
-        if graph.cams and len(x) <= self.batch_size:  # one run gives everything: no detours
-            feeds = {self.model.input_name: x}
-            if graph.takes_target:
-                feeds[TARGET] = checked
-            scores, resolved, *coarse, cams = self._session(graph).run(graph.map_outputs, feeds)
-            result = self._result(start, cams[:, 0], coarse[0][:, 0], resolved, scores,
-                                  partial(self._fetch_tensors, graph, x, checked))
-        else:
-            maps = self._maps(graph, lambda tensors, names: self._run(names, x, graph, checked,
-                                                                       tensors), x)
-            result = self._result(start, maps.heatmaps(self._size(x)), maps.coarse[0],
-                                  maps.targets, maps.scores, maps.tensors)
+        feeds = {self.model.input_name: x}
+        if graph.takes_target:
+            feeds[TARGET] = checked
+        maps = self._maps(Batch(self.sessions, graph, feeds, self._chunk(x)), x)
+        result = self._result(start, maps, x)
         if self.method.needs_gradient:
             result.diagnose = partial(self.knife_edges, x, result.targets)
         return result
@@ -473,30 +397,36 @@ class Explainer:
         feeds, labels = targets_.feeds(kind, targets, self.score,
                                        self.model.info.shapes.get(self.score),
                                        self.model.info.dtype(self.score))
-        graph = self._graph(kind)
-        self.provider = self._session(graph).get_providers()[0]
-        maps = self._maps(graph, lambda tensors, names: self._run(names, x, graph, feeds,
-                                                                   tensors), x)
-        return self._result(start, maps.heatmaps(self._size(x)), maps.coarse[0], labels,
-                            maps.scores, maps.tensors)
+        graph = self.sessions.graph(kind)
+        self.provider = self.sessions.session(graph).get_providers()[0]
+        batch = Batch(self.sessions, graph, {self.model.input_name: x, **feeds}, self._chunk(x))
+        return self._result(start, self._maps(batch, x)._replace(targets=labels), x)
 
-    def _result(self, start: float, cams: np.ndarray, coarse: np.ndarray, targets: np.ndarray,
-                scores: np.ndarray, tensors: LayerTensors | Callable[[], LayerTensors]
+    def _result(self, start: float, maps: Maps, x: np.ndarray, k: int | None = None
                 ) -> Explanation:
-        f32 = _FLOAT32  # a float32 model's outputs need no conversion (nor the call to skip it)
+        """``maps`` of the batch ``x`` as an :class:`Explanation`, post-processed here where
+        the graph does not; with ``k`` targets per image, the arrays gain a k axis (see
+        :meth:`explain_many`)."""
+        cams, coarse, targets = maps.cams, maps.coarse[0], maps.targets
+        if cams is None:
+            cams = postprocess(maps.coarse, self._size(x))
+        if k is not None:
+            n = len(x)
+            cams, targets = cams.reshape(n, k, *cams.shape[1:]), targets.reshape(n, k)
+            coarse = coarse.reshape(n, k, *coarse.shape[1:])
+        f32, scores = _FLOAT32, maps.scores  # a float32 model's outputs need no conversion
         return Explanation(cams if cams.dtype is f32 else cams.astype(f32),
                            coarse if coarse.dtype is f32 else coarse.astype(f32),
                            targets.astype(np.int64, copy=False),
-                           scores if scores.dtype is f32 else scores.astype(f32), tensors,
+                           scores if scores.dtype is f32 else scores.astype(f32), maps.tensors,
                            self.method.name, list(self.layer_names), self.score_kind,
                            self.provider, time.perf_counter() - start)
 
-    def _fetch_tensors(self, graph: ExplainerModel, x: np.ndarray,
-                       targets: np.ndarray) -> LayerTensors:
+    def _fetch_tensors(self, batch: Batch) -> LayerTensors:
         """The layer tensors of a batch, from the full graph (on first access: see
         :class:`Explanation`)."""
-        return self._layer_tensors(self._run([*graph.activations, *graph.gradients], x, graph,
-                                             targets, tensors=True))
+        graph = batch.graph
+        return self._layer_tensors(batch.tensors([*graph.activations, *graph.gradients]))
 
     # ---- diagnostics ---------------------------------------------------------------------------
     def knife_edges(self, x: np.ndarray, targets: np.ndarray) -> KnifeEdges:
@@ -583,16 +513,8 @@ class Explainer:
             results = [self.explain(x, codes[:, r]) for r in range(k)]
             return check_finite_result(self._stack(results, start))
         feeds = {self.model.input_name: x, TARGET: flat, ROWS: rows}
-        maps = self._maps(self.rows_graph, lambda tensors, names: self._session(
-            self.rows_graph, tensors).run(names, feeds), x, rows)
-        size = self._size(x)
-        coarse = maps.coarse[0]
-        return check_finite_result(Explanation(
-            maps.heatmaps(size).reshape(n, k, *size),
-            coarse.reshape(n, k, *coarse.shape[1:]).astype(np.float32),
-            maps.targets.reshape(n, k), maps.scores.astype(np.float32), maps.tensors,
-            self.method.name, list(self.layer_names), self.score_kind, self.provider,
-            time.perf_counter() - start))
+        maps = self._maps(Batch(self.sessions, self.rows_graph, feeds), x, rows)
+        return check_finite_result(self._result(start, maps, x, k))
 
     def _stack(self, results: list[Explanation], start: float) -> Explanation:
         """One result per rank → explain_many's shapes; gradients image-major (row i·k + r),
@@ -609,24 +531,22 @@ class Explainer:
             np.stack([r.targets for r in results], 1), first.scores, tensors, first.method,
             first.layers, first.score_kind, first.provider, time.perf_counter() - start)
 
-    @property
-    def ranked_graph(self) -> ExplainerModel:
-        """The explainer graph whose target input also takes rank codes (:meth:`_graph`)."""
-        return self._graph("ranks")
-
     def _graph_for(self, targets: Targets, checked: np.ndarray) -> ExplainerModel:
-        """The cheapest graph that understands these targets."""
-        default = self._class_graph
+        """The cheapest graph that understands these targets (:data:`SEEDS`): ``argmax`` for
+        each sample's best class, ``classes`` for class indices and −1, else ``ranks``."""
+        default = self._class_graph  # refused where the output is not class scores
         if targets is None or (checked == -1).all():
             return default
-        return self._graph("classes") if (checked >= -1).all() else self.ranked_graph
+        return self.sessions.graph("classes" if (checked >= -1).all() else "ranks")
 
     @property
     def rows_graph(self) -> ExplainerModel:
-        """The many-targets explainer graph (:func:`explainer_model` with ``rows``)."""
-        if self._rows is None:
-            self._rows = self._build(rows=True)
-        return self._rows
+        """The many-targets explainer graph (:class:`GraphSpec` ``rows``)."""
+        return self.sessions.graph("ranks", rows=True)
+
+    def _chunk(self, x: np.ndarray) -> int | None:
+        """How many rows of ``x`` one run takes: None where all of them fit."""
+        return None if len(x) <= self.batch_size else self.batch_size
 
     def _size(self, x: np.ndarray) -> tuple[int, int]:
         dims = x.shape[2:4] if self.model.input_layout == "NCHW" else x.shape[1:3]
@@ -644,13 +564,28 @@ class Explainer:
                target_required: bool = False, target_kind: str | None = None
                ) -> onnx.ModelProto:
         """This explainer's model, target layers and method as one standard ONNX model (forward,
-        gradient and CAM post-processing in the graph), for classes or the targets of
-        ``target_kind`` (``segmentation``, ``similarity``, ``output``): see
-        :mod:`onnx_gradcam.export`."""
-        from onnx_gradcam.export import export_explainer
+        gradient and CAM post-processing in the graph; see :mod:`onnx_gradcam.export`), for
+        classes or the targets of ``target_kind`` (``segmentation``, ``similarity``,
+        ``output``), written to ``path`` (atomically) if given."""
+        if path is not None:
+            check_output_file(Path(path), self.model.files)
+        spec = self._export_spec(upsample, target_required, target_kind)
+        check_exportable(spec)
+        model = export_model(self.model, self.sessions.graph(target_kind or "ranks"), spec)
+        if path is not None:
+            atomic_write(Path(path), model.SerializeToString())
+        return model
 
-        return export_explainer(self, path, upsample=upsample, target_required=target_required,
-                                target_kind=target_kind)
+    def _export_spec(self, upsample: bool, target_required: bool,
+                     target_kind: str | None = None) -> ExportSpec:
+        try:
+            pre = self.preprocessing()
+        except OnnxGradCamError:  # a symbolic input size and none in the metadata
+            pre = self.model.metadata.preprocessing
+        return ExportSpec(self.method.name, tuple(self.layers), self.score_kind, pre,
+                          upsample=upsample, target_required=target_required,
+                          eigen_smooth=self.eigen_smooth, aug_smooth=self.aug_smooth,
+                          target_kind=target_kind)
 
     # ---- images ------------------------------------------------------------------------------
     @cached_property

@@ -9,9 +9,10 @@ normalisation, so a caller that wants only the map fetches h·w numbers, not 2·
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -27,7 +28,7 @@ from onnx_gradcam.autodiff.builder import (
 from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.autodiff.summed import gradient_mean
 from onnx_gradcam.cams import Method
-from onnx_gradcam.cams.graph import heatmap, layer_coarse
+from onnx_gradcam.cams.graph import Facts, heatmap, layer_coarse
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
 from onnx_gradcam.passes import simplify
@@ -55,6 +56,7 @@ class ExplainerModel:
     #: (CAM_CONVENTIONS.md, steps 1-4)
     cams: str | None = None
     takes_target: bool = True  # whether the graph has the input ``ogc_target``
+    spec: GraphSpec | None = None  # what it was built from (:func:`explainer_model`)
     #: the inputs of a target kind's seed (:func:`onnx_gradcam.targets.seed_inputs`)
     seed_inputs: list[str] = field(default_factory=list)
 
@@ -181,171 +183,230 @@ def replicate_head(info: GraphInfo, activation: str, score: str, rows: str, tag:
     return nodes, rename[activation], rename[score]
 
 
-def explainer_model(info: GraphInfo, activations: list[str], score: str,
-                    with_gradient: bool = True, rows: bool = False,
-                    builder: str = "onnx", cam: Method | None = None,
-                    layouts: Sequence[str] = (), targets: str = "ranks",
-                    input_layout: str = "NCHW", grids: Sequence[Grid | None] = ()
-                    ) -> ExplainerModel:
-    """The full explainer graph (see module docstring) for one or more target layers.
-    ``score`` may be (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores`` is always (N, C).
+@dataclass(frozen=True)
+class GraphSpec:
+    """What an explainer graph computes; with the model, the key of a built graph.
 
-    With ``rows``, the graph also takes ``ogc_rows`` (int64 (M,)) and explains, for each m, the
-    sample ``ogc_rows[m]`` for the target ``ogc_target[m]`` through a replicated head
-    (:func:`replicate_head`): gradients and ``ogc_targets`` then have M rows, in one pass.
-    ``builder`` picks the gradient builder (:func:`gradient_builder`). With ``cam`` (a method
-    of :data:`onnx_gradcam.cams.GRAPH_METHODS`) and the activations' ``layouts``, the
-    graph also outputs each layer's coarse map (``ogc_coarse``, ``ogc_coarse_1``, …) and the
-    post-processed heatmap ``ogc_cams`` at the size of the input (whose ``input_layout`` says
-    where its height and width are); a layer with a token ``grid`` is folded into an image
-    (:meth:`~onnx_gradcam.tokens.Grid.image`) before the method reads it.
-    ``targets`` says what ``ogc_target`` takes: ``ranks``, class indices and rank codes −1, −2,
-    … (−r: the r-th best class); ``classes``, class indices and −1 (argmax) only (no sort,
-    :func:`~onnx_gradcam.autodiff.builder.resolve_targets`); ``argmax``: the graph has no
-    ``ogc_target`` input and explains each sample's best class (two nodes and one feed fewer,
-    for the common call). A target kind of :mod:`onnx_gradcam.targets` (``segmentation``,
-    ``similarity``, ``output``) builds the graph whose seed reads that kind's inputs instead.
+    ``layers``: the target activations, laid out as ``layouts`` says (NCHW or NHWC).
+    ``score``: the differentiated tensor, (N, C) or (N, 1, 1, C)/(N, C, 1, 1); ``ogc_scores``
+    is always (N, C). ``method``: a method with a graph form, whose coarse maps
+    (``ogc_coarse``, ``ogc_coarse_1``, …) and heatmap ``ogc_cams`` at the input size (whose
+    ``input_layout`` says where its height and width are) the graph then outputs; None: the
+    graph stops at the gradients. ``gradient``: False for gradient-free methods (no gradient
+    graph). ``seed``: what ``ogc_target`` takes (:func:`seed`). ``rows``: the graph also takes
+    ``ogc_rows`` (int64 (M,)) and explains, for each m, the sample ``ogc_rows[m]`` for the target
+    ``ogc_target[m]`` through a replicated head (:func:`replicate_head`): gradients and
+    ``ogc_targets`` then have M rows, in one pass. ``builder``: :func:`gradient_builder`.
+    ``grids``: per layer, the token grid (:class:`~onnx_gradcam.tokens.Grid`) a (N, T, C)
+    layer is folded into before the method reads it, or None for an image layer.
     """
-    build = gradient_builder(builder)
-    dtype = info.dtype(score)
+
+    layers: tuple[str, ...]
+    score: str
+    method: Method | None = None
+    gradient: bool = True
+    seed: str = "ranks"
+    rows: bool = False
+    layouts: tuple[str, ...] = ()
+    input_layout: str = "NCHW"
+    builder: str = "onnx"
+    grids: tuple[Grid | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.seed not in SEEDS and self.seed not in KINDS.values():
+            raise ValueError(f"seed must be one of {', '.join(SEEDS)} or a target kind "
+                             f"({', '.join(KINDS.values())}), not {self.seed!r}")
+        if self.rows and self.seed in KINDS.values():
+            raise ValueError(f"rows explain class targets only, not {self.seed!r} targets")
+
+    def grid(self, index: int) -> Grid | None:
+        """Layer ``index``'s token grid, None for an image layer."""
+        return self.grids[index] if self.grids else None
+
+
+#: What ``ogc_target`` takes. ``ranks``: class indices and rank codes −1, −2, … (−r: the r-th
+#: best class); ``classes``: class indices and −1 (argmax) only (no sort,
+#: :func:`~onnx_gradcam.autodiff.builder.resolve_targets`); ``argmax``: no ``ogc_target`` input,
+#: each sample's best class (two nodes and one feed fewer, for the common call). Besides these,
+#: ``seed`` may be a target kind of :mod:`onnx_gradcam.targets` (``segmentation``,
+#: ``similarity``, ``output``): the seed then reads that kind's inputs instead of ``ogc_target``.
+SEEDS = ("ranks", "classes", "argmax")
+
+
+@dataclass
+class Seed:
+    """The cotangent the gradient graph starts from (:func:`seed`)."""
+
+    inputs: list[onnx.ValueInfoProto]  # the graph inputs it reads
+    #: (M, C), or shaped like the score for a target kind: Σ value · ∂score/∂activation is the
+    #: gradient
+    value: str
+    #: (M,) int64: the class each row explains (the output ``ogc_targets``; a target kind's
+    #: category, or −1 where it has none)
+    targets: str
+    one_hot: bool  # value is one-hot at ``targets`` (the builder then folds its products)
+    #: a target kind's score (M, 1), which ``ogc_scores`` then outputs instead of the class scores
+    score: str | None = None
+
+
+def seed(op: Emitter, spec: GraphSpec, scores: str, classes: int | None) -> Seed:
+    """The seed of ``spec`` on the (M, C) ``scores`` (``classes`` = C where static): the one
+    place a kind of target turns into a cotangent. A target kind
+    (:mod:`onnx_gradcam.targets`) reads its own inputs and ``spec.score`` as it is."""
+    if spec.seed in KINDS.values():
+        shape = op.shapes.get(spec.score)
+        value, score = seed_nodes(op, spec.seed, spec.score, shape)
+        label = (op.Identity(CATEGORY) if spec.seed == "segmentation"
+                 else op.ConstantOfShape(op.dims(spec.score, 0, 1), value=helper.make_tensor(
+                     "minus_one", onnx.TensorProto.INT64, [1], [-1])))
+        return Seed(seed_inputs(spec.seed, op.dtype, shape), value, label, one_hot=False,
+                    score=score)
+    ranks = spec.seed == "ranks" or spec.rows
+    target = TARGET if spec.seed != "argmax" or spec.rows else None
+    inputs = [_value(TARGET, np.dtype(np.int64), ["M"])] if target else []
+    value, resolved = seed_one_hot(op, scores, target, classes, ranks)
+    return Seed(inputs, value, resolved, one_hot=not ranks)
+
+
+class Head(NamedTuple):
+    """A layer's head: the graph it lives in, its activation and the score it ends in."""
+
+    info: GraphInfo
+    activation: str
+    score: str
+
+
+class _Parts:
+    """Nodes, initializers and outputs gathered step by step into one model."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.outputs: list[tuple[str, np.dtype, Shape | None]] = []
+
+    def add(self, op: Emitter | GradientGraph, *nodes: onnx.NodeProto) -> None:
+        self.nodes += [*op.nodes, *nodes]
+        self.inits += op.initializers
+
+
+def _identity(source: str, name: str) -> onnx.NodeProto:
+    return helper.make_node("Identity", [source], [name])
+
+
+def explainer_model(info: GraphInfo, spec: GraphSpec) -> ExplainerModel:
+    """The full explainer graph (see module docstring) of ``spec``: the seed, per layer its
+    gradient and map, the heatmap, assembled into one model."""
+    dtype = info.dtype(spec.score)
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
-    score_shape = info.shapes.get(score)
-    if targets in KINDS.values():
-        return _kind_model(info, activations, score, with_gradient, build, cam, layouts,
-                           targets, input_layout, grids)
+    score_shape = info.shapes.get(spec.score)
     two_d = score_shape is not None and len(score_shape) == 2
-    score2d = score if two_d else op.Flatten(score, axis=1)
-    if targets not in ("ranks", "classes", "argmax"):
-        raise ValueError(f"targets must be ranks, classes, argmax or a target kind, "
-                         f"not {targets!r}")
-    rows = rows and with_gradient
-    ranks = targets == "ranks" or rows
-    target = TARGET if targets != "argmax" or rows else None
-    extra_inputs = [_value(TARGET, np.dtype(np.int64), ["M"])] if target else []
-    heads: list[tuple[GraphInfo, str, str]] = [(info, a, score) for a in activations]
+    kind = spec.seed in KINDS.values()  # its seed reads the score as it is
+    score2d = spec.score if two_d or kind else op.Flatten(spec.score, axis=1)
+    rows = spec.rows and spec.gradient
+    parts = _Parts()
+    heads = [Head(info, a, spec.score) for a in spec.layers]
+    row_inputs = []
     if rows:
-        extra_inputs.append(_value(ROWS, np.dtype(np.int64), ["M"]))
-        copies, replicated = [], []
-        for index, activation in enumerate(activations):
-            nodes, act_rep, score_rep = replicate_head(info, activation, score, ROWS,
-                                                       f"__ogc_rep{index}")
-            copies += nodes
-            replicated.append((act_rep, score_rep))
-        rep_info = GraphInfo(_assemble(info, copies, [], extra_inputs, []))
-        heads = [(rep_info, a, s) for a, s in replicated]
-        op.shapes = rep_info.shapes
-        base_nodes = copies
-    else:
-        base_nodes = []
-    seed_scores = op.Flatten(heads[0][2], axis=1) if rows else score2d
-    seed2d, resolved = seed_one_hot(op, seed_scores, target, info.class_count(score), ranks)
-    nodes = base_nodes + list(op.nodes)
-    inits = list(op.initializers)
-
-    def seed_of(index: int, head_info: GraphInfo, head_score: str
-                ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str | None]:
-        seed_op = Emitter(opset=info.opset, dtype=dtype, prefix=f"ogc_seed{index}/")
-        score_shape = head_info.shapes.get(head_score)
-        if score_shape is not None and len(score_shape) == 2:  # (N, C) already
-            seed, classes = seed2d, None if ranks else resolved
-        else:
-            seed, classes = seed_op.Reshape(seed2d, seed_op.Shape(head_score)), None
-        return seed_op.nodes, seed_op.initializers, seed, classes
-
-    return _with_gradients(info, score, activations, heads if with_gradient else [], seed_of, build,
-                           cam, layouts, input_layout, nodes, inits, score2d, resolved,
-                           extra_inputs, target is not None, grids)
-
-
-def _kind_model(info: GraphInfo, activations: list[str], score: str, with_gradient: bool,
-                build: Callable[..., GradientGraph], cam: Method | None, layouts: Sequence[str],
-                kind: str, input_layout: str, grids: Sequence[Grid | None]) -> ExplainerModel:
-    """The explainer graph for targets of a kind of :mod:`onnx_gradcam.targets`: the seed
-    comes from the kind's inputs (:func:`~onnx_gradcam.targets.seed_nodes`); ``ogc_scores`` is
-    the target's score (N, 1) and ``ogc_targets`` the category where there is one (else −1)."""
-    dtype = info.dtype(score)
-    shape = info.shapes.get(score)
-    op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
-    seed, value = seed_nodes(op, kind, score, shape)
-    label = (op.Identity(CATEGORY) if kind == "segmentation"
-             else op.ConstantOfShape(op.dims(score, 0, 1), value=helper.make_tensor(
-                 "minus_one", onnx.TensorProto.INT64, [1], [-1])))
-
-    def seed_of(index: int, head_info: GraphInfo, head_score: str
-                ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str, str | None]:
-        return [], [], seed, None
-
-    return _with_gradients(info, score, activations,
-                           [(info, a, score) for a in activations] if with_gradient else [],
-                           seed_of, build, cam, layouts, input_layout, list(op.nodes),
-                           list(op.initializers), value, label,
-                           seed_inputs(kind, dtype, shape), False, grids)
-
-
-def _with_gradients(info: GraphInfo, score: str, activations: list[str],
-                    heads: list[tuple[GraphInfo, str, str]], seed_of: Callable,
-                    build: Callable[..., GradientGraph], cam: Method | None,
-                    layouts: Sequence[str], input_layout: str, nodes: list[onnx.NodeProto],
-                    inits: list[onnx.TensorProto], score2d: str, resolved: str,
-                    extra_inputs: list[onnx.ValueInfoProto], takes_target: bool,
-                    grids: Sequence[Grid | None] = ()) -> ExplainerModel:
-    """The explainer graph from its seed part: each head's gradient (seeded by ``seed_of``),
-    coarse map and the heatmaps, and the outputs of the module docstring."""
-    dtype = info.dtype(score)
-    outputs = [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
-    outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in activations]
+        row_inputs = [_value(ROWS, np.dtype(np.int64), ["M"])]
+        heads = _replicated_heads(info, spec, row_inputs, parts)
+        op.shapes = heads[0].info.shapes
+    seed_scores = op.Flatten(heads[0].score, axis=1) if rows else score2d
+    start = seed(op, replace(spec, rows=rows), seed_scores, info.class_count(spec.score))
+    parts.add(op)
+    parts.outputs += [(SCORES, dtype, (None, None)), (TARGETS, np.dtype(np.int64), (None,))]
+    parts.outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in spec.layers]
     gradients, head, coarse = [], [], []
-    grids = list(grids) or [None] * len(activations)
-    maps_shapes = [_coarse_shape(info.shapes.get(a), la, g)
-                   for a, la, g in zip(activations, layouts, grids)]
-    for index, (head_info, activation, head_score) in enumerate(heads):
-        seed_nodes_, seed_inits, seed, classes = seed_of(index, head_info, head_score)
-        grad = build(head_info, activation, head_score, seed, prefix=f"ogc_grad{index}/",
-                     seed_classes=classes)
-        name = indexed(GRADIENT, index)
-        nodes += [*seed_nodes_, *grad.nodes,
-                  helper.make_node("Identity", [grad.gradient], [name])]
-        inits += [*seed_inits, *grad.initializers]
-        outputs.append((name, info.dtype(activations[index]), info.shapes.get(activations[index])))
-        gradients.append(name)
+    for index, layer_head in enumerate(heads if spec.gradient else []):
+        grad = _layer_gradient(info, spec, index, layer_head, start, parts)
+        gradients.append(indexed(GRADIENT, index))
         head = head or grad.head
-        if cam is not None:
-            cam_op = Emitter(opset=info.opset, dtype=info.dtype(activations[index]),
-                             shapes=dict(head_info.shapes), prefix=f"ogc_cam{index}/")
-            coarse.append(indexed(COARSE, index))
-            grid = grids[index]
-            if grid is not None:  # tokens: folded into an NHWC image, no pooling shortcuts
-                layer_map = layer_coarse(cam_op, cam, grid.image(cam_op, activation),
-                                         grid.image(cam_op, grad.gradient), "NHWC")
-            else:
-                mean = None
-                if cam.mean_weights and grad.pooled is None:
-                    mean = gradient_mean(cam_op, head_info, activation,
-                                         1 if layouts[index] == "NCHW" else 3,
-                                         head_nodes(head_info, activation, head_score),
-                                         grad.cotangents)
-                layer_map = layer_coarse(cam_op, cam, activation, grad.gradient,
-                                         layouts[index], grad.pooled, mean,
-                                         head_info.nonnegative(activation),
-                                         head_info.spatial_mean(activation, layouts[index]))
-            nodes += [*cam_op.nodes, helper.make_node("Identity", [layer_map], [coarse[-1]])]
-            inits += cam_op.initializers
-            outputs.append((coarse[-1], info.dtype(activations[index]), maps_shapes[index]))
-    nodes += [helper.make_node("Identity", [score2d], [SCORES]),
-              helper.make_node("Identity", [resolved], [TARGETS])]
-    cams = None
-    if coarse:
-        post = Emitter(opset=info.opset, dtype=info.dtype(activations[0]), prefix="ogc_post/")
-        cams = CAMS
-        sources = maps_shapes
-        maps = heatmap(post, coarse, _input_size(post, info, input_layout),
-                       [(s[2], s[3]) if s else (None, None) for s in sources])
-        nodes += [*post.nodes, helper.make_node("Identity", [maps], [CAMS])]
-        inits += post.initializers
-        outputs.append((CAMS, info.dtype(activations[0]), _input_maps_shape(info, input_layout)))
-    model = _assemble(info, nodes, inits, extra_inputs, outputs)
-    return ExplainerModel(model, list(activations), gradients, head, coarse, cams, takes_target,
-                          [i.name for i in extra_inputs if i.name not in (TARGET, ROWS)])
+        if spec.method is not None:
+            coarse.append(_layer_map(info, spec, index, layer_head, grad, parts))
+    parts.nodes += [_identity(start.score or score2d, SCORES),
+                    _identity(start.targets, TARGETS)]
+    cams = _heatmap(info, spec, coarse, parts) if coarse else None
+    model = _assemble(info, parts.nodes, parts.inits, [*start.inputs, *row_inputs], parts.outputs)
+    takes_target = any(i.name == TARGET for i in start.inputs)
+    return ExplainerModel(model, list(spec.layers), gradients, head, coarse, cams, takes_target,
+                          spec, [i.name for i in start.inputs if i.name != TARGET])
+
+
+def _replicated_heads(info: GraphInfo, spec: GraphSpec, inputs: list[onnx.ValueInfoProto],
+                      parts: _Parts) -> list[Head]:
+    """Per layer, (graph, activation, score) of a copy of its head on the rows ``ogc_rows``."""
+    copies, replicated = [], []
+    for index, activation in enumerate(spec.layers):
+        nodes, act_rep, score_rep = replicate_head(info, activation, spec.score, ROWS,
+                                                   f"__ogc_rep{index}")
+        copies += nodes
+        replicated.append((act_rep, score_rep))
+    rep_info = GraphInfo(_assemble(info, copies, [], inputs, []))
+    parts.nodes += copies
+    return [Head(rep_info, a, sc) for a, sc in replicated]
+
+
+def _layer_gradient(info: GraphInfo, spec: GraphSpec, index: int, head: Head, start: Seed,
+                    parts: _Parts) -> GradientGraph:
+    """The gradient of layer ``index`` (output ``ogc_gradient``, ``ogc_gradient_1``, …): the
+    seed, reshaped like a score that is not (N, C), through the layer's head."""
+    seed_op = Emitter(opset=info.opset, dtype=info.dtype(spec.score), prefix=f"ogc_seed{index}/")
+    score_shape = head.info.shapes.get(head.score)
+    if start.score is not None or (score_shape is not None and len(score_shape) == 2):
+        # a target kind's seed is shaped like the score, a class seed is (N, C) already here
+        value, classes = start.value, start.targets if start.one_hot else None
+    else:
+        value, classes = seed_op.Reshape(start.value, seed_op.Shape(head.score)), None
+    grad = gradient_builder(spec.builder)(head.info, head.activation, head.score, value,
+                                          prefix=f"ogc_grad{index}/", seed_classes=classes)
+    name = indexed(GRADIENT, index)
+    parts.add(seed_op)
+    parts.add(grad, _identity(grad.gradient, name))
+    layer = spec.layers[index]
+    parts.outputs.append((name, info.dtype(layer), info.shapes.get(layer)))
+    return grad
+
+
+def _layer_map(info: GraphInfo, spec: GraphSpec, index: int, head: Head, grad: GradientGraph,
+               parts: _Parts) -> str:
+    """Layer ``index``'s coarse map (``ogc_coarse``, ``ogc_coarse_1``, …) by the method's
+    graph form, given what the head says about its gradient and activation (:class:`Facts`)."""
+    method, layout, activation = spec.method, spec.layouts[index], spec.layers[index]
+    head_info, head_activation = head.info, head.activation
+    assert method is not None
+    cam_op = Emitter(opset=info.opset, dtype=info.dtype(activation),
+                     shapes=dict(head_info.shapes), prefix=f"ogc_cam{index}/")
+    name = indexed(COARSE, index)
+    grid = spec.grid(index)
+    if grid is not None:  # tokens: folded into an NHWC image, no pooling shortcuts
+        layer_map = layer_coarse(cam_op, method, grid.image(cam_op, head_activation),
+                                 grid.image(cam_op, grad.gradient), "NHWC")
+    else:
+        mean = None
+        if method.mean_weights and grad.pooled is None:
+            mean = gradient_mean(cam_op, head_info, head_activation,
+                                 1 if layout == "NCHW" else 3,
+                                 head_nodes(head_info, head_activation, head.score),
+                                 grad.cotangents)
+        facts = Facts(grad.pooled, mean, head_info.nonnegative(head_activation),
+                      head_info.spatial_mean(head_activation, layout))
+        layer_map = layer_coarse(cam_op, method, head_activation, grad.gradient, layout, facts)
+    parts.add(cam_op, _identity(layer_map, name))
+    parts.outputs.append((name, info.dtype(activation),
+                          _coarse_shape(info.shapes.get(activation), layout, grid)))
+    return name
+
+
+def _heatmap(info: GraphInfo, spec: GraphSpec, coarse: list[str], parts: _Parts) -> str:
+    """The post-processed heatmap ``ogc_cams`` (N, 1, H, W) of the layers' coarse maps."""
+    first = spec.layers[0]
+    post = Emitter(opset=info.opset, dtype=info.dtype(first), prefix="ogc_post/")
+    sources = [_coarse_shape(info.shapes.get(a), la, spec.grid(i))
+               for i, (a, la) in enumerate(zip(spec.layers, spec.layouts))]
+    maps = heatmap(post, coarse, _input_size(post, info, spec.input_layout),
+                   [(s[2], s[3]) if s else (None, None) for s in sources])
+    parts.add(post, _identity(maps, CAMS))
+    parts.outputs.append((CAMS, info.dtype(first), _input_maps_shape(info, spec.input_layout)))
+    return CAMS
 
 
 def input_hw(info: GraphInfo, layout: str) -> tuple[str, int, tuple[int | None, ...]]:

@@ -32,8 +32,7 @@ which the Node and browser examples read).
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -44,13 +43,10 @@ from onnx_gradcam.cams import GRAPH_METHODS, METHODS
 from onnx_gradcam.cams.graph import normalise
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer_graph import TARGET, TARGETS, ExplainerModel, input_hw
-from onnx_gradcam.images import atomic_write, check_output_file
-from onnx_gradcam.metadata import PREFIX, write_metadata
+from onnx_gradcam.metadata import PREFIX, Preprocessing, write_metadata
+from onnx_gradcam.model import Layer, LoadedModel
 from onnx_gradcam.passes import simplify
 from onnx_gradcam.targets import KINDS
-
-if TYPE_CHECKING:
-    from onnx_gradcam.explainer import Explainer
 
 TARGET_INPUT = "target"
 CAM = "cam"
@@ -59,40 +55,58 @@ CAM_TARGET = "cam_target"
 EXPORT_PREFIX = PREFIX + "export."
 
 
-def check_exportable(method: str) -> None:
-    """Raise one clear line if ``method`` cannot be computed inside one ONNX graph."""
-    if method not in GRAPH_METHODS:
-        why = METHODS[method].not_in_graph if method in METHODS else "it is not a known method"
-        raise OnnxGradCamError(f"cannot export {method!r}: {why}; exportable methods: "
+@dataclass(frozen=True)
+class ExportSpec:
+    """What an exported model computes and states, besides its explainer graph."""
+
+    method: str
+    layers: tuple[Layer, ...]
+    score_kind: str  # "logits", "probabilities" or "output"
+    preprocessing: Preprocessing  # the preprocessing in force (its size may be unknown)
+    upsample: bool = True
+    target_required: bool = False
+    eigen_smooth: bool = False
+    aug_smooth: bool = False
+    #: a target kind of :mod:`onnx_gradcam.targets` whose inputs the model takes instead of
+    #: ``target`` (its explainer graph built with that seed); None: classes
+    target_kind: str | None = None
+
+
+def check_exportable(spec: ExportSpec) -> None:
+    """Raise one clear line if ``spec`` cannot be computed inside one ONNX graph."""
+    if spec.method not in GRAPH_METHODS:
+        why = (METHODS[spec.method].not_in_graph if spec.method in METHODS
+               else "it is not a known method")
+        raise OnnxGradCamError(f"cannot export {spec.method!r}: {why}; exportable methods: "
                                f"{', '.join(GRAPH_METHODS)}")
-
-
-def export_model(explainer: Explainer, upsample: bool = True,
-                 target_required: bool = False, target_kind: str | None = None
-                 ) -> onnx.ModelProto:
-    """The exported model (see module docstring) for ``explainer``'s model, layers and method,
-    explaining classes or (``target_kind``) targets of that kind."""
-    check_exportable(explainer.method.name)
-    if explainer.eigen_smooth:
+    if spec.eigen_smooth:
         raise OnnxGradCamError("cannot export eigen_smooth: it needs an SVD, and no standard "
                                "ONNX op computes one")
-    if explainer.aug_smooth:
+    if spec.aug_smooth:
         raise OnnxGradCamError("cannot export aug_smooth: it runs six augmented passes per "
                                "image; export without it")
-    if not upsample and len(explainer.layers) > 1:
+    if not spec.upsample and len(spec.layers) > 1:
         raise OnnxGradCamError("--no-upsample takes one target layer: maps of several layers "
                                "are combined only after upsampling")
-    if target_kind is not None and target_kind not in KINDS.values():
-        raise OnnxGradCamError(f"unknown target kind {target_kind!r}; choose from "
+    if spec.target_kind is not None and spec.target_kind not in KINDS.values():
+        raise OnnxGradCamError(f"unknown target kind {spec.target_kind!r}; choose from "
                                f"{', '.join(KINDS.values())}")
-    graph = explainer.ranked_graph if target_kind is None else explainer._graph(target_kind)
+
+
+def export_model(source: LoadedModel, graph: ExplainerModel, spec: ExportSpec
+                 ) -> onnx.ModelProto:
+    """The exported model (see module docstring) of ``source``'s explainer ``graph`` (built
+    with the method in the graph and the ``ranks`` seed, or the seed of ``spec.target_kind``)
+    and ``spec``."""
+    check_exportable(spec)
+    assert graph.cams is not None, "the explainer graph has no map: build it with the method"
     _check_free_names(graph.model, [n.removeprefix("ogc_") for n in graph.seed_inputs])
-    op = Emitter(opset=explainer.model.info.opset,
-                 dtype=explainer.model.info.dtype(graph.activations[0]), prefix="ogc_cam/")
-    target_nodes = _target_nodes(op, explainer) if target_kind is None else []
-    _cam_outputs(op, graph, upsample)
-    model = _assemble(explainer, graph, target_nodes, op, upsample, target_required)
-    write_metadata(model, _export_metadata(explainer, upsample, target_required, target_kind))
+    op = Emitter(opset=source.info.opset, dtype=source.info.dtype(graph.activations[0]),
+                 prefix="ogc_cam/")
+    target_nodes = _target_nodes(op, source) if spec.target_kind is None else []
+    _cam_outputs(op, graph, spec.upsample)
+    model = _assemble(source, graph, spec, target_nodes, op)
+    write_metadata(model, _export_metadata(source, spec))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -101,23 +115,10 @@ def export_model(explainer: Explainer, upsample: bool = True,
     return model
 
 
-def export_explainer(explainer: Explainer, path: str | Path | None = None, *,
-                     upsample: bool = True, target_required: bool = False,
-                     target_kind: str | None = None) -> onnx.ModelProto:
-    """Build the exported model and, if ``path`` is given, write it there (atomically)."""
-    if path is not None:
-        check_output_file(Path(path), explainer.model.files)
-    model = export_model(explainer, upsample, target_required, target_kind)
-    if path is not None:
-        data = model.SerializeToString()
-        atomic_write(Path(path), data)
-    return model
-
-
 # ---- pieces ----------------------------------------------------------------------------------
-def _target_nodes(op: Emitter, explainer: Explainer) -> list[onnx.NodeProto]:
+def _target_nodes(op: Emitter, source: LoadedModel) -> list[onnx.NodeProto]:
     """``target`` (N,) or (1,) broadcast to the batch as the explainer graph's ``ogc_target``."""
-    batch = op.dims(explainer.model.input_name, 0, 1)
+    batch = op.dims(source.input_name, 0, 1)
     nodes = [*op.nodes, helper.make_node("Expand", [TARGET_INPUT, batch], [TARGET],
                                          name="ogc_target_default")]
     del op.nodes[:]
@@ -139,8 +140,8 @@ def _squeeze_to(op: Emitter, maps: str, name: str) -> None:
     op.nodes[-1].output[0] = name
 
 
-def _assemble(explainer: Explainer, graph: ExplainerModel, target_nodes: list[onnx.NodeProto],
-              op: Emitter, upsample: bool, target_required: bool) -> onnx.ModelProto:
+def _assemble(source: LoadedModel, graph: ExplainerModel, spec: ExportSpec,
+              target_nodes: list[onnx.NodeProto], op: Emitter) -> onnx.ModelProto:
     """The explainer graph with ``target`` in front (or a target kind's inputs, named without
     the ``ogc_`` prefix), the CAM nodes behind, the original outputs plus ours, and nothing no
     output needs."""
@@ -159,15 +160,15 @@ def _assemble(explainer: Explainer, graph: ExplainerModel, target_nodes: list[on
     g.node.extend(nodes)
     g.initializer.extend(op.initializers)
     if not public:
-        if not target_required:
+        if not spec.target_required:
             g.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), TARGET_INPUT))
         inputs = [i for i in g.input if i.name != TARGET]
         del g.input[:]
         g.input.extend([*inputs, helper.make_tensor_value_info(
             TARGET_INPUT, onnx.TensorProto.INT64, ["target_n"])])
-    originals = [o for o in g.output if o.name in explainer.model.info.graph_outputs]
+    originals = [o for o in g.output if o.name in source.info.graph_outputs]
     del g.output[:]
-    g.output.extend([*originals, *_output_infos(explainer, upsample)])
+    g.output.extend([*originals, *_output_infos(source, spec)])
     simplify(g)
     return model
 
@@ -182,88 +183,32 @@ def _check_free_names(model: onnx.ModelProto, inputs: list[str]) -> None:
                                    "exported model needs for its own input or output; rename it")
 
 
-def _output_infos(explainer: Explainer, upsample: bool) -> list[onnx.ValueInfoProto]:
-    source = explainer.model
-    elem = helper.np_dtype_to_tensor_dtype(source.info.dtype(explainer.layers[0].name))
+def _output_infos(source: LoadedModel, spec: ExportSpec) -> list[onnx.ValueInfoProto]:
+    layer = spec.layers[0]
+    elem = helper.np_dtype_to_tensor_dtype(source.info.dtype(layer.name))
     n = source.input_shape[0] or "N"
-    h, w = explainer.layers[0].hw
+    h, w = layer.hw
     out = [helper.make_tensor_value_info(CAM_COARSE, elem, [n, h or "h", w or "w"]),
            helper.make_tensor_value_info(CAM_TARGET, onnx.TensorProto.INT64, [n])]
-    if upsample:
+    if spec.upsample:
         height, width = input_hw(source.info, source.input_layout)[2]
         out.insert(0, helper.make_tensor_value_info(CAM, elem, [n, height or "H",
                                                                 width or "W"]))
     return out
 
 
-def _export_metadata(explainer: Explainer, upsample: bool, target_required: bool,
-                     target_kind: str | None = None) -> dict[str, str]:
-    try:
-        pre = explainer.preprocessing()
-        size: list[int] | None = list(pre.size) if pre.size else None
-    except OnnxGradCamError:  # a symbolic input size and none in the metadata
-        pre, size = explainer.model.metadata.preprocessing, None
-    preprocessing = {"size": size, "layout": pre.layout, "color": pre.color,
-                     "scale": pre.scale, "mean": list(pre.mean), "std": list(pre.std)}
+def _export_metadata(source: LoadedModel, spec: ExportSpec) -> dict[str, str]:
+    pre = spec.preprocessing
+    preprocessing = {"size": list(pre.size) if pre.size else None, "layout": pre.layout,
+                     "color": pre.color, "scale": pre.scale, "mean": list(pre.mean),
+                     "std": list(pre.std)}
     facts = {
-        "method": explainer.method.name,
-        "layers": json.dumps([la.name for la in explainer.layers]),
-        "score": explainer.score_kind,
-        "score_output": explainer.model.score_output,
-        "upsample": "true" if upsample else "false",
-        "target": target_kind or ("required" if target_required else "optional"),
+        "method": spec.method,
+        "layers": json.dumps([la.name for la in spec.layers]),
+        "score": spec.score_kind,
+        "score_output": source.score_output,
+        "upsample": "true" if spec.upsample else "false",
+        "target": spec.target_kind or ("required" if spec.target_required else "optional"),
         "preprocessing": json.dumps(preprocessing),
     }
     return {EXPORT_PREFIX + k: v for k, v in facts.items()}
-
-
-# ---- Triton ----------------------------------------------------------------------------------
-_TRITON_TYPES = {
-    onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
-    onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.INT64: "TYPE_INT64",
-    onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.INT8: "TYPE_INT8",
-    onnx.TensorProto.UINT8: "TYPE_UINT8", onnx.TensorProto.BOOL: "TYPE_BOOL",
-    onnx.TensorProto.STRING: "TYPE_STRING",
-}
-
-
-def _triton_tensor(value: onnx.ValueInfoProto, optional: bool = False) -> str:
-    tensor = value.type.tensor_type
-    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-    kind = _TRITON_TYPES.get(tensor.elem_type)
-    if kind is None:
-        raise OnnxGradCamError(f"Triton: tensor {value.name!r} has an element type Triton's "
-                               "ONNX Runtime backend does not take")
-    lines = [f'    name: "{value.name}"', f"    data_type: {kind}",
-             f"    dims: [ {', '.join(map(str, dims))} ]"]
-    if optional:
-        lines.append("    optional: true")
-    return "  {\n" + "\n".join(lines) + "\n  }"
-
-
-def triton_config(model: onnx.ModelProto, name: str) -> str:
-    """A Triton ``config.pbtxt`` for an exported model: ONNX Runtime backend, no server-side
-    batching (``max_batch_size: 0``: the batch is the first dim of every tensor), ``target``
-    declared ``optional`` when the model gives it a default."""
-    g = model.graph
-    defaults = {t.name for t in g.initializer}
-    inputs = ",\n".join(_triton_tensor(i, optional=i.name in defaults) for i in g.input)
-    outputs = ",\n".join(_triton_tensor(o) for o in g.output)
-    return ("# Written by `onnx-gradcam export --triton`; see examples/triton/README.md.\n"
-            f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
-            f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n")
-
-
-def write_triton(model: onnx.ModelProto, repository: str | Path, name: str,
-                 reads: tuple[Path, ...] = ()) -> Path:
-    """Write ``repository/name/config.pbtxt`` and ``repository/name/1/model.onnx``; return the
-    model's folder. An existing ``name`` folder is overwritten file by file, but never a file
-    in ``reads`` (the source model and its data)."""
-    if not name or not all(c.isalnum() or c in "_-." for c in name) or name.startswith("."):
-        raise OnnxGradCamError(f"Triton model name {name!r}: use letters, digits, _ - and .")
-    folder = Path(repository) / name
-    for path in (folder / "1" / "model.onnx", folder / "config.pbtxt"):
-        check_output_file(path, reads)
-    atomic_write(folder / "1" / "model.onnx", model.SerializeToString())
-    atomic_write(folder / "config.pbtxt", triton_config(model, name).encode())
-    return folder

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import onnx_gradcam as og
-from onnx_gradcam.export import export_explainer
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -54,7 +53,7 @@ def exported(tmp_path: Path, method: str = "gradcam",
              target_required: bool = False) -> tuple[og.Explainer, Path]:
     ex = og.Explainer(source_model(), method=method, providers="cpu")
     path = tmp_path / ("explain_required.onnx" if target_required else "explain.onnx")
-    export_explainer(ex, path, target_required=target_required)
+    ex.export(path, target_required=target_required)
     return ex, path
 
 

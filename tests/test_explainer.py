@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_gradcam as og
 from onnx_gradcam.cams import GRAPH_METHODS, postprocess
-from onnx_gradcam.explainer_graph import explainer_model
+from onnx_gradcam.explainer_graph import GraphSpec, explainer_model
 from onnx_gradcam.model import load_model
 from tests.models import nhwc_cnn, small_cnn
 
@@ -99,7 +99,7 @@ def test_symbolic_batch_and_chunking_give_the_same_answer() -> None:
 
 def test_explainer_graph_is_standard_onnx() -> None:
     loaded = load_model(small_cnn(softmax=True))
-    graph = explainer_model(loaded.info, ["act"], loaded.logits)
+    graph = explainer_model(loaded.info, GraphSpec(("act",), loaded.logits))
     onnx.checker.check_model(graph.model, full_check=True)
     domains = {n.domain for n in graph.model.graph.node}
     assert domains <= {"", "ai.onnx"}

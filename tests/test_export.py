@@ -17,7 +17,7 @@ import onnx_gradcam as og
 from onnx_gradcam.autodiff.emitter import Emitter
 from onnx_gradcam.cams import GRAPH_METHODS, min_max
 from onnx_gradcam.cams.graph import extreme_samples, heatmap, linear_taps, upsample
-from onnx_gradcam.export import export_explainer, export_model, triton_config, write_triton
+from onnx_gradcam.triton import triton_config, write_triton
 from tests.models import nhwc_cnn, small_cnn
 from tests.test_cams import coarse_cases, two_step_heatmap
 
@@ -79,7 +79,7 @@ def assert_same_as_explainer(ex: og.Explainer, exported: onnx.ModelProto, x: np.
 def test_exported_cams_equal_explainer(name: str, method: str) -> None:
     source, layer = MODELS[name]
     ex = og.Explainer(source, layer=layer, method=method, providers="cpu")
-    exported = export_model(ex)
+    exported = ex.export()
     onnx.checker.check_model(exported, full_check=True)
     n = ex.model.input_shape[0] or 3
     x = batch_for(ex, n)
@@ -96,7 +96,7 @@ def test_demo_model_is_covered() -> None:
 
 def test_a_single_target_broadcasts_and_bad_targets_give_zero_maps() -> None:
     ex = og.Explainer(small_cnn(), providers="cpu")
-    exported = export_model(ex)
+    exported = ex.export()
     x = batch_for(ex, 4)
     got = run(exported, {"input": x, "target": np.array([2], np.int64)})
     np.testing.assert_array_equal(got["cam_target"], [2, 2, 2, 2])
@@ -107,10 +107,10 @@ def test_a_single_target_broadcasts_and_bad_targets_give_zero_maps() -> None:
 
 def test_target_is_an_optional_input_unless_required() -> None:
     ex = og.Explainer(small_cnn(), providers="cpu")
-    optional = session(export_model(ex))
+    optional = session(ex.export())
     assert [i.name for i in optional.get_inputs()] == ["input"]
     assert [i.name for i in optional.get_overridable_initializers()] == ["target"]
-    required = export_model(ex, target_required=True)
+    required = ex.export(target_required=True)
     sess = session(required)
     assert [(i.name, i.type) for i in sess.get_inputs()] == [("input", "tensor(float)"),
                                                               ("target", "tensor(int64)")]
@@ -127,7 +127,7 @@ def test_symbolic_input_size_upsamples_to_each_batch_size() -> None:
     dims[2].dim_param, dims[3].dim_param = "H", "W"
     onnx.helper.set_model_props(model, {"onnx_gradcam.input_size": "16,16"})
     ex = og.Explainer(model, providers="cpu")
-    exported = export_model(ex)
+    exported = ex.export()
     cam_dims = exported.graph.output[1].type.tensor_type.shape.dim
     assert [d.dim_param for d in cam_dims[1:]] == ["H", "W"]  # the graph's, not the metadata's
     for h, w in [(16, 16), (24, 20)]:
@@ -139,7 +139,7 @@ def test_symbolic_input_size_upsamples_to_each_batch_size() -> None:
 
 def test_no_upsample_outputs_only_the_coarse_map() -> None:
     ex = og.Explainer(small_cnn(), providers="cpu")
-    exported = export_model(ex, upsample=False)
+    exported = ex.export(upsample=False)
     assert [o.name for o in exported.graph.output] == ["logits", "cam_coarse", "cam_target"]
     x = batch_for(ex, 2)
     got = run(exported, {"input": x})
@@ -150,17 +150,17 @@ def test_no_upsample_outputs_only_the_coarse_map() -> None:
 def test_several_layers_combine_as_the_explainer_does() -> None:
     ex = og.Explainer(small_cnn(), layer=["r1", "act"], method="layercam", providers="cpu")
     x = batch_for(ex, 2)
-    got = run(export_model(ex), {"input": x})
+    got = run(ex.export(), {"input": x})
     np.testing.assert_allclose(got["cam"], ex.explain(x).cams, atol=CAM_TOL)
     with pytest.raises(og.OnnxGradCamError, match="one target layer"):
-        export_model(ex, upsample=False)
+        ex.export(upsample=False)
 
 
 @pytest.mark.parametrize("method", ["scorecam", "eigencam", "eigengradcam"])
 def test_methods_that_cannot_live_in_one_graph_fail_clearly(method: str) -> None:
     ex = og.Explainer(small_cnn(), method=method, providers="cpu")
     with pytest.raises(og.OnnxGradCamError) as info:
-        export_model(ex)
+        ex.export()
     message = str(info.value)
     assert "\n" not in message and f"cannot export {method!r}" in message
     assert ("forward pass per channel" in message) == (method == "scorecam")
@@ -172,7 +172,7 @@ def test_smoothing_options_are_refused() -> None:
     for option in ("eigen_smooth", "aug_smooth"):
         ex = og.Explainer(small_cnn(), providers="cpu", **{option: True})
         with pytest.raises(og.OnnxGradCamError, match=f"cannot export {option}"):
-            export_model(ex)
+            ex.export()
 
 
 def test_taken_output_names_are_refused() -> None:
@@ -181,12 +181,12 @@ def test_taken_output_names_are_refused() -> None:
         node.output[:] = ["cam" if o == "r1" else o for o in node.output]
         node.input[:] = ["cam" if i == "r1" else i for i in node.input]
     with pytest.raises(og.OnnxGradCamError, match="already has a tensor named 'cam'"):
-        export_model(og.Explainer(model, providers="cpu"))
+        og.Explainer(model, providers="cpu").export()
 
 
 def test_metadata_carries_over_and_records_the_export() -> None:
     ex = og.Explainer(KERAS, providers="cpu")
-    exported = export_model(ex)
+    exported = ex.export()
     before = {p.key: p.value for p in onnx.load(str(KERAS)).metadata_props}
     after = {p.key: p.value for p in exported.metadata_props}
     assert before.items() <= after.items()
@@ -210,12 +210,12 @@ def test_exported_file_is_less_than_ten_percent_bigger(tmp_path: Path) -> None:
     for name, source in sources.items():
         ex = og.Explainer(source, providers="cpu")
         path = tmp_path / f"{name}.onnx"
-        export_explainer(ex, path)
+        ex.export(path)
         original = ex.model.proto.ByteSize()
         assert path.stat().st_size <= 1.10 * original, (name, path.stat().st_size, original)
     for name, (model, layer) in MODELS.items():  # toy models: only the fixed overhead
         ex = og.Explainer(model, layer=layer, providers="cpu")
-        added = export_model(ex).ByteSize() - ex.model.proto.ByteSize()
+        added = ex.export().ByteSize() - ex.model.proto.ByteSize()
         assert added <= 12_000, (name, added)
 
 
@@ -320,7 +320,7 @@ def test_extreme_samples_hold_every_interpolated_minimum_and_maximum(src: int, d
 
 def test_triton_repository_layout(tmp_path: Path) -> None:
     ex = og.Explainer(small_cnn(), providers="cpu")
-    exported = export_model(ex)
+    exported = ex.export()
     folder = write_triton(exported, tmp_path, "small_explain")
     assert (folder / "1" / "model.onnx").read_bytes() == exported.SerializeToString()
     config = (folder / "config.pbtxt").read_text()
@@ -331,7 +331,7 @@ def test_triton_repository_layout(tmp_path: Path) -> None:
     assert "TYPE_INT64" in target and "dims: [ -1 ]" in target and "optional: true" in target
     cam = config[config.index('name: "cam"'):].split("}")[0]
     assert "TYPE_FP32" in cam and "dims: [ -1, 16, 16 ]" in cam
-    required = triton_config(export_model(ex, target_required=True), "x")
+    required = triton_config(ex.export(target_required=True), "x")
     assert "optional" not in required
     with pytest.raises(og.OnnxGradCamError, match="Triton model name"):
         write_triton(exported, tmp_path, "../evil")

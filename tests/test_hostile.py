@@ -195,7 +195,7 @@ def test_evaluate_json_and_convert_never_overwrite_an_input(model_path, images, 
     one_error(cli("evaluate", model_path, images, "--json", images / "a.png"), "command reads")
     one_error(cli("evaluate", model_path, images, "--json", model_path), "command reads")
     one_error(cli("evaluate", model_path, images, "--json", images), "is a folder")
-    pytest.importorskip("converters")
+    pytest.importorskip("onnx_gradcam.converters")
     one_error(cli("convert", model_path, "-o", model_path), "command reads")
     assert (digest(images), model_path.read_bytes()) == before
 

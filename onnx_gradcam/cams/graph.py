@@ -10,6 +10,7 @@ kept 4-D (a channel of one) so that ``Resize`` takes it as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -76,60 +77,74 @@ def layercam(op: Emitter, acts: Value, grads: Value) -> Value:
     return op.reduce("ReduceSum", op.Mul(op.Relu(grads), acts), [1])
 
 
-def layer_coarse(op: Emitter, method: Method, acts: Value, grads: Value, layout: str,
-                 pooled: tuple[Value, tuple[int, ...]] | None = None,
-                 mean: Value | None = None, nonnegative: bool = False,
-                 acts_mean: Value | None = None) -> Value:
-    """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC, by
-    the cheapest of the method's shortcuts that applies (:class:`~onnx_gradcam.cams.Method`).
+@dataclass(frozen=True)
+class Facts:
+    """What a layer's head says about its gradient G and activation A, which lets a method take
+    a shortcut (:class:`~onnx_gradcam.cams.Method`) instead of forming G."""
 
-    ``pooled``: a tensor of G's rank that G is a broadcast of (the gradient of a global average
-    pooling head), and its size-1 axes. Where it has size 1 on both spatial axes (G the same at
-    every position), the full-size G is never formed (an Expand, and the methods' products, of
-    K·h·w values saved): the method's constant-G shortcut reads ``pooled`` instead. Where it
-    pools only part of the space, mean weights are its mean.
-    ``mean``: G's mean over the positions per channel (N, K) where the head gives it without
-    forming G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`).
-    ``nonnegative``: A ≥ 0 by construction (a ReLU's output), which lets a method take the
-    shortcuts of its ``when_nonnegative`` twin.
-    ``acts_mean``: a forward tensor holding mean_ij A per channel (the head's own average
-    pool, K values per sample in any shape), which ``constant_g`` forms read instead of summing
-    A again."""
-    to_nchw = [0, 3, 1, 2]
-    value, size_one = pooled if pooled is not None else (None, ())
+    #: a tensor of G's rank that G is a broadcast of (the gradient of a global average pooling
+    #: head), and its size-1 axes. Where it has size 1 on both spatial axes (G the same at every
+    #: position), the full-size G is never formed (an Expand, and the methods' products, of
+    #: K·h·w values saved): the constant-G shortcut reads it instead. Where it pools only part of
+    #: the space, mean weights are its mean.
+    pooled: tuple[Value, tuple[int, ...]] | None = None
+    #: G's mean over the positions per channel (N, K), where the head gives it without forming
+    #: G (:func:`~onnx_gradcam.autodiff.summed.gradient_mean`)
+    mean: Value | None = None
+    #: A ≥ 0 by construction (a ReLU's output): the method's ``when_nonnegative`` twin applies
+    nonnegative: bool = False
+    #: a forward tensor holding mean_ij A per channel (the head's own average pool, K values per
+    #: sample in any shape), which ``constant_g`` forms read instead of summing A again
+    acts_mean: Value | None = None
+
+
+def layer_coarse(op: Emitter, method: Method, acts: Value, grads: Value, layout: str,
+                 facts: Facts = Facts()) -> Value:  # noqa: B008 (a frozen, empty record)
+    """``method``'s coarse map (N, 1, h, w) of one layer whose tensors are NCHW or NHWC, by
+    the cheapest of the method's shortcuts that ``facts`` allow."""
+    if facts.nonnegative and method.when_nonnegative is not None:
+        method = method.when_nonnegative
+    cam = method.graph
+    assert cam is not None, f"{method.name} has no graph form"
+    value, size_one = facts.pooled if facts.pooled is not None else (None, ())
     for tensor in (grads, value):
         if tensor is not None:
             op.know_rank(tensor, 4)
     if layout == "NHWC":
-        size_one = tuple(to_nchw.index(a) for a in size_one)
+        size_one = tuple(_TO_NCHW.index(a) for a in size_one)
     constant = value is not None and {2, 3} <= set(size_one) and 1 not in size_one
-    if nonnegative and method.when_nonnegative is not None:
-        method = method.when_nonnegative
-    cam = method.graph
-    assert cam is not None, f"{method.name} has no graph form"
-    # A tf2onnx NHWC tensor is NCHW inside ONNX Runtime, whose transpose optimizer cancels this
-    # Transpose against its own; reading the NHWC tensor as it is makes ORT materialise it (a
-    # transpose of A per call)
-    if layout == "NHWC":
-        shape = op.shape(acts)
-        acts = op.Transpose(acts, perm=to_nchw)
-        if shape is not None:
-            op.shapes[acts] = tuple(shape[i] for i in to_nchw)
+    acts = _activation_nchw(op, acts, layout)
     # weights (N, K), (N, K, 1, 1) or (N, 1, 1, K), flattened per sample
-    if method.mean_weights and mean is not None:
-        return weighted_sum(op, mean, acts)
+    if method.mean_weights and facts.mean is not None:
+        return weighted_sum(op, facts.mean, acts)
     if constant and method.constant_weights is not None:
         return weighted_sum(op, method.constant_weights(op, value), acts)
     if layout == "NHWC":
-        grads = op.Transpose(grads, perm=to_nchw)
+        grads = op.Transpose(grads, perm=_TO_NCHW)
     if value is None or 1 in size_one:  # no pooled gradient, or a channel broadcast too
         return cam(op, acts, grads)
-    value = op.Transpose(value, perm=to_nchw) if layout == "NHWC" else value
+    value = op.Transpose(value, perm=_TO_NCHW) if layout == "NHWC" else value
     if method.mean_weights:
         return weighted_sum(op, op.reduce("ReduceMean", value, [2, 3]), acts)
     if constant and method.constant_g is not None:
-        return method.constant_g(op, acts, value, acts_mean)
+        return method.constant_g(op, acts, value, facts.acts_mean)
     return cam(op, acts, value if constant and method.broadcast_safe else grads)
+
+
+_TO_NCHW = [0, 3, 1, 2]
+
+
+def _activation_nchw(op: Emitter, acts: Value, layout: str) -> Value:
+    """A as NCHW. A tf2onnx NHWC tensor is NCHW inside ONNX Runtime, whose transpose optimizer
+    cancels this Transpose against its own; reading the NHWC tensor as it is would make ORT
+    materialise it (a transpose of A per call)."""
+    if layout != "NHWC":
+        return acts
+    shape = op.shape(acts)
+    acts = op.Transpose(acts, perm=_TO_NCHW)
+    if shape is not None:
+        op.shapes[acts] = tuple(shape[i] for i in _TO_NCHW)
+    return acts
 
 
 def weights_are_g(op: Emitter, g: Value) -> Value:

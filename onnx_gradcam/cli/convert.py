@@ -1,6 +1,6 @@
 """``onnx-gradcam convert``: TensorFlow models → ONNX with the activation output and metadata.
 
-Thin: parses arguments, shows the conversion stages, calls :func:`converters.convert`.
+Thin: parses arguments, shows the conversion stages, calls :func:`onnx_gradcam.converters.convert`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def convert_command(
                                           "does not fix it (Slim: default image size)"),
 ) -> None:
     """Convert a TensorFlow model to ONNX that `onnx-gradcam run` explains with no flags."""
-    import converters
+    from onnx_gradcam import converters
 
     check_output_file(output, [p for p in (src, labels) if p is not None], "-o", "model.onnx")
     console = Console(stderr=True)

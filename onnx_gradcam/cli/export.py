@@ -10,8 +10,8 @@ from rich.console import Console
 from onnx_gradcam.cams import GRAPH_METHODS
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.explainer import Explainer
-from onnx_gradcam.export import export_explainer, write_triton
 from onnx_gradcam.images import check_output_file
+from onnx_gradcam.triton import write_triton
 
 
 def export_command(
@@ -49,8 +49,8 @@ def export_command(
     if triton is not None:  # refuse before writing anything
         for path in (triton / name / "1" / "model.onnx", triton / name / "config.pbtxt"):
             check_output_file(path, explainer.model.files, "--triton")
-    exported = export_explainer(explainer, output, upsample=upsample,
-                                target_required=target_required, target_kind=target_kind)
+    exported = explainer.export(output, upsample=upsample, target_required=target_required,
+                                target_kind=target_kind)
     console = Console(stderr=True)
     where = [str(output)] if output is not None else []
     if triton is not None:

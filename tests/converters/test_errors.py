@@ -12,7 +12,8 @@ from tests.converters.conftest import run_cli
 
 tf = pytest.importorskip("tensorflow")
 
-from converters import ConvertOptions, convert  # noqa: E402
+from onnx_gradcam.converters import ConvertOptions, convert  # noqa: E402
+
 from onnx_gradcam.errors import OnnxGradCamError  # noqa: E402
 
 

@@ -68,7 +68,7 @@ TAPE = """
 import sys
 import numpy as np
 import tensorflow as tf
-from converters.keras import load_keras_model
+from onnx_gradcam.converters.keras import load_keras_model
 h5, folder, target = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model = load_keras_model(h5)
 act = [layer.name for layer in model.layers if "activation" in layer.name][-1]

@@ -11,8 +11,9 @@ from tests.converters.conftest import assert_cams_close, reference_gradcam
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from onnx_gradcam.converters import ConvertOptions, convert  # noqa: E402
+
 import onnx_gradcam as og  # noqa: E402
-from converters import ConvertOptions, convert  # noqa: E402
 from onnx_gradcam.metadata import read_metadata  # noqa: E402
 
 

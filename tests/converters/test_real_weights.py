@@ -14,8 +14,9 @@ from tests.converters.conftest import fetch_package, run_cli
 pytest.importorskip("tensorflow")
 skimage_data = pytest.importorskip("skimage.data")
 
+from onnx_gradcam.converters import ConvertOptions, convert  # noqa: E402
+
 import onnx_gradcam as og  # noqa: E402
-from converters import ConvertOptions, convert  # noqa: E402
 
 NUDITY_PREPROCESS = "scale=1/128,mean=1,std=1"  # nudity.Nudity: (px - 128) / 128
 

@@ -10,8 +10,9 @@ from tests.converters.conftest import assert_cams_close, reference_gradcam
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("tf_slim")
 
+from onnx_gradcam.converters import ConvertOptions, convert, slim  # noqa: E402
+
 import onnx_gradcam as og  # noqa: E402
-from converters import ConvertOptions, convert, slim  # noqa: E402
 from onnx_gradcam.metadata import read_metadata  # noqa: E402
 
 #: net, classes, expected target layer (TF name), expected preprocessing mean[0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnx_gradcam.explainer_graph import TARGET, explainer_model
+from onnx_gradcam.explainer_graph import TARGET, GraphSpec, explainer_model
 from onnx_gradcam.model import load_model
 from onnx_gradcam.reference import FAST_OPS, Conv, ConvTranspose, evaluator, to_double
 
@@ -39,7 +39,7 @@ def gradients64(model: onnx.ModelProto, layers: list[str], x: np.ndarray,
     if model.graph.input[0].type.tensor_type.elem_type != F64:
         model = to_double(model)
     loaded = load_model(model)
-    graph = explainer_model(loaded.info, layers, loaded.logits)
+    graph = explainer_model(loaded.info, GraphSpec(tuple(layers), loaded.logits))
     onnx.checker.check_model(graph.model, full_check=True)
     outputs = evaluator(graph.model).run(
         ["ogc_scores", *graph.gradients],
@@ -88,7 +88,7 @@ def explainer_gradient32(model: onnx.ModelProto, layer: str, x: np.ndarray,
     import onnxruntime as ort
 
     loaded = load_model(model)
-    graph = explainer_model(loaded.info, [layer], loaded.logits)
+    graph = explainer_model(loaded.info, GraphSpec((layer,), loaded.logits))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     sess = ort.InferenceSession(graph.model.SerializeToString(), opts,

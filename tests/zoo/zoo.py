@@ -2,9 +2,10 @@
 
 For each architecture: build it with ``weights=None`` at a small input size, give its
 BatchNormalization layers sane statistics (so activations neither vanish nor explode), convert it
-with tf2onnx the way ``onnx-gradcam convert`` does (``converters.export.graph_to_onnx``, opset
-17, symbolic batch), find the ONNX tensor inside the graph that holds each chosen Keras layer
-output (by value: the graph keeps it NCHW) and record ``tf.GradientTape``'s gradient of the
+with tf2onnx the way ``onnx-gradcam convert`` does
+(``onnx_gradcam.converters.export.graph_to_onnx``, opset 17, symbolic batch), find the ONNX
+tensor inside the graph that holds each chosen Keras layer output (by value: the graph keeps it
+NCHW) and record ``tf.GradientTape``'s gradient of the
 target logits w.r.t. those layer outputs.
 
 TF's reference is taken twice: in float32 (the model as converted) and in float64 (the same
@@ -313,8 +314,8 @@ def convert(model, size: int | None, dtype: str = "float32") -> onnx.ModelProto:
     inference call, library-function calls inlined, Erfc written as 1 − Erf), without the
     activation output and metadata that ``convert`` adds."""
     tf, _, _ = _tf()
-    from converters import export
-    from converters.keras import freeze_model
+    from onnx_gradcam.converters import export
+    from onnx_gradcam.converters.keras import freeze_model
 
     spec = tf.TensorSpec((None, size, size, 3), getattr(tf, dtype), name="input")
     graph_def, inputs, outputs = freeze_model(model, spec, model.name)
