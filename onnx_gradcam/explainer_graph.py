@@ -1,6 +1,7 @@
 """The explainer graph: the forward model plus the head's gradient graph, as one ONNX model.
 
-Inputs: the model's own inputs and ``ogc_target`` (int64 (N,), −1 = argmax per sample).
+Inputs: the model's own inputs and ``ogc_target`` (int64 (N,), −1 = argmax per sample), or
+for a target kind of :mod:`onnx_gradcam.targets` that kind's inputs (:func:`seed`).
 Outputs: the model's outputs, ``ogc_scores`` (N, C), ``ogc_targets`` (N,), the target layer's
 activation, ``ogc_gradient`` (its gradient, laid out like the activation) and, when built for a
 method that lives in the graph, ``ogc_coarse`` (N, 1, h, w): the method's map before ReLU and

@@ -23,7 +23,8 @@ from onnx_gradcam.explainer_graph import ExplainerModel, GraphSpec, explainer_mo
 from onnx_gradcam.model import LoadedModel, candidate_layers
 from onnx_gradcam.runtime import Provider, make_session
 
-#: graphs kept: an explainer uses up to four (argmax, classes, ranks, rows)
+#: graphs kept: an explainer uses up to four (argmax, classes, ranks, rows), and one per target
+#: kind it explains
 CACHE_SIZE = 8
 _GRAPHS: OrderedDict[tuple[str, GraphSpec], ExplainerModel] = OrderedDict()
 
@@ -83,8 +84,9 @@ class Sessions:
         return hashlib.sha1(self.model.proto.SerializeToString()).hexdigest()
 
     def graph(self, seed: str = "argmax", rows: bool = False) -> ExplainerModel:
-        """The explainer graph whose ``ogc_target`` takes ``seed`` (:data:`SEEDS`); ``rows``:
-        the many-targets graph (:class:`GraphSpec`)."""
+        """The explainer graph whose ``ogc_target`` takes ``seed`` (:data:`SEEDS`), or whose
+        seed reads a target kind's inputs (``seed`` the kind's name); ``rows``: the many-targets
+        graph (:class:`GraphSpec`)."""
         return cached_graph(self.model, self._digest, replace(self.spec, seed=seed, rows=rows))
 
     def session(self, graph: ExplainerModel, tensors: bool = False) -> ort.InferenceSession:

@@ -184,8 +184,8 @@ def run_command(
         run_engine = RayEngine(model, dict(
             layer=layer or None, providers=provider, score=score, batch_size=batch_size,
             scorecam_batch=scorecam_batch, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
-            gradient_builder=gradient_builder, exact=exact), methods, names, options, ray_address, workers,
-            gpus_per_worker)
+            gradient_builder=gradient_builder, exact=exact), methods, names, options, ray_address,
+            workers, gpus_per_worker)
     total = len(list_images(images, image_column))
     console = Console(stderr=True, quiet=quiet)
     if demo:
