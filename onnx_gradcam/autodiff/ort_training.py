@@ -55,7 +55,8 @@ def training_python() -> Path:
 
 #: Ops onnxruntime-training 1.19.2 has no gradient builder for (measured).
 NO_GRADIENT = frozenset({"HardSwish", "HardSigmoid", "GlobalMaxPool", "Resize", "PRelu", "Elu",
-                         "Softplus", "Sum", "ReduceMax", "ReduceMin", "InstanceNormalization"})
+                         "Softplus", "Sum", "ReduceMax", "ReduceMin", "InstanceNormalization",
+                         "Einsum", "QuantizeLinear", "DequantizeLinear"})
 #: Ops whose gradient needs a training-mode output (saved mean/variance, dropout mask).
 NEEDS_TRAINING_OUTPUTS = frozenset({"BatchNormalization", "Dropout", "LayerNormalization"})
 
@@ -78,7 +79,7 @@ def known_gap(info: GraphInfo, head: list[int], activation: str, score: str) -> 
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         path_inputs = [x for x in node.input if x in on_path]
         reason = None
-        if node.op_type in NO_GRADIENT:
+        if node.op_type in NO_GRADIENT or node.op_type.startswith("QLinear"):
             reason = "has no onnxruntime-training gradient"
         elif node.op_type in NEEDS_TRAINING_OUTPUTS and len([o for o in node.output if o]) == 1:
             reason = "in inference form has no onnxruntime-training gradient"
