@@ -499,13 +499,16 @@ def _run(graph, model: onnx.ModelProto, x: np.ndarray, targets: np.ndarray, leve
 
 def check(model: str | Path | onnx.ModelProto, layer: str, x: np.ndarray, targets,
           level: str = "ORT_ENABLE_ALL", directions: int = 3, seed: int = 0,
-          float64_decisions: bool = True) -> Report:
+          float64_decisions: bool = True, reference64: onnx.ModelProto | None = None) -> Report:
     """The decision-matched oracle for our gradient of Σ_n score[n, targets[n]] w.r.t. ``layer``
     on batch ``x`` (the model's own layout), with the explainer graph run at ``level``.
 
     ``float64_decisions``: also count near-kink decisions (float64 forward of the whole model,
     cast to double) and take the directional derivatives of the head frozen with float64's
-    decisions (:meth:`Report.rel_directional`, for comparing the framework's autograd)."""
+    decisions (:meth:`Report.rel_directional`, for comparing the framework's autograd).
+    ``reference64``: the float64 forward from this double model instead (the same graph node
+    for node, e.g. the converter's output for the framework's float64 model, whose weights are
+    not float32-rounded), its tensors matched to ours by node position."""
     import onnx_gradcam as og
 
     explainer = og.Explainer(model, layer=layer, providers="cpu")
@@ -541,7 +544,7 @@ def check(model: str | Path | onnx.ModelProto, layer: str, x: np.ndarray, target
     kinks = [Kink(n.name or n.output[0], n.op_type, int(f.key.size))
              for n, f in zip(head.kinks, kinds)]
     if float64_decisions:
-        values64 = _forward64(proto, name, x, watched)
+        values64 = _forward64(proto, name, x, watched, reference64)
         values64[name] = x.astype(np.float64)
         kinds64, frozen64 = _freeze(head, values64)
         for kink, f32, f64 in zip(kinks, kinds, kinds64):
@@ -562,9 +565,16 @@ def check(model: str | Path | onnx.ModelProto, layer: str, x: np.ndarray, target
     return report
 
 
-def _forward64(proto: onnx.ModelProto, input_name: str, x: np.ndarray, names: list[str]
-               ) -> dict[str, np.ndarray]:
-    from tests.zoo.float64 import evaluator, to_double
+def _forward64(proto: onnx.ModelProto, input_name: str, x: np.ndarray, names: list[str],
+               reference: onnx.ModelProto | None) -> dict[str, np.ndarray]:
+    from tests.zoo.float64 import to_double
 
-    double = to_double(proto)
-    return dict(zip(names, evaluator(double).run(names, {input_name: x.astype(np.float64)})))
+    if reference is None:
+        double, mapped, feed = to_double(proto), names, input_name
+    else:
+        ours, theirs = proto.graph.node, reference.graph.node
+        if [n.op_type for n in ours] != [n.op_type for n in theirs]:
+            raise ValueError("reference64 is not the same graph node for node")
+        rename = {a: b for m, n in zip(ours, theirs) for a, b in zip(m.output, n.output)}
+        double, mapped, feed = reference, [rename[n] for n in names], reference.graph.input[0].name
+    return dict(zip(names, _evaluator(double).run(mapped, {feed: x.astype(np.float64)})))
