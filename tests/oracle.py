@@ -31,6 +31,7 @@ Call: ``check(model, layer, x, targets, level)`` → :class:`Report` (also for t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -480,6 +481,10 @@ def _directional(head: Head, frozen: dict[str, Frozen], values: dict[str, np.nda
     return out
 
 
+#: float64 forward values, decisions and derivatives per (model, layer, batch, targets, …)
+_FLOAT64: dict[tuple, tuple] = {}
+
+
 # ---- the check ---------------------------------------------------------------------------------
 def _graph(explainer, targets: np.ndarray):
     return explainer._graph_for(targets, targets)  # the graph explain() uses for these targets
@@ -544,9 +549,21 @@ def check(model: str | Path | onnx.ModelProto, layer: str, x: np.ndarray, target
     kinks = [Kink(n.name or n.output[0], n.op_type, int(f.key.size))
              for n, f in zip(head.kinks, kinds)]
     if float64_decisions:
-        values64 = _forward64(proto, name, x, watched, reference64)
-        values64[name] = x.astype(np.float64)
-        kinds64, frozen64 = _freeze(head, values64)
+        key = (explainer._digest, layer, hashlib.sha1(x.tobytes()).hexdigest(),
+               tuple(targets.tolist()), directions, seed,
+               None if reference64 is None else
+               hashlib.sha1(reference64.SerializeToString()).hexdigest())
+        if key not in _FLOAT64:  # level-independent: shared by the levels' checks
+            values64 = _forward64(proto, name, x, watched, reference64)
+            values64[name] = x.astype(np.float64)
+            kinds64, frozen64 = _freeze(head, values64)
+            # at the float64 layer value, with float64's decisions: the float64 truth's
+            # directional derivatives
+            derivatives = _directional(head, frozen64, values64, targets, vs)
+            _FLOAT64.clear()  # one entry: the arrays of a large head take GBs
+            _FLOAT64[key] = ([Frozen(f.key, f.margin, f.scale, [], {}) for f in kinds64],
+                             {n: values64[n] for n in head.frozen}, derivatives)
+        kinds64, values64, report.derivatives64 = _FLOAT64[key]
         for kink, f32, f64 in zip(kinks, kinds, kinds64):
             flipped = f32.key != f64.key
             kink.flips = int(flipped.sum())
@@ -556,9 +573,6 @@ def check(model: str | Path | onnx.ModelProto, layer: str, x: np.ndarray, target
             differ = values[n] != values64[n]
             if differ.any():
                 kinks.append(Kink(n, "frozen", int(differ.size), int(differ.sum())))
-        # at the float64 layer value, with float64's decisions: the float64 truth's directions
-        point = {**values64, head.layer: values64[head.layer]}
-        report.derivatives64 = _directional(head, frozen64, point, targets, vs)
         report.errors64 = [abs(float(np.sum(g * v)) - d) / float(np.linalg.norm(g * v))
                            for v, d in zip(vs, report.derivatives64)]
     report.kinks = kinks
