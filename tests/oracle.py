@@ -509,11 +509,12 @@ def _run(graph, model: onnx.ModelProto, x: np.ndarray, targets: np.ndarray, leve
     return dict(zip(names, sess.run(names, feeds)))
 
 
-def check(model: str | Path | onnx.ModelProto, layer: str, x: np.ndarray, targets,
+def check(model: str | Path | onnx.ModelProto, layer: str | None, x: np.ndarray, targets,
           level: str = "ORT_ENABLE_ALL", directions: int = 3, seed: int = 0,
           float64_decisions: bool = True, reference64: onnx.ModelProto | None = None) -> Report:
     """The decision-matched oracle for our gradient of Σ_n score[n, targets[n]] w.r.t. ``layer``
     on batch ``x`` (the model's own layout), with the explainer graph run at ``level``.
+    ``layer`` None: the layer the explainer detects.
 
     ``float64_decisions``: also count near-kink decisions (float64 forward of the whole model,
     cast to double) and take the directional derivatives of the head frozen with float64's
@@ -524,6 +525,7 @@ def check(model: str | Path | onnx.ModelProto, layer: str, x: np.ndarray, target
     import onnx_gradcam as og
 
     explainer = og.Explainer(model, layer=layer, providers="cpu")
+    layer = explainer.layer_names[0]
     targets = explainer.check_targets(targets, len(x)).copy()
     assert (targets >= 0).all(), "the oracle takes class indices"
     x = np.ascontiguousarray(x, dtype=np.float32)
