@@ -119,12 +119,21 @@ def test_gradient_float64(case, gradients64, position) -> None:
     assert err <= STRICT, f"{case.arch.name} {key}: {kind} graph's gradient off by {err:.2e}"
 
 
-def check_against_tf(report: oracle.Report, tf64: np.ndarray, label: str) -> None:
-    """The decision-matched oracle, then TF's float64 gradient (``tf64`` in the layer's own
-    layout): exactly where no decision is near its kink, else through float64's decisions."""
+def check_gradient(model, case: zoo.Case, key: str, layer: str, res: og.Explanation,
+                   level: str, label: str, reference64=None) -> None:
+    """The decision-matched oracle at ``level`` (on the very gradient ``res`` holds, where
+    ``level`` is the one the tests run the library at), then TF's float64 gradient: exactly
+    where no decision is near its kink, else through float64's decisions."""
+    report = oracle.check(model, layer, case.x, case.targets, level, reference64=reference64)
     print(f"ZOO32 {label} {report.summary()}")
+    if level == oracle.LEVEL:
+        ours = res.gradients[0]  # NCHW
+        if case.onnx_layouts[key] == "NHWC":
+            ours = ours.transpose(0, 2, 3, 1)
+        assert np.array_equal(ours, report.gradient), f"{label}: not explain()'s gradient"
     assert report.same_forward, f"{label}: extra outputs changed ONNX Runtime's forward"
     assert report.error <= oracle.TOLERANCE, f"{label}: {report.summary()}"
+    tf64 = native_layout(case, key, case.grads64[key])
     if report.near_kink == 0:
         err = rel(report.gradient, tf64)
         assert err <= STRICT, f"{label}: {err:.2e} off TF float64, no decision near a kink"
@@ -145,15 +154,8 @@ def test_gradient_float32(case, explanations, position, level) -> None:
     explainer, res = _explained(explanations, key)
     _check_layout(explainer, case, key)
     native = case.model64
-    report = oracle.check(case.model_path, case.onnx_names[key], case.x, case.targets, level,
-                          reference64=native[0] if native else None)
-    if level == oracle.LEVEL:  # the oracle checked the gradient explain() returns
-        ours = res.gradients[0]  # NCHW
-        if case.onnx_layouts[key] == "NHWC":
-            ours = ours.transpose(0, 2, 3, 1)
-        assert np.array_equal(ours, report.gradient)
-    check_against_tf(report, native_layout(case, key, case.grads64[key]),
-                     f"{case.arch.name} {position} {key}")
+    check_gradient(case.model_path, case, key, case.onnx_names[key], res, level,
+                   f"{case.arch.name} {position} {key}", native[0] if native else None)
 
 
 @pytest.mark.parametrize("position", POSITIONS)
@@ -207,11 +209,4 @@ def test_symbolic_hw(symbolic_cases) -> None:
             assert rel(g64, case.nchw(case.grads64[key])) <= max(STRICT, noise), (case.size, key)
             assert res.cams.shape == (2, case.size, case.size)
             for level in oracle.LEVELS:
-                report = oracle.check(model, name, case.x, case.targets, level)
-                if level == oracle.LEVEL:
-                    ours = res.gradients[0]  # NCHW
-                    if case.onnx_layouts[key] == "NHWC":
-                        ours = ours.transpose(0, 2, 3, 1)
-                    assert np.array_equal(ours, report.gradient)
-                check_against_tf(report, native_layout(case, key, case.grads64[key]),
-                                 f"{case.size}px {key}")
+                check_gradient(model, case, key, name, res, level, f"{case.size}px {key}")
