@@ -11,7 +11,9 @@ one (the largest float64 distance to the kink ÷ the tensor's max |value| in bra
 ``vs autograd`` = max |ours − theirs| / max |theirs| with theirs = torch autograd (the committed
 fixture, float32) or TF's float64 GradientTape; ``autograd dir.`` = the framework's gradient
 against the head frozen with float64's decisions (directional); ``oracle`` = ours against the
-head frozen with the float32 forward's decisions (directional, :data:`tests.oracle.TOLERANCE`).
+head frozen with the float32 forward's decisions (directional, :data:`tests.oracle.TOLERANCE`);
+``fwd noise`` = the head's float32 forward rounding (:attr:`tests.oracle.Report.noise`);
+``run delta`` = the decisions' run vs the production gradient (0: bit-identical).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def _row(case: str, report: oracle.Report, theirs: np.ndarray) -> str:
     kinks = f"{report.near_kink}" + (f" ({report.near_kink_distance:.0e})"
                                      if report.near_kink else "")
     return (f"{case:<44} {report.level[11:]:<8} {kinks:<12} {_rel(report.gradient, theirs):>10.1e}"
-            f" {report.rel_directional(theirs):>13.1e} {report.error:>9.1e}")
+            f" {report.rel_directional(theirs):>13.1e} {report.error:>9.1e} {report.noise:>9.1e}"
+            f" {report.forward_delta:>9.0e}")
 
 
 def torch_rows():
@@ -87,7 +90,7 @@ def main(parts: list[str]) -> None:
     parts = parts or ["torch", "zoo"]
     print(f"# {_cpu()}, onnxruntime {ort.__version__}, {time.strftime('%Y-%m-%d')}")
     print(f"{'case':<44} {'level':<8} {'near-kink':<12} {'vs autograd':>10} "
-          f"{'autograd dir.':>13} {'oracle':>9}")
+          f"{'autograd dir.':>13} {'oracle':>9} {'fwd noise':>9} {'run delta':>9}")
     for part in parts:
         for row in {"torch": torch_rows, "zoo": zoo_rows}[part]():
             print(row, flush=True)

@@ -131,7 +131,6 @@ def check_gradient(model, case: zoo.Case, key: str, layer: str, res: og.Explanat
         if case.onnx_layouts[key] == "NHWC":
             ours = ours.transpose(0, 2, 3, 1)
         assert np.array_equal(ours, report.gradient), f"{label}: not explain()'s gradient"
-    assert report.same_forward, f"{label}: extra outputs changed ONNX Runtime's forward"
     assert report.error <= oracle.TOLERANCE, f"{label}: {report.summary()}"
     tf64 = native_layout(case, key, case.grads64[key])
     if report.near_kink == 0:
