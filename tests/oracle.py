@@ -8,17 +8,18 @@ optimisation levels (NCHWc kernels at ORT_ENABLE_ALL sum in another order) take 
 differently from float64 or from the source framework. So the oracle takes every decision of the
 head (layer → score) *from the float32 forward that ran*, freezes it, and evaluates the head in
 float64 with each kink op replaced by the linear piece that decision selects — a smooth
-function whose directional derivatives central finite differences give to ~1e-10. Our float32
-gradient must match them to :data:`TOLERANCE` on any CPU at any optimisation level.
+function whose directional derivatives central finite differences give to float64 accuracy.
+Our float32 gradient must match them to :attr:`Report.tolerance` on any CPU at any optimisation
+level.
 
 How the decisions are read: the explainer graph that produced our gradient is run again by ONNX
 Runtime with the kink ops' operands (the tensors our backward already reads), the head's side
 inputs and its non-float tensors as extra outputs. Mostly that run's gradient is bit-identical to
 the production one; where it is not (:attr:`Report.forward_delta`: on a tf2onnx graph left NHWC
-an exposed NHWC tensor moves ONNX Runtime's transposes, so a ReduceMean sums in another order,
-~1e-6), the directional errors are still those of the *production* gradient against the
-decisions' run: had a decision that matters changed between the two runs, they would show it
-(one flipped ReLU6 moves MobileNetV2's early-layer gradient by ~1e-2).
+an exposed NHWC tensor moves ONNX Runtime's transposes, so a ReduceMean sums in another order:
+a rounding-sized difference), the directional errors are still those of the *production*
+gradient against the decisions' run: had a decision that matters changed between the two runs,
+they would show it (bench/results/oracle_table.txt: what one flipped decision does).
 
 Independent of ``onnx_gradcam.autodiff``: only the explainer graph under test and its forward
 values come from the library; the head is cut, frozen and differentiated here. The float64
@@ -48,8 +49,10 @@ from onnx.reference.op_run import OpRun
 
 from onnx_gradcam.explainer_graph import SCORES, TARGET
 
-#: directional derivatives of the frozen head vs ours: |<g, v> − D_v| ≤ TOLERANCE · ‖g ⊙ v‖
+#: directional derivatives of the frozen head vs ours: |<g, v> − D_v| ≤ tolerance · ‖g ⊙ v‖,
+#: tolerance = max(TOLERANCE, NOISE_FACTOR × the head's measured float32 forward rounding)
 TOLERANCE = 1e-5
+NOISE_FACTOR = 10
 LEVELS = ("ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED")
 #: finite-difference step along a direction v, ÷ (rms(layer) / rms(v))
 STEP = 1e-6
@@ -103,6 +106,19 @@ class Report:
         return max(self.errors)
 
     @property
+    def tolerance(self) -> float:
+        """What :attr:`error` may reach: float32 arithmetic through a deep head (MobileNetV3's
+        hard-swish and squeeze-excite blocks) rounds our gradient about as much as its forward
+        (a few times :attr:`noise`), so a CPU that rounds more shows it in :attr:`noise`; a
+        decision taken differently moves the gradient by orders of magnitude more
+        (bench/results/oracle_table.txt)."""
+        return max(TOLERANCE, NOISE_FACTOR * self.noise)
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= self.tolerance
+
+    @property
     def near_kink(self) -> int:
         return sum(k.flips for k in self.kinks)
 
@@ -114,7 +130,8 @@ class Report:
     def summary(self) -> str:
         where = ", ".join(f"{k.op} {k.node}: {k.flips} at {k.distance:.1e}"
                           for k in self.kinks if k.flips)
-        return (f"{self.layer} @ {self.level}: oracle {self.error:.1e} (float32 forward noise "
+        return (f"{self.layer} @ {self.level}: oracle {self.error:.1e} ≤ {self.tolerance:.0e}? "
+                f"(float32 forward noise "
                 f"{self.noise:.1e}, decisions' run {self.forward_delta:.0e} off ours), "
                 f"near-kink {self.near_kink}" + (f" ({where})" if where else ""))
 

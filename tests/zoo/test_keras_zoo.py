@@ -10,17 +10,19 @@ For each architecture, at an early, a middle and the last conv activation (``zoo
   ~1e-7 off TF's and can flip a near-zero ReLU in a deep ReLU head. DenseNet121 did: 3 ReLU
   inputs of |x| ≤ 1.4e-6 change sign, the gradient at conv1_relu / conv4_block1_concat is 5.8e-3
   / 6.9e-3 off; on the native double graph it is 1.6e-15 / 1.0e-15 off. A wrong rule is O(1).
-* ``test_gradient_float32``: the production path (``Explainer.explain`` on ONNX Runtime,
-  float32). Ours is the exact gradient of the forward ONNX Runtime ran, so first the
-  decision-matched float64 oracle (tests/oracle.py): every kink decision of the head taken from
-  that float32 forward, the head frozen and differentiated in float64, ≤ 1e-5 at
+* ``test_gradient_float32``: the production path (``Explainer.explain`` on ONNX Runtime, float32).
+  Ours is the exact gradient of the forward ONNX Runtime ran, so first the decision-matched
+  float64 oracle (tests/oracle.py): every kink decision of the head taken from that float32
+  forward, the head frozen and differentiated in float64, ≤ 1e-5 (or the noise floor, below) at
   ORT_ENABLE_ALL and ORT_ENABLE_EXTENDED. Then TF's float64 GradientTape: ≤ 1e-4 of its largest
   entry where no decision of the head lies within rounding distance of its kink (the float32
   forward decides as the float64 one of TF's own float64 weights: ``zoo.NATIVE64``'s twin graph
   where there is one); where one does, a float32 gradient is a different (and as exact) answer —
-  at MobileNetV2's block_1_expand_relu three ReLU6 inputs within ~1e-7 of 0 or 6 move it ~2e-2
-  — so TF's gradient must instead match the head frozen with float64's decisions (≤ 1e-4), and
-  the count and distance are printed. No constant tolerance depends on the CPU.
+  at MobileNetV2's block_1_expand_relu a few ReLU6 inputs within rounding of 0 or 6 move it by far
+  more than 1e-4 (bench/results/oracle_table.txt) — so TF's gradient must instead match the head
+  frozen with float64's decisions (≤ 1e-4), and the count and distance are printed. The oracle's
+  bound grows with the head's measured float32 forward rounding where that exceeds what 1e-5
+  allows (:attr:`tests.oracle.Report.tolerance`).
 * scores (pre-softmax logits, also for models that end in Softmax), activations, layouts.
 
 Inputs are N=2 batches through a symbolic batch dimension; ``test_symbolic_hw`` runs one model
@@ -131,7 +133,7 @@ def check_gradient(model, case: zoo.Case, key: str, layer: str, res: og.Explanat
         if case.onnx_layouts[key] == "NHWC":
             ours = ours.transpose(0, 2, 3, 1)
         assert np.array_equal(ours, report.gradient), f"{label}: not explain()'s gradient"
-    assert report.error <= oracle.TOLERANCE, f"{label}: {report.summary()}"
+    assert report.passed, f"{label}: {report.summary()}"
     tf64 = native_layout(case, key, case.grads64[key])
     if report.near_kink == 0:
         err = rel(report.gradient, tf64)
