@@ -498,7 +498,7 @@ def _head_model(head: Head, frozen: dict[str, Frozen], values: dict[str, np.ndar
 
 
 def _directional(head: Head, frozen: dict[str, Frozen], values: dict[str, np.ndarray],
-                 targets: np.ndarray, directions: list[np.ndarray]
+                 targets: np.ndarray, directions: list[np.ndarray], relative_step: float
                  ) -> tuple[list[float], np.ndarray]:
     """Central float64 differences of Σ_n score[n, t_n] of the frozen head along each
     direction, at the layer value that ran (cast to float64); and the scores (N, C) there."""
@@ -512,7 +512,7 @@ def _directional(head: Head, frozen: dict[str, Frozen], values: dict[str, np.nda
 
     out = []
     for v in directions:
-        step = STEP * float(np.sqrt(np.mean(a * a))) / float(np.sqrt(np.mean(v * v)))
+        step = relative_step * float(np.sqrt(np.mean(a * a))) / float(np.sqrt(np.mean(v * v)))
         up, down = scores(a + step * v), scores(a - step * v)
         out.append(float((up[rows, targets] - down[rows, targets]).sum()) / (2 * step))
     return out, scores(a)
@@ -539,10 +539,12 @@ def _run(graph, model: onnx.ModelProto, x: np.ndarray, targets: np.ndarray, leve
 
 def check(model: str | Path | onnx.ModelProto, layer: str | None, x: np.ndarray, targets,
           level: str = "ORT_ENABLE_ALL", directions: int = 3, seed: int = 0,
-          float64_decisions: bool = True, reference64: onnx.ModelProto | None = None) -> Report:
+          float64_decisions: bool = True, reference64: onnx.ModelProto | None = None,
+          step: float = STEP) -> Report:
     """The decision-matched oracle for our gradient of Σ_n score[n, targets[n]] w.r.t. ``layer``
     on batch ``x`` (the model's own layout), with the explainer graph run at ``level``.
-    ``layer`` None: the layer the explainer detects.
+    ``layer`` None: the layer the explainer detects. ``step``: the finite-difference step
+    (:data:`STEP`; a head that cancels large terms needs a larger one).
 
     ``float64_decisions``: also count near-kink decisions (float64 forward of the whole model,
     cast to double) and take the directional derivatives of the head frozen with float64's
@@ -580,7 +582,7 @@ def check(model: str | Path | onnx.ModelProto, layer: str | None, x: np.ndarray,
     kinds, frozen = _freeze(head, values)
     rng = np.random.default_rng(seed)
     vs = [rng.standard_normal(ours.shape) for _ in range(directions)]
-    derivatives, scores64 = _directional(head, frozen, values, targets, vs)
+    derivatives, scores64 = _directional(head, frozen, values, targets, vs, step)
     errors = [directional_error(plain, v, d) for v, d in zip(vs, derivatives)]
     scores32 = values[SCORES]
     noise = float(np.abs(scores32 - scores64).max() / np.abs(scores64).max())
@@ -590,7 +592,7 @@ def check(model: str | Path | onnx.ModelProto, layer: str | None, x: np.ndarray,
              for n, f in zip(head.kinks, kinds)]
     if float64_decisions:
         key = (explainer._digest, layer, hashlib.sha1(x.tobytes()).hexdigest(),
-               tuple(targets.tolist()), directions, seed,
+               tuple(targets.tolist()), directions, seed, step,
                None if reference64 is None else
                hashlib.sha1(reference64.SerializeToString()).hexdigest())
         if key not in _FLOAT64:  # level-independent: shared by the levels' checks
@@ -599,7 +601,7 @@ def check(model: str | Path | onnx.ModelProto, layer: str | None, x: np.ndarray,
             kinds64, frozen64 = _freeze(head, values64)
             # at the float64 layer value, with float64's decisions: the float64 truth's
             # directional derivatives
-            derivatives = _directional(head, frozen64, values64, targets, vs)[0]
+            derivatives = _directional(head, frozen64, values64, targets, vs, step)[0]
             _FLOAT64.clear()  # one entry: the arrays of a large head take GBs
             _FLOAT64[key] = ([Frozen(f.key, f.margin, f.scale, [], {}) for f in kinds64],
                              {n: values64[n] for n in head.frozen}, derivatives)

@@ -75,7 +75,8 @@ def _knife_edge_model() -> onnx.ModelProto:
 def test_knife_edge_decisions_come_from_the_float32_forward(level: str) -> None:
     x = np.full((2, 3, 4, 4), 16.0, np.float32)
     x[:, :, :2, :2] = 1.0  # 12 knife-edge elements per sample
-    report = oracle.check(_knife_edge_model(), "a", x, [0, 1], level)
+    # the frozen head is linear, and A + 1e8 − 1e8 cancels: a large step is exact
+    report = oracle.check(_knife_edge_model(), "a", x, [0, 1], level, step=1e-2)
     print(report.summary())
     assert report.forward_delta == 0  # exposing the decisions changed nothing
     assert report.passed  # matched decisions: ours is exact
