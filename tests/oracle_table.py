@@ -52,10 +52,12 @@ def torch_rows():
                 yield _row(f"torch resnet_gap {layer} {key}", report, expected)
 
 
-def zoo_rows():
+def zoo_rows(names: list[str] | None = None):
     from tests.zoo import zoo
 
     for name, arch in zoo.ARCHS.items():
+        if names and name not in names:
+            continue
         case = zoo.load_case(arch)
         native = case.model64
         for position, key in zip(("early", "middle", "last"), case.taps):
@@ -87,12 +89,17 @@ def _cpu() -> str:
 
 
 def main(parts: list[str]) -> None:
+    """``parts``: torch, zoo (all architectures) or zoo architecture names; default all."""
     parts = parts or ["torch", "zoo"]
     print(f"# {_cpu()}, onnxruntime {ort.__version__}, {time.strftime('%Y-%m-%d')}")
     print(f"{'case':<44} {'level':<8} {'near-kink':<12} {'vs autograd':>10} "
           f"{'autograd dir.':>13} {'oracle':>9} {'fwd noise':>9} {'run delta':>9}")
-    for part in parts:
-        for row in {"torch": torch_rows, "zoo": zoo_rows}[part]():
+    archs = [p for p in parts if p not in ("torch", "zoo")]
+    rows = [torch_rows()] if "torch" in parts else []
+    if "zoo" in parts or archs:
+        rows.append(zoo_rows(archs))
+    for part in rows:
+        for row in part:
             print(row, flush=True)
 
 
