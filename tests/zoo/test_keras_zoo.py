@@ -122,10 +122,12 @@ def test_gradient_float64(case, gradients64, position) -> None:
 
 
 def check_gradient(model, case: zoo.Case, key: str, layer: str, res: og.Explanation,
-                   level: str, label: str, reference64=None) -> None:
+                   level: str, label: str, reference64=None, bound: float = STRICT) -> None:
     """The decision-matched oracle at ``level`` (on the very gradient ``res`` holds, where
-    ``level`` is the one the tests run the library at), then TF's float64 gradient: exactly
-    where no decision is near its kink, else through float64's decisions."""
+    ``level`` is the one the tests run the library at), then TF's float64 gradient within
+    ``bound``: exactly where no decision is near its kink, else through float64's decisions.
+    (``bound`` > STRICT where the float64 graph is the float32 one cast to double, whose
+    float32-folded weights can themselves flip a decision TF's float64 model takes.)"""
     report = oracle.check(model, layer, case.x, case.targets, level, reference64=reference64)
     print(f"ZOO32 {label} {report.summary()}")
     if level == oracle.LEVEL:
@@ -137,10 +139,10 @@ def check_gradient(model, case: zoo.Case, key: str, layer: str, res: og.Explanat
     tf64 = native_layout(case, key, case.grads64[key])
     if report.near_kink == 0:
         err = rel(report.gradient, tf64)
-        assert err <= STRICT, f"{label}: {err:.2e} off TF float64, no decision near a kink"
+        assert err <= bound, f"{label}: {err:.2e} off TF float64, no decision near a kink"
     else:
         err = report.rel_directional(tf64)
-        assert err <= STRICT, f"{label}: TF float64 {err:.2e} off float64's decisions"
+        assert err <= bound, f"{label}: TF float64 {err:.2e} off float64's decisions"
 
 
 def native_layout(case: zoo.Case, key: str, array: np.ndarray) -> np.ndarray:
@@ -209,5 +211,6 @@ def test_symbolic_hw(symbolic_cases) -> None:
             noise = rel(case.nchw(case.grads[key]), case.nchw(case.grads64[key]))
             assert rel(g64, case.nchw(case.grads64[key])) <= max(STRICT, noise), (case.size, key)
             assert res.cams.shape == (2, case.size, case.size)
-            for level in oracle.LEVELS:
-                check_gradient(model, case, key, name, res, level, f"{case.size}px {key}")
+            for level in oracle.LEVELS:  # cast to double: TF float32's own noise, as above
+                check_gradient(model, case, key, name, res, level, f"{case.size}px {key}",
+                               bound=max(STRICT, noise))
