@@ -135,12 +135,16 @@ def check_gradient(model, case: zoo.Case, key: str, layer: str, res: og.Explanat
         if case.onnx_layouts[key] == "NHWC":
             ours = ours.transpose(0, 2, 3, 1)
         assert np.array_equal(ours, report.gradient), f"{label}: not explain()'s gradient"
-    assert report.passed, f"{label}: {report.summary()}"
     tf64 = native_layout(case, key, case.grads64[key])
     if report.near_kink == 0:
         err = rel(report.gradient, tf64)
         assert err <= bound, f"{label}: {err:.2e} off TF float64, no decision near a kink"
+        # the finite differences are only as exact as they reproduce TF's float64 gradient
+        # (ConvNeXt's layer-normalised heads cancel: the differences lose digits there)
+        floor = oracle.NOISE_FACTOR * report.rel_directional(tf64)
+        assert report.error <= max(report.tolerance, floor), f"{label}: {report.summary()}"
     else:
+        assert report.passed, f"{label}: {report.summary()}"
         err = report.rel_directional(tf64)
         assert err <= bound, f"{label}: TF float64 {err:.2e} off float64's decisions"
 
