@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)-
 # same onnxruntime/ folder as onnxruntime and would break the main one. No cp312 wheels exist.
 ORT_VENV := .venv-ort-training
 
-.PHONY: demo test test-zoo lint bench venv clean chromium
+.PHONY: demo test test-zoo test-extended lint bench venv clean chromium
 
 # The Node and browser examples' tests need their npm packages (from the committed lockfiles)
 # and Debian's Chromium (a test tool's own browser download cannot work here).
@@ -58,6 +58,12 @@ test: $(STAMP) $(ORT_VENV)/.installed $(NPM_NODE) $(NPM_WEB) chromium
 
 test-zoo: $(STAMP)
 	$(PY) -m pytest -p no:cacheprovider tests/zoo
+
+# The production-path gradient tests with the library's sessions at ORT_ENABLE_EXTENDED (no
+# NCHWc kernels); the oracle tests check both levels in any run.
+test-extended: $(STAMP)
+	ONNX_GRADCAM_TEST_ORT_LEVEL=ORT_ENABLE_EXTENDED $(PY) -m pytest -p no:cacheprovider \
+	  tests/test_oracle.py tests/test_torch_parity.py tests/zoo
 
 bench: $(STAMP)
 	$(PY) bench/overhead.py

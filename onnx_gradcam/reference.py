@@ -136,7 +136,70 @@ class ConvTranspose(OpRun):
         return (np.ascontiguousarray(out).astype(X.dtype),)
 
 
-FAST_OPS = [Conv, ConvTranspose]
+def _windows(X, fill, kernel_shape, strides, pads, dilations, ceil_mode):
+    """(x padded with ``fill``, the output size, and a function giving the strided slice each
+    kernel offset reads) for a 2-D pool."""
+    kh, kw = kernel_shape
+    sh, sw = strides or (1, 1)
+    dh, dw = dilations or (1, 1)
+    top, left, bottom, right = pads or (0, 0, 0, 0)
+    h, w = X.shape[2] + top + bottom, X.shape[3] + left + right
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+    rnd = (lambda a, b: -(-a // b)) if ceil_mode else (lambda a, b: a // b)
+    ho, wo = rnd(h - eh, sh) + 1, rnd(w - ew, sw) + 1
+    extra_h = max((ho - 1) * sh + eh - h, 0)
+    extra_w = max((wo - 1) * sw + ew - w, 0)
+    x = np.pad(X, ((0, 0), (0, 0), (top, bottom + extra_h), (left, right + extra_w)),
+               constant_values=fill)
+
+    def window(i: int, j: int) -> tuple:
+        return (slice(None), slice(None), slice(i * dh, i * dh + (ho - 1) * sh + 1, sh),
+                slice(j * dw, j * dw + (wo - 1) * sw + 1, sw))
+
+    return x, (h, w, top, left, extra_h, extra_w), window
+
+
+class MaxPool(OpRun):
+    """2-D MaxPool in numpy (explicit pads; ``onnx.reference``'s loops per output element)."""
+
+    op_domain = ""
+
+    def _run(self, X, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None,
+             pads=None, storage_order=None, strides=None):
+        if X.ndim != 4 or auto_pad not in (None, "", "NOTSET"):
+            raise NotImplementedError("only 2-D, explicit pads")
+        x, _, window = _windows(X, -np.inf, kernel_shape, strides, pads, dilations, ceil_mode)
+        out = None
+        for i, j in np.ndindex(*kernel_shape):
+            part = x[window(i, j)]
+            out = part.copy() if out is None else np.maximum(out, part)
+        return (out,)
+
+
+class AveragePool(OpRun):
+    """2-D AveragePool in numpy (explicit pads, count_include_pad 0 or 1)."""
+
+    op_domain = ""
+
+    def _run(self, X, auto_pad=None, ceil_mode=None, count_include_pad=None, dilations=None,
+             kernel_shape=None, pads=None, strides=None):
+        if X.ndim != 4 or auto_pad not in (None, "", "NOTSET"):
+            raise NotImplementedError("only 2-D, explicit pads")
+        x, (h, w, top, left, eh, ew), window = _windows(X, 0.0, kernel_shape, strides, pads,
+                                                         dilations, ceil_mode)
+        ones = np.zeros((1, 1) + x.shape[2:], X.dtype)
+        if count_include_pad:  # the explicit pads count, the ceil_mode overhang does not
+            ones[:, :, :h, :w] = 1
+        else:
+            ones[:, :, top:top + X.shape[2], left:left + X.shape[3]] = 1
+        total, count = 0.0, 0.0
+        for i, j in np.ndindex(*kernel_shape):
+            total = total + x[window(i, j)]
+            count = count + ones[window(i, j)]
+        return ((total / count).astype(X.dtype),)
+
+
+FAST_OPS = [Conv, ConvTranspose, MaxPool, AveragePool]
 
 
 def evaluator(model: onnx.ModelProto) -> ReferenceEvaluator:

@@ -1,4 +1,5 @@
-"""The numpy Conv / ConvTranspose used for float64 evaluation agree with ONNX Runtime (float32)."""
+"""The numpy Conv / ConvTranspose / MaxPool / AveragePool used for float64 evaluation agree with
+ONNX Runtime (float32)."""
 
 from __future__ import annotations
 
@@ -24,19 +25,29 @@ CASES = [
      dict(group=2, strides=[2, 2], dilations=[2, 1], pads=[1, 0, 0, 2])),
     ("ConvTranspose", (2, 6, 4, 4), (6, 1, 3, 3), dict(group=6, strides=[2, 2], pads=[1, 1, 1, 1],
                                                        output_padding=[1, 1])),
+    ("MaxPool", (2, 3, 9, 9), None, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ("MaxPool", (2, 3, 8, 8), None, dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
+    ("MaxPool", (2, 3, 9, 8), None, dict(kernel_shape=[2, 3], dilations=[2, 1])),
+    ("AveragePool", (2, 3, 9, 9), None, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
+    ("AveragePool", (2, 3, 9, 9), None, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                                             count_include_pad=1)),
+    ("AveragePool", (2, 3, 8, 8), None, dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1,
+                                             pads=[0, 0, 1, 1])),
 ]
 
 
 def _model(op: str, xs, ws, attrs) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
-    w = rng.standard_normal(ws).astype(np.float32)
-    b = rng.standard_normal(ws[1] * attrs.get("group", 1) if op == "ConvTranspose"
-                            else ws[0]).astype(np.float32)
+    inits = []
+    if ws is not None:
+        w = rng.standard_normal(ws).astype(np.float32)
+        b = rng.standard_normal(ws[1] * attrs.get("group", 1) if op == "ConvTranspose"
+                                else ws[0]).astype(np.float32)
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
     graph = helper.make_graph(
-        [helper.make_node(op, ["x", "w", "b"], ["y"], **attrs)], "g",
+        [helper.make_node(op, ["x", *(t.name for t in inits)], ["y"], **attrs)], "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, xs)],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model

@@ -10,18 +10,19 @@ For each architecture, at an early, a middle and the last conv activation (``zoo
   ~1e-7 off TF's and can flip a near-zero ReLU in a deep ReLU head. DenseNet121 did: 3 ReLU
   inputs of |x| ≤ 1.4e-6 change sign, the gradient at conv1_relu / conv4_block1_concat is 5.8e-3
   / 6.9e-3 off; on the native double graph it is 1.6e-15 / 1.0e-15 off. A wrong rule is O(1).
-* ``test_gradient_float32``: the production path (``Explainer.explain`` on ONNX Runtime, float32)
-  against TF. Where TF float32 itself agrees with TF float64 (≤ 1e-5: TF flips no ReLU/MaxPool
-  decision in the head) we require ≤ 1e-4 of TF float32 — unless ONNX Runtime's float32 forward
-  flips one: ORT_ENABLE_ALL's NCHWc blocked conv kernels sum in another order, and at Xception's
-  block1_conv2_act that turns one ReLU input of 7.2e-7 (max 3.7) positive, 2.9e-3 off TF. Then
-  the test asks for that evidence: ≥ 1 rounding-sized flip (|x| ≤ 1e-5 of its tensor's max) in
-  the head at ORT_ENABLE_ALL, the very same explainer graph at ORT_ENABLE_EXTENDED (no NCHWc)
-  within 1e-4 of TF float32, and the production result within 5e-2 (a plumbing error — layout,
-  target, transpose — is O(1)). Where TF float32 is not flip-free (deep ReLU heads: up to ~10 %
-  off its own float64 result), our float32 result must be as close to the float64 truth as TF
-  float32 is (within 3×, floor 1e-4): no tolerance can make two float32 implementations flip the
-  same ReLUs.
+* ``test_gradient_float32``: the production path (``Explainer.explain`` on ONNX Runtime, float32).
+  Ours is the exact gradient of the forward ONNX Runtime ran, so first the decision-matched
+  float64 oracle (tests/oracle.py): every kink decision of the head taken from that float32
+  forward, the head frozen and differentiated in float64, ≤ 1e-5 (or the noise floor, below) at
+  ORT_ENABLE_ALL and ORT_ENABLE_EXTENDED. Then TF's float64 GradientTape: ≤ 1e-4 of its largest
+  entry where no decision of the head lies within rounding distance of its kink (the float32
+  forward decides as the float64 one of TF's own float64 weights: ``zoo.NATIVE64``'s twin graph
+  where there is one); where one does, a float32 gradient is a different (and as exact) answer —
+  at MobileNetV2's block_1_expand_relu a few ReLU6 inputs within rounding of 0 or 6 move it by far
+  more than 1e-4 (bench/results/oracle_table.txt) — so TF's gradient must instead match the head
+  frozen with float64's decisions (≤ 1e-4), and the count and distance are printed. The oracle's
+  bound grows with the head's measured float32 forward rounding where that exceeds what 1e-5
+  allows (:attr:`tests.oracle.Report.tolerance`).
 * scores (pre-softmax logits, also for models that end in Softmax), activations, layouts.
 
 Inputs are N=2 batches through a symbolic batch dimension; ``test_symbolic_hw`` runs one model
@@ -34,11 +35,11 @@ import numpy as np
 import pytest
 
 import onnx_gradcam as og
+from tests import oracle
 from tests.zoo import float64, zoo
 
 POSITIONS = ["early", "middle", "last"]
 STRICT = 1e-4  # the brief's tolerance: max|ours − tf| ≤ STRICT · max|tf|
-FLIP_FREE = 1e-5  # TF float32 this close to TF float64: no decision flips in the head
 
 
 def rel(got: np.ndarray, want: np.ndarray) -> float:
@@ -120,35 +121,48 @@ def test_gradient_float64(case, gradients64, position) -> None:
     assert err <= STRICT, f"{case.arch.name} {key}: {kind} graph's gradient off by {err:.2e}"
 
 
+def check_gradient(model, case: zoo.Case, key: str, layer: str, res: og.Explanation,
+                   level: str, label: str, reference64=None, bound: float = STRICT) -> None:
+    """The decision-matched oracle at ``level`` (on the very gradient ``res`` holds, where
+    ``level`` is the one the tests run the library at), then TF's float64 gradient within
+    ``bound``: exactly where no decision is near its kink, else through float64's decisions.
+    (``bound`` > STRICT where the float64 graph is the float32 one cast to double, whose
+    float32-folded weights can themselves flip a decision TF's float64 model takes.)"""
+    report = oracle.check(model, layer, case.x, case.targets, level, reference64=reference64)
+    print(f"ZOO32 {label} {report.summary()}")
+    if level == oracle.LEVEL:
+        ours = res.gradients[0]  # NCHW
+        if case.onnx_layouts[key] == "NHWC":
+            ours = ours.transpose(0, 2, 3, 1)
+        assert np.array_equal(ours, report.gradient), f"{label}: not explain()'s gradient"
+    tf64 = native_layout(case, key, case.grads64[key])
+    if report.near_kink == 0:
+        err = rel(report.gradient, tf64)
+        assert err <= bound, f"{label}: {err:.2e} off TF float64, no decision near a kink"
+        # the finite differences are only as exact as they reproduce TF's float64 gradient
+        # (ConvNeXt's layer-normalised heads cancel: the differences lose digits there)
+        floor = oracle.NOISE_FACTOR * report.rel_directional(tf64)
+        assert report.error <= max(report.tolerance, floor), f"{label}: {report.summary()}"
+    else:
+        assert report.passed, f"{label}: {report.summary()}"
+        err = report.rel_directional(tf64)
+        assert err <= bound, f"{label}: TF float64 {err:.2e} off float64's decisions"
+
+
+def native_layout(case: zoo.Case, key: str, array: np.ndarray) -> np.ndarray:
+    """A TF (NHWC) array in the layout of the ONNX tensor that holds ``key``."""
+    return array if case.onnx_layouts[key] == "NHWC" else case.nchw(array)
+
+
+@pytest.mark.parametrize("level", oracle.LEVELS)
 @pytest.mark.parametrize("position", POSITIONS)
-def test_gradient_float32(case, explanations, position) -> None:
+def test_gradient_float32(case, explanations, position, level) -> None:
     key = _tap(case, position)
     explainer, res = _explained(explanations, key)
     _check_layout(explainer, case, key)
-    ours = res.gradients[0]
-    tf32, tf64 = case.nchw(case.grads[key]), case.nchw(case.grads64[key])
-    noise = rel(tf32, tf64)  # how far float32 arithmetic alone takes TF from the truth
-    print(f"ZOO32 {case.arch.name} {position} {key}: vs TF32 {rel(ours, tf32):.2e}, vs TF64 "
-          f"{rel(ours, tf64):.2e}, TF32 vs TF64 {noise:.2e}")
-    if noise <= FLIP_FREE:
-        err = rel(ours, tf32)
-        if err > STRICT:  # TF flipped nothing; did ONNX Runtime? (see the module docstring)
-            layer = case.onnx_names[key]
-            model = case.model
-            flips = float64.head_relu_flips(model, layer, case.x)
-            assert flips, f"{case.arch.name} {key}: off TF float32 by {err:.2e}, no ReLU flipped"
-            assert max(f[2] for f in flips) <= 1e-5, (case.arch.name, key, flips)
-            plain = float64.explainer_gradient32(model, layer, case.x, case.targets,
-                                                 "ORT_ENABLE_EXTENDED")
-            assert rel(plain, tf32) <= STRICT, (
-                f"{case.arch.name} {key}: off TF float32 by {err:.2e} at ORT_ENABLE_ALL "
-                f"({flips}), {rel(plain, tf32):.2e} at ORT_ENABLE_EXTENDED")
-            assert err <= 5e-2, f"{case.arch.name} {key}: off TF float32 by {err:.2e}"
-    else:
-        err = rel(ours, tf64)
-        assert err <= max(STRICT, 3 * noise), (
-            f"{case.arch.name} {key}: float32 gradient {err:.2e} off the float64 truth, "
-            f"TF float32 only {noise:.2e}")
+    native = case.model64
+    check_gradient(case.model_path, case, key, case.onnx_names[key], res, level,
+                   f"{case.arch.name} {position} {key}", native[0] if native else None)
 
 
 @pytest.mark.parametrize("position", POSITIONS)
@@ -195,11 +209,12 @@ def test_symbolic_hw(symbolic_cases) -> None:
     for case in symbolic_cases:
         assert [case.onnx_names[k] for k in case.taps] == names
         scores64, grads64 = float64.gradients64(model, names, case.x, case.targets)
-        for key, explainer, g64 in zip(case.taps, explainers, grads64):
+        for key, name, explainer, g64 in zip(case.taps, names, explainers, grads64):
             res = explainer.explain(case.x, case.targets)
             assert rel(res.scores, case.logits) <= STRICT
             noise = rel(case.nchw(case.grads[key]), case.nchw(case.grads64[key]))
             assert rel(g64, case.nchw(case.grads64[key])) <= max(STRICT, noise), (case.size, key)
-            err = rel(res.gradients[0], case.nchw(case.grads64[key]))
-            assert err <= max(STRICT, 3 * noise), (case.size, key, err, noise)
             assert res.cams.shape == (2, case.size, case.size)
+            for level in oracle.LEVELS:  # cast to double: TF float32's own noise, as above
+                check_gradient(model, case, key, name, res, level, f"{case.size}px {key}",
+                               bound=max(STRICT, noise))
