@@ -3,6 +3,7 @@ path) and ``Explanation``; graphs and sessions are :mod:`onnx_gradcam.sessions`'
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -365,13 +366,14 @@ class Explainer:
     def _explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
         start = time.perf_counter()
         x = self._check_input(x)
-        if isinstance(targets, (targets_.Class, *targets_.KINDS)):
-            targets = [targets]  # one target object for the whole batch
-        if isinstance(targets, Sequence) and not isinstance(targets, str):
-            kind = targets_.kind_of(targets)
-            if kind is not None:
-                return self._explain_kind(start, x, kind, targets)
-            targets = targets_.classes(targets)
+        if targets is not None:  # None, the common case, means each sample's best class
+            if isinstance(targets, (targets_.Class, *targets_.KINDS)):
+                targets = [targets]  # one target object for the whole batch
+            if isinstance(targets, Sequence) and not isinstance(targets, str):
+                kind = targets_.kind_of(targets)
+                if kind is not None:
+                    return self._explain_kind(start, x, kind, targets)
+                targets = targets_.classes(targets)
         checked = self.check_targets(targets, len(x))
         graph = self._graph_for(targets, checked)
         feeds = {self.model.input_name: x}
@@ -662,6 +664,11 @@ def check_finite_result(res: Explanation) -> Explanation:
     """Refuse non-finite scores or maps (NaN weights, overflow) rather than return NaN maps;
     the error names the samples. The coarse map (before ReLU) shows non-finite gradients and
     activations that the post-processing's ReLU or clip would hide."""
+    # a sum is finite only where every term is (or where it overflowed, which the exact check
+    # below sorts out): one reduction per array instead of a mask and a reduction per row
+    if math.isfinite(float(np.add.reduce(res.scores, None)) + float(np.add.reduce(res.coarse, None))
+                     + float(np.add.reduce(res.cams, None))):
+        return res
     n = len(res.scores)
     scores_ok = np.isfinite(res.scores).all(axis=1)
     maps_ok = (np.isfinite(res.coarse.reshape(n, -1)).all(axis=1)
