@@ -140,3 +140,35 @@ def test_inspect_verify_passes_on_models_from_the_wild(file: str) -> None:
     report = json.loads(proc.stdout)
     assert report["verdict"] == "PASS"
     assert max(report["vjp_vs_finite_differences"]) <= 1e-6, report
+
+
+def _dynamic_files():
+    """One file per model with a dynamic batch (legacy / paddle2onnx), each of its layers."""
+    for model, spec in MODELS.items():
+        file = next(f for f, info in spec["files"].items() if not info["external_data"])
+        for layer in spec["layers"]:
+            # The oracle's float64 central differences of ConvNeXt's LayerNorm/GELU head lose
+            # digits below a 1e-3 step (as on Keras' ConvNeXtTiny, tests/zoo): a limit of the
+            # oracle, not of the gradient, which equals torch autograd's to 5e-7 here
+            # (test_maps_and_gradients_equal_the_framework_at_the_named_layer).
+            marks = [pytest.mark.xfail(strict=True, reason="oracle's finite differences on "
+                                       "ConvNeXt's stage-2 head")] if (model, layer) == (
+                "convnext", "mid") else []
+            yield pytest.param(model, file, layer, id=f"{model}-{layer}", marks=marks)
+
+
+@pytest.mark.parametrize("model, file, layer", list(_dynamic_files()))
+def test_decision_matched_oracle_on_models_from_the_wild(model: str, file: str,
+                                                          layer: str) -> None:
+    """Our gradient is the exact gradient of the forward ONNX Runtime ran, at both optimisation
+    levels (tests/oracle.py), on exports we did not write: the second-best target, where the
+    head's routing differs from the top class's."""
+    from tests import oracle
+
+    name = MODELS[model]["files"][file]["layers"][layer]["onnx_tensor"]
+    x, targets = _expected(model)
+    for level in oracle.LEVELS:
+        report = oracle.check(HERE / file, name, x, targets["t1"], level,
+                              float64_decisions=False)
+        print(f"WILD {model} {layer} {report.summary()}")
+        assert report.passed, report.summary()
