@@ -333,17 +333,23 @@ def _before_class_map(model: LoadedModel, score: str, layer: Layer,
     while name in info.producer:  # back through the class map's activation to its conv
         node = info.nodes[info.producer[name]]
         if node.op_type in CHANNEL_MIXING:
-            features = node.input[0]
-            while features not in by_name and features in info.producer and \
-                    info.nodes[info.producer[features]].op_type in ("Identity", "Dropout"):
-                features = info.nodes[info.producer[features]].input[0]
-            return by_name.get(features, layer)
+            return _conv_input(info, node, by_name) or layer
         if node.op_type not in SAME_LAYOUT and node.op_type != "BatchNormalization":
             return layer
         if sum(i not in info.constants and i in info.shapes for i in node.input) > 1:
             return layer  # a residual sum or a concatenation: not one conv's class map
         name = node.input[0]
     return layer
+
+
+def _conv_input(info: GraphInfo, conv: onnx.NodeProto, by_name: dict[str, Layer]
+                ) -> Layer | None:
+    """The candidate layer a conv reads, seen through Identity and Dropout; None if none."""
+    features = conv.input[0]
+    while features not in by_name and features in info.producer and \
+            info.nodes[info.producer[features]].op_type in ("Identity", "Dropout"):
+        features = info.nodes[info.producer[features]].input[0]
+    return by_name.get(features)
 
 
 def _before_dense_head(model: LoadedModel, score: str, by_name: dict[str, Layer]) -> Layer | None:
@@ -360,11 +366,7 @@ def _before_dense_head(model: LoadedModel, score: str, by_name: dict[str, Layer]
         out = info.shapes.get(node.output[0])
         if node.op_type != "Conv" or out is None or len(out) != 4 or out[1] != shape[1]:
             continue
-        features = node.input[0]
-        while features not in by_name and features in info.producer and \
-                info.nodes[info.producer[features]].op_type in ("Identity", "Dropout"):
-            features = info.nodes[info.producer[features]].input[0]
-        return by_name.get(features)
+        return _conv_input(info, node, by_name)
     return None
 
 
