@@ -12,7 +12,7 @@ import onnx
 from onnx.external_data_helper import load_external_data_for_model
 
 from onnx_gradcam.autodiff import rules as _rules  # noqa: F401  (fills VJP_RULES)
-from onnx_gradcam.autodiff.registry import VJP_RULES
+from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, VJP_RULES
 from onnx_gradcam.autodiff.rules.qoperator import QUANTIZED_OPS, output_parameters
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape, readable
@@ -297,7 +297,10 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
             raise OnnxGradCamError(chosen.verdict.refusal(model.source, readable(chosen.shape)))
         return chosen
     chosen = _before_class_map(model, score, layers[-1], by_name)
-    if not score_like(info.shapes.get(score)):
+    shape = info.shapes.get(score)
+    if shape is not None and len(shape) == 4 and not score_like(shape):
+        chosen = _segmentation_backbone(model, score, by_name)
+    elif not score_like(shape):
         chosen = _before_dense_head(model, score, by_name) or chosen
     while chosen.name in info.producer:
         node = info.nodes[info.producer[chosen.name]]
@@ -368,6 +371,65 @@ def _before_dense_head(model: LoadedModel, score: str, by_name: dict[str, Layer]
             continue
         return _conv_input(info, node, by_name)
     return None
+
+
+#: One-input element-wise ops that end a block after its join (a residual Add's activation).
+_BLOCK_TAIL = {"Relu", "Clip", "LeakyRelu", "HardSwish", "Elu", "Selu", "Gelu", "Sigmoid",
+               "Tanh", "Mish", "Softplus", "PRelu", "Identity", "Dropout"}
+
+
+def _segmentation_backbone(model: LoadedModel, score: str, by_name: dict[str, Layer]) -> Layer:
+    """For an (N, C, H, W) segmentation output: the backbone's last feature map, the layer
+    pytorch-grad-cam recommends (``model.backbone.layer4`` for DeepLabV3), read from where the
+    graph branches and joins again.
+
+    A *split* is a feature map two or more differentiable nodes read; its *join* is the first
+    node that its branches meet at. A join that sums the branches (a residual Add) or reads the
+    split itself (``x · gate(x)``, a squeeze-excitation) closes a backbone block; any other
+    join (ASPP's Concat, LRASPP's product of two branches) starts the head. The layer is the
+    last split whose join starts the head (DeepLabV3, LRASPP), else, where the head is a chain
+    (FCN), the output of the last block: its last join and the activation after it. Refused
+    where the graph has no split at all."""
+    info = model.info
+    upstream = info.ancestors(score) & info.descendants(model.input_name)
+
+    def readers(name: str) -> list[int]:
+        return [i for i in info.consumers.get(name, []) if i in upstream
+                and info.nodes[i].op_type not in NON_DIFFERENTIABLE]
+
+    def reach(index: int) -> set[int]:
+        return {index} | {d for o in info.nodes[index].output if o for d in info.descendants(o)}
+
+    head_split, last_join = None, None
+    for name in by_name:  # forward order
+        branches = readers(name)
+        if len(branches) < 2:
+            continue
+        reached = [reach(i) & upstream for i in branches]
+        met = set().union(*(a & b for k, a in enumerate(reached) for b in reached[k + 1:]))
+        if not met:
+            continue
+        join = min(met)
+        node = info.nodes[join]
+        if node.op_type in ("Add", "Sum") or name in node.input:
+            last_join = join if last_join is None else max(last_join, join)
+        else:
+            head_split = name
+    if head_split is not None:
+        return by_name[head_split]
+    if last_join is not None:
+        name = info.nodes[last_join].output[0]
+        while True:
+            after = readers(name)
+            if len(after) != 1 or info.nodes[after[0]].op_type not in _BLOCK_TAIL:
+                break
+            name = info.nodes[after[0]].output[0]
+        if name in by_name:
+            return by_name[name]
+    raise OnnxGradCamError(f"{model.source}: output {score!r} is a segmentation map "
+                           f"{readable(info.shapes.get(score))}, but the graph shows no block "
+                           "structure (no branch that joins again) to tell the backbone's last "
+                           "feature map; name it with --layer")
 
 
 def _refuse_quantized(model: LoadedModel, nodes: set[int]) -> None:

@@ -149,14 +149,45 @@ def test_cli_exports_a_target_kind(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("model, file", list(_files()))
 def test_default_layer(model: str, file: str) -> None:
-    """With no layer named: an embedding's, a regression head's and a detector's default is
-    the trunk's output (the layer the fixtures explain; a pooled embedding with no Linear is no
-    SqueezeNet-style class map, a detector's prediction conv reads the trunk); a segmentation
-    net's is the input of the conv that writes its classes (FCNHead's hidden ReLU)."""
+    """With no layer named, the default is the layer pytorch-grad-cam's users explain (the
+    fixture's): the trunk's output for an embedding, a regression head and a detector (a
+    pooled embedding with no Linear is no SqueezeNet-style class map, a detector's prediction
+    conv reads the trunk); for a segmentation net the backbone's last feature map before its
+    head (FCN's layer3, DeepLabV3's layer4 before ASPP, LRASPP's high features), whose maps
+    then equal pytorch-grad-cam's."""
     spec = MANIFEST[model]["files"][file]
     ex = og.Explainer(HERE / file, providers="cpu", output=spec["output"])
-    if model != "segmentation":
-        assert ex.layer_names == [spec["layer"]]
-        return
-    layer = ex.layers[0]
-    assert (layer.op, layer.shape[1:]) == ("Relu", (8, 4, 6))
+    assert ex.layer_names == [spec["layer"]]
+    if model in SEGMENTATION:
+        x = DATA[f"{model}__input"]
+        cams = ex.explain(x, _ours(model, "t0", len(x))).cams
+        assert np.abs(cams - DATA[f"{model}__cam__t0"]).max() <= TOLERANCE
+
+
+def test_segmentation_without_block_structure_is_refused_naming_layer() -> None:
+    """A segmentation map behind a plain chain of convs: no split or join tells where the
+    backbone ends, so the default layer is refused with the flag to use."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w1 = helper.make_tensor("w1", TensorProto.FLOAT, [4, 3, 3, 3], rng.normal(size=108))
+    w2 = helper.make_tensor("w2", TensorProto.FLOAT, [5, 4, 1, 1], rng.normal(size=20))
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["c1"], strides=[2, 2], pads=[1] * 4),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"]),
+             helper.make_node("Resize", ["c2", "", "scales"], ["logits"], mode="linear")]
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                       [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, 16, 16])],
+        [w1, w2, scales])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    with pytest.raises(og.OnnxGradCamError, match="segmentation map.*--layer"):
+        og.Explainer(model, providers="cpu")
+    ex = og.Explainer(model, layer="r1", providers="cpu")  # naming it works
+    x = np.random.default_rng(1).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    assert ex.explain(x, [og.targets.Segmentation(0, np.ones((16, 16)))]).cams.shape == (
+        1, 16, 16)
