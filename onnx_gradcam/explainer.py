@@ -285,11 +285,13 @@ class Explainer:
     def input_dtype(self) -> np.dtype:
         return self.model.info.dtype(self.model.input_name)
 
-    def _maps(self, batch: Batch, x: np.ndarray, rows: np.ndarray | None = None) -> Maps:
+    def _maps(self, batch: Batch, x: np.ndarray, rows: np.ndarray | None = None,
+              forwards: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None) -> Maps:
         """Scores, resolved targets, coarse maps per layer, heatmaps and layer tensors of
         ``batch``. Where the graph computes the map, only the maps are fetched and the layer
         tensors are a function that fetches them from the full graph; else the maps are computed
-        here (``rows``: the sample each gradient row explains) and the heatmaps are left to
+        here (``rows``: the sample each gradient row explains; ``forwards``: Score-CAM's score
+        of each sample's target object, :meth:`_target_forward`) and the heatmaps are left to
         :func:`postprocess` (None)."""
         graph = batch.graph
         if graph.coarse:
@@ -300,7 +302,7 @@ class Explainer:
                                               *graph.gradients])
         acts, grads = self._layer_tensors(rest)
         xs = x if rows is None else x[rows]
-        coarse = [self._coarse(a if rows is None else a[rows], g, xs, resolved)
+        coarse = [self._coarse(a if rows is None else a[rows], g, xs, resolved, forwards)
                   for a, g in zip(acts, grads or [None] * len(acts))]
         return Maps(scores, resolved, coarse, None, (acts, grads))
 
@@ -322,6 +324,25 @@ class Explainer:
                       self._chunk(x))
         return batch.maps([SCORES])[0]  # the argmax graph: no targets
 
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """The scored output (:attr:`score`) of a preprocessed batch, as the model computes it:
+        a segmentation map, an embedding, class scores (``run --segment`` reads its pixels'
+        classes from it, ``--similar-to`` its concept vector)."""
+        x = self._check_input(x)
+        names = [self.score]
+        step = self.batch_size
+        return np.concatenate([self._output_session.run(names, {
+            self.model.input_name: x[i:i + step]})[0] for i in range(0, len(x), step)])
+
+    @cached_property
+    def _output_session(self) -> ort.InferenceSession:
+        """A plain inference session of the model that outputs the scored tensor only."""
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.model.proto)
+        del proto.graph.output[:]
+        proto.graph.output.append(onnx.ValueInfoProto(name=self.score))
+        return make_session(proto.SerializeToString(), self._providers, self._threads, self.exact)
+
     @property
     def _class_graph(self) -> ExplainerModel:
         """The default graph, refused where the scored output is not class scores."""
@@ -329,7 +350,8 @@ class Explainer:
             raise OnnxGradCamError(
                 f"output {self.score!r} is {list(self.model.info.shapes.get(self.score) or [])}, "
                 "not class scores (N, C): pass targets=[og.targets.Segmentation(...)] (or "
-                "Similarity, Output), or output=NAME for another output")
+                "Similarity, Output; `run --segment CLASS` or `--similar-to IMAGE`), or "
+                "output=NAME (--target-output NAME) for another output")
         return self.graph
 
     def explain(self, x: np.ndarray, targets: Targets = None) -> Explanation:
@@ -389,9 +411,6 @@ class Explainer:
                       targets: Sequence[targets_.Target]) -> Explanation:
         """Explain target objects of one kind (:mod:`onnx_gradcam.targets`): one per sample,
         or one for the whole batch."""
-        if self.method.masked_scores:
-            raise OnnxGradCamError(f"{self.method.name} scores class outputs only; use a "
-                                   f"gradient method for {kind} targets")
         if len(targets) == 1 and len(x) > 1:
             targets = list(targets) * len(x)
         if len(targets) != len(x):
@@ -402,7 +421,20 @@ class Explainer:
         graph = self.sessions.graph(kind)
         self.provider = self.sessions.session(graph).get_providers()[0]
         batch = Batch(self.sessions, graph, {self.model.input_name: x, **feeds}, self._chunk(x))
-        return self._result(start, self._maps(batch, x)._replace(targets=labels), x)
+        forwards = ([self._target_forward(graph, feeds, i) for i in range(len(x))]
+                    if self.method.masked_scores else None)
+        return self._result(start, self._maps(batch, x, forwards=forwards)._replace(
+            targets=labels), x)
+
+    def _target_forward(self, graph: ExplainerModel, feeds: dict[str, np.ndarray], i: int
+                        ) -> Callable[[np.ndarray], np.ndarray]:
+        """Score-CAM's forward for sample ``i``'s target object: the target's score (B, 1) of
+        a batch of inputs, as the kind's graph computes it (its seed's score)."""
+        def forward(batch: np.ndarray) -> np.ndarray:
+            own = {k: np.repeat(v[i:i + 1], len(batch), axis=0) for k, v in feeds.items()}
+            return Batch(self.sessions, graph, {self.model.input_name: batch, **own},
+                         self._chunk(batch)).maps([SCORES])[0]
+        return forward
 
     def _result(self, start: float, maps: Maps, x: np.ndarray, k: int | None = None
                 ) -> Explanation:
@@ -483,7 +515,7 @@ class Explainer:
             x, image = self._check_input(image_or_batch), "the given batch"
         return verify(self, x, image, directions, seed)
 
-    def explain_many(self, x: np.ndarray, targets: np.ndarray | None = None,
+    def explain_many(self, x: np.ndarray, targets: np.ndarray | Sequence | None = None,
                      top_k: int | None = None) -> Explanation:
         """Explain k targets per image in ONE backbone pass: ``targets`` (N, k) class indices
         (or rank codes −1, −2, … = best, runner-up, …), or ``top_k`` = the k best classes.
@@ -491,8 +523,17 @@ class Explainer:
         The gradient comes from a copy of the head run on the N·k (image, target) rows, so the
         backbone runs once. Result arrays gain a k axis: cams (N, k, H, W), coarse (N, k, h, w),
         targets (N, k); activations stay (N, K, h, w) and gradients are (N·k, K, h, w).
+        ``targets`` may also be N rows of k :mod:`onnx_gradcam.targets` objects of one kind:
+        explained one rank at a time (one pass each), scores then (N, k), each the target's.
         """
         start = time.perf_counter()
+        objects = _object_rows(targets, len(x))
+        if objects is not None:
+            k = len(objects[0])
+            results = [self.explain(x, [row[r] for row in objects]) for r in range(k)]
+            result = self._stack(results, start)
+            result.scores = np.concatenate([r.scores for r in results], axis=1)
+            return result
         self._class_graph  # noqa: B018 - refused where the output is not class scores
         x = self._check_input(x)
         n = len(x)
@@ -555,10 +596,17 @@ class Explainer:
         return int(dims[0]), int(dims[1])
 
     def _coarse(self, acts: np.ndarray, grads: np.ndarray | None, x: np.ndarray,
-                targets: np.ndarray) -> np.ndarray:
+                targets: np.ndarray,
+                forwards: Sequence[Callable[[np.ndarray], np.ndarray]] | None = None
+                ) -> np.ndarray:
         if self.method.masked_scores:
-            weights = scorecam(acts, x, targets, self.forward, self.model.input_layout,
-                               self.scorecam_batch)
+            layout, size = self.model.input_layout, self.scorecam_batch
+            if forwards is None:  # class targets
+                weights = scorecam(acts, x, targets, self.forward, layout, size)
+            else:  # each sample's target object scores its masked inputs (one column)
+                first = np.zeros(1, dtype=np.int64)
+                weights = np.concatenate([scorecam(acts[i:i + 1], x[i:i + 1], first, f, layout,
+                                                   size) for i, f in enumerate(forwards)])
             return reduce_map(weights, acts, channel=True, eigen=self.eigen_smooth)
         return self.method.cam(acts, grads, self.eigen_smooth)  # type: ignore[arg-type]
 
@@ -647,6 +695,19 @@ class Explainer:
         result = self.explain(batch, targets)
         result.images = originals
         return result
+
+
+def _object_rows(targets: object, n: int) -> list[list] | None:
+    """``targets`` as N rows of target objects (:mod:`onnx_gradcam.targets`; one object per
+    image is a row of one), or None where they are class indices."""
+    if targets is None or isinstance(targets, np.ndarray) or not isinstance(targets, Sequence):
+        return None
+    rows = [list(t) if isinstance(t, (list, tuple)) else [t] for t in targets]
+    if not any(isinstance(t, tuple(targets_.KINDS)) for row in rows for t in row):
+        return None
+    if len(rows) != n or len({len(r) for r in rows}) != 1 or not rows[0]:
+        raise OnnxGradCamError(f"explain_many takes N = {n} rows of k target objects each")
+    return rows
 
 
 def check_finite_input(x: np.ndarray) -> None:

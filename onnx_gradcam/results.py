@@ -31,7 +31,8 @@ _TOP = [("class", "int32"), ("label", "string"), ("score", "float64"),
 COLUMNS = [
     ("path", "string"), ("stem", "string"), ("width", "int32"), ("height", "int32"),
     ("method", "string"), ("layer", "string"), ("rank", "int16"), ("target", "int32"),
-    ("label", "string"), ("score", "float64"), ("probability", "float64"),
+    ("label", "string"), ("target_kind", "string"), ("score", "float64"),
+    ("probability", "float64"),
     ("cam", "binary"), ("cam_height", "int32"), ("cam_width", "int32"),
     ("overlay", "string"), ("npy", "string"), ("grid", "string"), ("top", "top"),
     ("decode_ms", "float64"), ("explain_ms", "float64"), ("knife_count", "int32"),
@@ -74,7 +75,11 @@ def read_rows(outdir: Path, columns: Iterable[str] | None = None) -> list[dict]:
 
     rows: list[dict] = []
     for part in _parts(outdir):
-        rows += pq.read_table(part, columns=list(columns) if columns else None).to_pylist()
+        wanted = list(columns) if columns else None
+        if wanted:  # a part written before a column was added reads as nulls there
+            have = set(pq.read_schema(part).names)
+            wanted = [c for c in wanted if c in have]
+        rows += pq.read_table(part, columns=wanted).to_pylist()
     return rows
 
 
@@ -143,7 +148,7 @@ def report_entries(rows: list[dict]) -> tuple[list[dict], list[dict]]:
                 **({"grid": row["grid"]} if row.get("grid") else {}),
                 "timings_ms": {"decode": row["decode_ms"]}}
         entry = {"method": row["method"], "target": row["target"], "label": row["label"],
-                 "score": row["score"]}
+                 "target_kind": row.get("target_kind") or "class", "score": row["score"]}
         entry.update({k: row[k] for k in ("overlay", "npy") if row.get(k)})
         if row.get("knife_count") is not None:
             entry["knife_edges"] = {"count": row["knife_count"], "shift": row["knife_shift"],

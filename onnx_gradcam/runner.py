@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from onnx_gradcam.results import (
     report_entries,
 )
 
+if TYPE_CHECKING:
+    from onnx_gradcam.target_request import TargetRequest
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -68,6 +71,7 @@ class RunOptions:
     resume: bool = False  # skip the images a previous run in ``outdir`` completed
     image_column: str = "image"  # a Parquet input's column of encoded images
     knife_edges: bool = True  # count near-kink decisions per map (one more head pass per chunk)
+    request: TargetRequest | None = None  # --segment / --similar-to: a target object per image
 
 
 T = TypeVar("T")
@@ -198,6 +202,7 @@ class Decoded:
     rgb: np.ndarray
     seconds: float
     size: tuple[int, int]
+    target: Any = None  # its og.targets object (``RunOptions.request``), else classes
 
 
 def error_row(path: Path, exc: Exception) -> dict:
@@ -273,7 +278,14 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
     pre = lead.preprocessing(preprocessing)
     check_preprocessing(lead, pre, options.max_pixels)
     fixed_target = None if options.target is None else labels.index(options.target)
-    if fixed_target is not None:
+    if options.request is not None:
+        if fixed_target is not None or options.top_k > 1:
+            raise OnnxGradCamError("--segment and --similar-to choose the target: drop "
+                                   "--target and --top-k")
+        if engine is not None:
+            raise OnnxGradCamError("--segment and --similar-to run on the local engine only "
+                                   "(drop --engine ray)")
+    elif fixed_target is not None:
         lead.check_targets(fixed_target, 1)  # fail early on an out-of-range target
     elif lead.num_classes and options.top_k > lead.num_classes:
         raise OnnxGradCamError(f"--top-k {options.top_k} is more than the model's "
@@ -290,7 +302,8 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
                           "color": pre.color, "scale": pre.scale, "mean": list(pre.mean),
                           "std": list(pre.std)},
         "format": options.format,
-        "targets": {"top_k": k, "target": fixed_target},
+        "targets": (options.request.header() if options.request else
+                    {"top_k": k, "target": fixed_target}),
         "save_npy": options.save_npy,
         "engine": getattr(engine, "name", "local"),
     }
@@ -309,9 +322,13 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
         else:
             for decoded in decoded_chunks(lead, todo, pre, options.batch_size, sink.errors,
                                           progress, options.max_pixels):
+                if options.request is not None:
+                    decoded = with_targets(options.request, lead, decoded, sink.errors)
+                    if not decoded:
+                        continue
                 for done in explain_finite(
                         lambda part: explain_images(explainers, part, k, fixed_target, labels,
-                                                    options.knife_edges),
+                                                    options.knife_edges, options.request),
                         decoded, sink.errors):
                     sink.write(done)
         sink.write([])  # the error rows of a last chunk with no good image
@@ -330,6 +347,23 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
         report["contact_sheet"] = str(sheet)
     write_json(options.outdir / REPORT, report)
     return report
+
+
+def with_targets(request: TargetRequest, explainer: Explainer, decoded: list[Decoded],
+                 errors: list[dict]) -> list[Decoded]:
+    """``decoded`` with each image's target object; an image that has none (a predicted mask
+    with no pixel of the class) goes to ``errors``."""
+    found = request.targets(explainer, np.stack([d.x for d in decoded]))
+    out = []
+    for item, target in zip(decoded, found):
+        if target is None:
+            errors.append(error_row(item.path, OnnxGradCamError(
+                f"the model assigns no pixel to class {request.category}, so --segment has "
+                "nothing to explain; pass --mask FILE")))
+        else:
+            item.target = target
+            out.append(item)
+    return out
 
 
 def explain_finite(work: Callable[[list[Decoded]], T], decoded: list[Decoded],
@@ -359,6 +393,7 @@ class Explained:
     #              target, score, probability, cam, knife edges (gradient methods, if counted)
     top: list[dict]
     explain_ms: dict[str, float]
+    request: TargetRequest | None = None  # the target kind, where not classes
 
 
 def _cams(explainer: Explainer, batch: np.ndarray, k: int, fixed_target: int | None):
@@ -395,11 +430,14 @@ def flagged_maps(report: dict) -> list[str]:
 
 
 def explain_images(explainers: list[Explainer], decoded: list[Decoded], k: int,
-                   fixed_target: int | None, labels: Labels, knife_edges: bool = False
-                   ) -> list[Explained]:
-    """Explain one chunk with every method (``k`` targets each, or ``fixed_target``), with
-    the knife edges of each gradient map when ``knife_edges``."""
+                   fixed_target: int | None, labels: Labels, knife_edges: bool = False,
+                   request: TargetRequest | None = None) -> list[Explained]:
+    """Explain one chunk with every method (``k`` targets each, or ``fixed_target``, or each
+    image's target object of ``request``), with the knife edges of each gradient map when
+    ``knife_edges`` (classes only)."""
     batch = np.stack([d.x for d in decoded])
+    if request is not None:
+        return _explain_objects(explainers, decoded, batch, request)
     lead = explainers[0]
     per_method, seconds = [], {}
     for ex in explainers:
@@ -423,6 +461,21 @@ def explain_images(explainers: list[Explainer], decoded: list[Decoded], k: int,
                 "probability": float(probs[i, c])} for c in order[i, :max(k, 5)]]
         out.append(Explained(item, maps, top, seconds))
     return out
+
+
+def _explain_objects(explainers: list[Explainer], decoded: list[Decoded], batch: np.ndarray,
+                     request: TargetRequest) -> list[Explained]:
+    """Explain one chunk for each image's target object: the row's score is the target's own
+    (no probability, no top classes)."""
+    targets = [d.target for d in decoded]
+    results, seconds = [], {}
+    for ex in explainers:
+        t0 = time.perf_counter()
+        results.append(ex.explain(batch, targets))
+        seconds[ex.method.name] = round((time.perf_counter() - t0) / len(decoded) * 1e3, 3)
+    return [Explained(item, [(res.method, 0, int(res.targets[i]), float(res.scores[i, 0]),
+                              None, res.cams[i], None) for res in results], [], seconds, request)
+            for i, item in enumerate(decoded)]
 
 
 class Sink:
@@ -501,7 +554,7 @@ class Sink:
         options, names = self.options, self.names
         suffixes = (((".png",) if options.format == "files" else ())
                     + ((".npy",) if options.save_npy else ()))
-        out = [names.file(_base(stem, m, self.labels, t), s)
+        out = [names.file(_base(stem, m, self.labels, t, done.request), s)
                for m, _, t, _, _, _, _ in done.maps for s in suffixes]
         return out + ([names.file(f"{stem}_grid", ".png")] if options.grid else [])
 
@@ -512,10 +565,12 @@ class Sink:
         rgb = bounded(item.rgb) if pictures or options.grid else None
         rows, panels = [], []
         for method, rank, target, score, prob, cam, edges in done.maps:
-            base = _base(stem, method, labels, target)
+            base = _base(stem, method, labels, target, done.request)
+            label = done.request.label(labels) if done.request else labels.name(target)
             row = {"path": str(item.path), "stem": stem, "width": item.size[1],
                    "height": item.size[0], "method": method, "layer": self.layer,
-                   "rank": rank, "target": target, "label": labels.name(target),
+                   "rank": rank, "target": target, "label": label,
+                   "target_kind": done.request.kind if done.request else "class",
                    "score": score, "probability": prob, "top": done.top,
                    "decode_ms": round(item.seconds * 1e3, 3),
                    "explain_ms": done.explain_ms[method]}
@@ -526,7 +581,7 @@ class Sink:
                 row.update(cam=cam_bytes(cam), cam_height=cam.shape[0], cam_width=cam.shape[1])
             if rgb is not None:
                 picture = overlay(rgb, cam, options.alpha, options.colormap)
-                panels.append((f"{method}: {labels.name(target)}", picture))
+                panels.append((f"{method}: {label}", picture))
             if pictures:
                 path = options.outdir / names.file(base, ".png")
                 save_image(path, picture)
@@ -549,6 +604,10 @@ class Sink:
         return rows
 
 
-def _base(stem: str, method: str, labels: Labels, target: int) -> str:
+def _base(stem: str, method: str, labels: Labels, target: int,
+          request: TargetRequest | None = None) -> str:
     """An overlay's (and its .npy's) name before the suffix and any shortening."""
-    return f"{stem}_{method}_{labels.slug(target)}"
+    if request is not None and request.kind == "similarity":
+        return f"{stem}_{method}_similarity"
+    what = labels.slug(target)
+    return f"{stem}_{method}_{'segment-' + what if request is not None else what}"

@@ -18,6 +18,7 @@ from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import PRESETS, Preprocessing
 from onnx_gradcam.model import is_onnx_model
 from onnx_gradcam.runner import RunOptions, flagged_maps, run_job
+from onnx_gradcam.target_request import segment_request, similar_request
 
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "demo.onnx"
 
@@ -96,6 +97,15 @@ def run_command(
                              "NAME:NHWC or NAME:NCHW states its layout)"),
     target: str = typer.Option(None, "--target", help="class index or label to explain"),
     top_k: int = typer.Option(1, "--top-k", min=1, help="explain each of the top K classes"),
+    target_output: str = typer.Option(None, "--target-output",
+                                      help="the graph output to score (where there are several)"),
+    segment: str = typer.Option(None, "--segment", help="class index or label of an (N, C, H, "
+                                "W) segmentation output: explain Σ mask · out[CLASS]"),
+    mask: Path = typer.Option(None, "--mask", help="with --segment: PNG or .npy (H, W) weights "
+                              "at the output's or the input's size (default: the pixels the "
+                              "model assigns to CLASS)"),
+    similar_to: Path = typer.Option(None, "--similar-to", help="explain the cosine similarity "
+                                    "of each image's output (embedding) with this image's"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     provider: str = typer.Option("auto", "--provider", help="auto, cpu or cuda"),
     alpha: float = typer.Option(0.5, "--alpha", help="heatmap weight in the overlay"),
@@ -156,16 +166,28 @@ def run_command(
     model = given or DEMO_MODEL
     if not images:
         raise OnnxGradCamError("no images given: pass image files or folders after the model")
+    if mask is not None and segment is None:
+        raise OnnxGradCamError("--mask is an option of --segment")
+    if segment is not None and similar_to is not None:
+        raise OnnxGradCamError("--segment and --similar-to are two targets: pass one")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
     explainers = [Explainer(model, layer=layer or None, method=m, providers=provider, score=score,
                             batch_size=batch_size, scorecam_batch=scorecam_batch,
                             aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
-                            gradient_builder=gradient_builder, exact=exact) for m in methods]
+                            gradient_builder=gradient_builder, exact=exact,
+                            output=target_output) for m in methods]
     explainer = explainers[0]
     pre = preprocessing_from_flags(explainer.model_preprocessing, preset, size, mean,
                                    std, scale, bgr, nhwc, gray)
     meta = explainer.model.metadata
     names = Labels.from_file(labels) if labels else Labels(meta.labels, meta.label_offset)
+    request = None
+    if segment is not None:
+        request = segment_request(explainer, segment, names, mask,
+                                  explainer.preprocessing(pre))
+    elif similar_to is not None:
+        request = similar_request(explainer, similar_to, explainer.preprocessing(pre),
+                                  max_pixels)
     demo = given is None
     if engine not in ("local", "ray"):
         raise OnnxGradCamError(f"--engine {engine!r}: choose local or ray")
@@ -176,7 +198,7 @@ def run_command(
         raise OnnxGradCamError("--resume and --overwrite contradict each other; pass one")
     options = RunOptions(output, target, top_k, save_npy, alpha, colormap, batch_size, grid,
                          max_pixels, overwrite, demo, out_format, resume, image_column,
-                         knife_edges)
+                         knife_edges, request)
     run_engine = None
     if engine == "ray":
         from onnx_gradcam.ray_engine import RayEngine
@@ -184,7 +206,8 @@ def run_command(
         run_engine = RayEngine(model, dict(
             layer=layer or None, providers=provider, score=score, batch_size=batch_size,
             scorecam_batch=scorecam_batch, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
-            gradient_builder=gradient_builder, exact=exact), methods, names, options, ray_address,
+            gradient_builder=gradient_builder, exact=exact, output=target_output), methods, names,
+            options, ray_address,
             workers, gpus_per_worker)
     total = len(list_images(images, image_column))
     console = Console(stderr=True, quiet=quiet)
