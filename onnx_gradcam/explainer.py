@@ -320,7 +320,7 @@ class Explainer:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Scores (N, C) of a preprocessed batch (used by Score-CAM's masked passes)."""
         x = self._check_input(x)
-        batch = Batch(self.sessions, self._class_graph, {self.model.input_name: x},
+        batch = Batch(self.sessions, self.class_graph, {self.model.input_name: x},
                       self._chunk(x))
         return batch.maps([SCORES])[0]  # the argmax graph: no targets
 
@@ -344,7 +344,7 @@ class Explainer:
         return make_session(proto.SerializeToString(), self._providers, self._threads, self.exact)
 
     @property
-    def _class_graph(self) -> ExplainerModel:
+    def class_graph(self) -> ExplainerModel:
         """The default graph, refused where the scored output is not class scores."""
         if self.graph is None:
             raise OnnxGradCamError(
@@ -534,7 +534,7 @@ class Explainer:
             result = self._stack(results, start)
             result.scores = np.concatenate([r.scores for r in results], axis=1)
             return result
-        self._class_graph  # noqa: B018 - refused where the output is not class scores
+        self.class_graph  # noqa: B018 - refused where the output is not class scores
         x = self._check_input(x)
         n = len(x)
         if targets is None:
@@ -577,7 +577,7 @@ class Explainer:
     def _graph_for(self, targets: Targets, checked: np.ndarray) -> ExplainerModel:
         """The cheapest graph that understands these targets (:data:`SEEDS`): ``argmax`` for
         each sample's best class, ``classes`` for class indices and −1, else ``ranks``."""
-        default = self._class_graph  # refused where the output is not class scores
+        default = self.class_graph  # refused where the output is not class scores
         if targets is None or (checked == -1).all():
             return default
         return self.sessions.graph("classes" if (checked >= -1).all() else "ranks")

@@ -285,11 +285,13 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
         if engine is not None:
             raise OnnxGradCamError("--segment and --similar-to run on the local engine only "
                                    "(drop --engine ray)")
-    elif fixed_target is not None:
-        lead.check_targets(fixed_target, 1)  # fail early on an out-of-range target
-    elif lead.num_classes and options.top_k > lead.num_classes:
-        raise OnnxGradCamError(f"--top-k {options.top_k} is more than the model's "
-                               f"{lead.num_classes} classes")
+    else:
+        lead.class_graph  # noqa: B018 - refused before any output where not class scores
+        if fixed_target is not None:
+            lead.check_targets(fixed_target, 1)  # fail early on an out-of-range target
+        elif lead.num_classes and options.top_k > lead.num_classes:
+            raise OnnxGradCamError(f"--top-k {options.top_k} is more than the model's "
+                                   f"{lead.num_classes} classes")
     k = 1 if fixed_target is not None else max(1, min(options.top_k, lead.num_classes or 1000))
     header = {
         "model": lead.model.source,

@@ -109,7 +109,11 @@ def _export_feeds(model: str, key: str) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("model, file, kind", [
     ("segmentation", "segmentation_legacy_opset17.onnx", "segmentation"),
     ("embedding", "embedding_dynamo.onnx", "similarity"),
-    ("detector", "detector_legacy_opset17.onnx", "output")])
+    ("detector", "detector_legacy_opset17.onnx", "output"),
+    ("deeplabv3", "deeplabv3_dynamo.onnx", "segmentation"),
+    ("deeplabv3", "deeplabv3_legacy_opset17.onnx", "segmentation"),
+    ("lraspp", "lraspp_dynamo.onnx", "segmentation"),
+    ("lraspp", "lraspp_legacy_opset17.onnx", "segmentation")])
 def test_export_carries_the_target(model: str, file: str, kind: str) -> None:
     """The exported model takes the target kind's inputs and gives pytorch-grad-cam's maps in
     plain ONNX Runtime."""
@@ -191,3 +195,77 @@ def test_segmentation_without_block_structure_is_refused_naming_layer() -> None:
     x = np.random.default_rng(1).normal(size=(1, 3, 16, 16)).astype(np.float32)
     assert ex.explain(x, [og.targets.Segmentation(0, np.ones((16, 16)))]).cams.shape == (
         1, 16, 16)
+
+
+def _scorecam_cases():
+    for name in DATA.files:
+        if "__scorecam__" in name:
+            model, _, key = name.split("__")
+            for file in MANIFEST[model]["files"]:
+                yield pytest.param(model, file, key, id=f"{file.removesuffix('.onnx')}-{key}")
+
+
+@pytest.mark.parametrize("model, file, key", list(_scorecam_cases()))
+def test_scorecam_scores_the_target(model: str, file: str, key: str) -> None:
+    """Score-CAM with a target object weighs each channel by that target's score of the
+    masked input: pytorch-grad-cam's ScoreCAM with the same target."""
+    spec = MANIFEST[model]["files"][file]
+    ex = og.Explainer(HERE / file, layer=spec["layer"], method="scorecam", providers="cpu",
+                      output=spec["output"])
+    x = DATA[f"{model}__input"]
+    targets = _ours(model, key, len(x))
+    res = ex.explain(x, targets)
+    diff = np.abs(res.cams - DATA[f"{model}__scorecam__{key}"]).max()
+    assert diff <= TOLERANCE, f"Score-CAM {diff:.2e} off pytorch-grad-cam"
+    expected = [_score(model, t, o) for t, o in zip(targets, DATA[f"{model}__output"])]
+    assert np.allclose(res.scores[:, 0], expected, rtol=TOLERANCE,
+                       atol=TOLERANCE * np.abs(DATA[f"{model}__output"]).max())
+
+
+@pytest.mark.parametrize("model, file", [("segmentation", "segmentation_legacy_opset17.onnx"),
+                                         ("deeplabv3", "deeplabv3_dynamo.onnx"),
+                                         ("detector", "detector_legacy_opset17.onnx")])
+def test_explain_many_takes_rows_of_target_objects(model: str, file: str) -> None:
+    """k target objects per image: each rank's map is pytorch-grad-cam's for that target, and
+    the scores are each target's."""
+    spec = MANIFEST[model]["files"][file]
+    ex = og.Explainer(HERE / file, layer=spec["layer"], providers="cpu", output=spec["output"])
+    x, out = DATA[f"{model}__input"], DATA[f"{model}__output"]
+    keys = MANIFEST[model]["targets"]
+    per_key = [_ours(model, key, len(x)) for key in keys]
+    rows = [list(row) for row in zip(*per_key)]
+    res = ex.explain_many(x, rows)
+    assert res.cams.shape == (len(x), len(keys), *x.shape[2:])
+    for r, key in enumerate(keys):
+        assert np.abs(res.cams[:, r] - DATA[f"{model}__cam__{key}"]).max() <= TOLERANCE
+        expected = [_score(model, t, o) for t, o in zip(per_key[r], out)]
+        assert np.allclose(res.scores[:, r], expected, rtol=TOLERANCE,
+                           atol=TOLERANCE * np.abs(out).max())
+    with pytest.raises(og.OnnxGradCamError, match="rows of k target objects"):
+        ex.explain_many(x, rows[:1])
+
+
+def test_two_layers_with_a_target_average_their_maps() -> None:
+    """A multi-layer map for a target object is pytorch-grad-cam's aggregation (written out
+    here) of each layer's coarse map: ReLU, min-max, resize, then the mean's ReLU and min-max."""
+    import cv2
+
+    file = "deeplabv3_legacy_opset17.onnx"
+    spec = MANIFEST["deeplabv3"]["files"][file]
+    early = "/model/backbone/layer3/layer3.0/relu_2/Relu_output_0"
+    x = DATA["deeplabv3__input"]
+    targets = _ours("deeplabv3", "t0", len(x))
+    both = og.Explainer(HERE / file, layer=[spec["layer"], early], providers="cpu")
+    coarse = [og.Explainer(HERE / file, layer=name, providers="cpu").explain(x, targets).coarse
+              for name in (spec["layer"], early)]
+
+    def minmax(a: np.ndarray) -> np.ndarray:
+        a = a - a.min()
+        return a / (1e-7 + a.max())
+
+    h, w = x.shape[2:]
+    for i in range(len(x)):
+        layers = [cv2.resize(minmax(np.maximum(c[i], 0)).astype(np.float32), (w, h))
+                  for c in coarse]
+        expected = minmax(np.maximum(np.mean(np.maximum(layers, 0), axis=0), 0))
+        assert np.abs(both.explain(x[i:i + 1], targets[i]).cams[0] - expected).max() <= 1e-5
