@@ -269,3 +269,15 @@ def test_two_layers_with_a_target_average_their_maps() -> None:
                   for c in coarse]
         expected = minmax(np.maximum(np.mean(np.maximum(layers, 0), axis=0), 0))
         assert np.abs(both.explain(x[i:i + 1], targets[i]).cams[0] - expected).max() <= 1e-5
+
+
+@pytest.mark.parametrize("file", [f for m in SEGMENTATION for f in MANIFEST[m]["files"]])
+def test_inspect_shows_the_segmentation_default_layer(file: str) -> None:
+    from typer.testing import CliRunner
+
+    from onnx_gradcam.cli import app
+
+    model = file.split("_")[0]
+    result = CliRunner().invoke(app, ["inspect", str(HERE / file), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["layer"]["name"] == MANIFEST[model]["files"][file]["layer"]
