@@ -173,3 +173,16 @@ def test_bad_target_flags_fail_with_one_line(images, concept, tmp_path, model, a
     proc = cli("run", model, images, "-o", out, "--quiet", "--provider", "cpu", *args)
     _one_error_line(proc, words)
     assert not (out / "report.json").exists()
+
+
+def test_evaluate_scores_the_named_output_and_refuses_a_map(images, tmp_path):
+    """evaluate's metrics are of class scores: --target-output names which output; a
+    segmentation map is refused in one line before any work."""
+    proc = cli("evaluate", SEGMENTER, images, "--quiet", "--provider", "cpu")
+    _one_error_line(proc, "not class scores")
+    result = tmp_path / "eval.json"
+    proc = cli("evaluate", FIXTURES / "regression_legacy_opset17.onnx", images, "--quiet",
+               "--provider", "cpu", "--target-output", "logits", "--steps", "4", "--json",
+               result)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(result.read_text())["metrics"]["gradcam"]["images"] == 2

@@ -25,6 +25,8 @@ def evaluate_command(
     layer: list[str] = typer.Option(None, "--layer", help="target layer tensor (repeatable; "
                              "NAME:NHWC or NAME:NCHW states its layout)"),
     steps: int = typer.Option(20, "--steps", min=2, help="deletion/insertion steps"),
+    target_output: str = typer.Option(None, "--target-output", help="the graph output of "
+                                      "class scores to evaluate (where there are several)"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     provider: str = typer.Option("auto", "--provider", help="auto, cpu or cuda"),
     output: Path = typer.Option(None, "--json", help="also write the results as JSON here"),
@@ -47,7 +49,8 @@ def evaluate_command(
         raise OnnxGradCamError(f"{masks}: masks must be a folder")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
     explainers = [Explainer(model, layer=layer or None, method=m, providers=provider,
-                            batch_size=batch_size) for m in methods]
+                            batch_size=batch_size, output=target_output) for m in methods]
+    explainers[0].class_graph  # noqa: B018 - the metrics are of class scores: refused up front
     if output is not None:
         reads = [*explainers[0].model.files, *list_images(images),
                  *(list_images([masks]) if masks else [])]
@@ -57,7 +60,8 @@ def evaluate_command(
         from onnx_gradcam.ray_engine import evaluate_engine
 
         run_engine = evaluate_engine(model, {"layer": layer or None, "providers": provider,
-                                             "batch_size": batch_size}, methods, batch_size,
+                                             "batch_size": batch_size, "output": target_output},
+                                     methods, batch_size,
                                      max_pixels, ray_address, workers, gpus_per_worker)
     elif engine != "local":
         raise OnnxGradCamError(f"--engine {engine!r}: choose local or ray")
