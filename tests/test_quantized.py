@@ -107,44 +107,39 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
-#: (format, granularity, model, layer) where the int8 map falls below the bar on one photo and
-#: target: the QDQ copies' ResNet at the early layer, second target of the second photo (0.74–
-#: 0.79). The int8 model differs there: its score for that target is 30 % off the float
-#: model's, the gradient at the layer correlates 0.89 with the float one (the activations
-#: 0.99), and the QOperator copy of the same calibration — the same integer forward
-#: (activations equal), the same rules but its range-end test read from the integer output
-#: instead of QuantizeLinear's float input — gives 0.90–0.92. Not shown to be a rule bug: the
-#: QOperator and QDQ input gradients agree (test below).
-BELOW_THE_BAR = [["QDQ", "per_tensor", "resnet", "mid"], ["QDQ", "per_channel", "resnet", "mid"]]
-
-
-def _int8_names(model: str, float_layer: str) -> list[str]:
+def _int8_names(model: str, float_layer: str, fmt: str) -> list[str]:
     """What the int8 copies call the float model's layer: QDQ the dequantized copy of it;
     QOperator the float tensor itself where it stays float, else its integer tensor (which the
     explainer dequantizes: ``NAME/dequantized``) — where the quantizer folded the layer's ReLU
     into the op before it (its integer range starts at zero), that op's; dynamic copies keep
     the float tensor."""
+    if fmt == "dynamic":
+        return [float_layer]
     float_model = onnx.load(WILD / FILES[model], load_external_data=False)
     producer = next(n for n in float_model.graph.node if float_layer in n.output)
-    names = [float_layer, f"{float_layer}_DequantizeLinear_Output",
-             f"{float_layer}_quantized/dequantized"]
+    names = [f"{float_layer}_DequantizeLinear_Output", f"{float_layer}_quantized/dequantized"]
     if producer.op_type == "Relu":
         names.append(f"{producer.input[0]}_quantized/dequantized")
-    return names
+    # last: a QDQ copy that folded the ReLU names the sum before its QuantizeLinear like the
+    # float layer, so the float name is the float layer only where no quantized one exists
+    return [*names, float_layer]
 
 
 @pytest.mark.parametrize("model", list(FILES))
 @pytest.mark.parametrize("depth", ["last", "mid"])
-def test_int8_maps_follow_the_float_model(request, quantized_copies, model: str,
+def test_int8_maps_follow_the_float_model(quantized_copies, model: str,
                                           depth: str) -> None:
     """Explain succeeds at the auto-detected layer (the int8 copy of the float model's layer)
-    and at an early one named explicitly; its maps correlate ≥ 0.9 with float32's."""
+    and at an early one named explicitly; its maps correlate ≥ 0.9 with float32's.
+
+    Copies of only some op types (``op_types_to_quantize``) fall below on one photo: ResNet's
+    early layer 0.85 in both formats (the two maps equal), MobileNetV3's last 0.84 QOperator /
+    0.89 QDQ (their int8 forwards differ there: activations 0.994). Such a copy keeps the ReLU
+    in float between a DequantizeLinear and a second QuantizeLinear: two roundings per block,
+    a different int8 model from the one a full quantization deploys."""
     fmt, copies = quantized_copies
-    if (request.node.callspec.id.split("-")[:2] + [model, depth]) in BELOW_THE_BAR:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="int8 map < 0.9 on one "
-                                              "photo: see BELOW_THE_BAR"))
     float_layer = MANIFEST[model]["files"][FILES[model]]["layers"][depth]["onnx_tensor"]
-    names = _int8_names(model, float_layer)
+    names = _int8_names(model, float_layer, fmt)
     if depth == "last":
         int8 = og.Explainer(copies[model], providers="cpu")
         assert int8.layer_names[0] in names

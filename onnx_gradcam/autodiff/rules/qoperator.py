@@ -64,6 +64,8 @@ def output_parameters(node: onnx.NodeProto) -> tuple[str, str]:
     ("" where absent: a QGemm with a float output)."""
     if node.op_type == "QuantizeLinear":
         return node.input[1], node.input[2] if len(node.input) > 2 else ""
+    if node.op_type == "DynamicQuantizeLinear":  # computed per call: its other outputs
+        return node.output[1], node.output[2]
     _, _, output = _signature(node.op_type, len(node.input))
     scale, zero_point = (node.input[i] if i < len(node.input) else "" for i in output)
     return scale, zero_point
