@@ -28,7 +28,7 @@ LAYOUTS = ("NCHW", "NHWC")
 CHANNELS_FIRST = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "BatchNormalization",
                   "GlobalAveragePool", "GlobalMaxPool", "InstanceNormalization", "LRN", "LpPool",
                   "GlobalLpPool", "MaxUnpool", "DepthToSpace", "SpaceToDepth", "DeformConv",
-                  "GroupNormalization", "QLinearConv"}
+                  "GroupNormalization", "QLinearConv", "ConvInteger"}
 #: Ops whose 4-D inputs and output share one layout (unary, broadcasting, value moves).
 SAME_LAYOUT = {"Identity", "Dropout", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish",
                "HardSigmoid", "Elu", "Selu", "Tanh", "Gelu", "Softplus", "Softsign", "Mish",

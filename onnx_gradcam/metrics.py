@@ -102,3 +102,31 @@ def pointing_game(cam: np.ndarray, mask: np.ndarray) -> bool:
         cam = cv2.resize(np.float32(cam), (mask.shape[1], mask.shape[0]))
     row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
     return bool(mask[row, col])
+
+
+#: the pointing game's tolerance (Zhang et al., "Top-down neural attention by excitation
+#: backprop": 15 pixels at ImageNet's 224), as a share of the map's longer side
+POINTING_TOLERANCE = 15 / 224
+
+
+def map_agreement(cam: np.ndarray, reference: np.ndarray) -> dict[str, float | bool]:
+    """How far a map is from a reference map of the same image, target and size (both in
+    [0, 1], e.g. an int8 model's and its float32 original's):
+
+    - ``mean_abs_delta``: mean |cam − reference| over the pixels;
+    - ``correlation``: Pearson's over the pixels; where a map is constant (all zero) it is
+      1 if both maps are equal, else 0;
+    - ``pointing_agreement``: whether the two maps' maxima (the first in row-major order) lie
+      within :data:`POINTING_TOLERANCE` of the longer side of each other (Euclidean).
+    """
+    cam, reference = np.asarray(cam, np.float64), np.asarray(reference, np.float64)
+    if cam.shape != reference.shape:
+        raise ValueError(f"maps of shapes {cam.shape} and {reference.shape}")
+    if cam.std() == 0 or reference.std() == 0:
+        correlation = float(np.array_equal(cam, reference))
+    else:
+        correlation = float(np.corrcoef(cam.ravel(), reference.ravel())[0, 1])
+    peaks = [np.array(np.unravel_index(int(np.argmax(m)), m.shape)) for m in (cam, reference)]
+    distance = float(np.linalg.norm(peaks[0] - peaks[1]))
+    return {"mean_abs_delta": float(np.abs(cam - reference).mean()), "correlation": correlation,
+            "pointing_agreement": distance <= POINTING_TOLERANCE * max(cam.shape)}

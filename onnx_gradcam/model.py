@@ -12,7 +12,7 @@ import onnx
 from onnx.external_data_helper import load_external_data_for_model
 
 from onnx_gradcam.autodiff import rules as _rules  # noqa: F401  (fills VJP_RULES)
-from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, VJP_RULES
+from onnx_gradcam.autodiff.registry import INTEGER_PRESERVING, NON_DIFFERENTIABLE, VJP_RULES
 from onnx_gradcam.autodiff.rules.qoperator import QUANTIZED_OPS, output_parameters
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape, readable
@@ -459,7 +459,14 @@ def dequantized_layers(model: LoadedModel, layers: list[Layer]
     proto.CopyFrom(model.proto)
     renamed = {}
     for layer in integer:
-        scale, zero_point = output_parameters(info.nodes[info.producer[layer.name]])
+        node = info.nodes[info.producer[layer.name]]
+        while node.op_type in INTEGER_PRESERVING:  # its input's quantization parameters
+            node = info.nodes[info.producer[node.input[0]]]
+        if node.op_type not in QUANTIZED_OPS | {"QuantizeLinear", "DynamicQuantizeLinear"}:
+            raise OnnxGradCamError(f"layer {layer.name!r} is an integer tensor made by "
+                                   f"{node.op_type}, whose real values the graph does not say; "
+                                   f"pick a float tensor or a quantized op's output with --layer")
+        scale, zero_point = output_parameters(node)
         real, again = f"{layer.name}/dequantized", f"{layer.name}/requantized"
         for node in proto.graph.node:
             node.input[:] = [again if i == layer.name else i for i in node.input]

@@ -167,25 +167,25 @@ def test_metadata_round_trip_keeps_gray():
 
 
 def test_quantized_qoperator_graph_says_what_is_unsupported(tmp_path):
-    """An integer graph whose op has no gradient rule (ConvInteger): its only float 4-D
-    tensors are the input and a 1×1 output, and the refusal names the op."""
-    consts = {"s": np.float32(0.05), "z": np.uint8(128), "ws": np.float32(0.01),
-              "wz": np.uint8(128), "w": np.full((4, 3, 8, 8), 130, np.uint8)}
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
-             helper.make_node("ConvInteger", ["xq", "w", "z", "wz"], ["yi"]),
-             helper.make_node("Cast", ["yi"], ["y"], to=TensorProto.FLOAT),
-             helper.make_node("Flatten", ["y"], ["logits"])]
+    """A quantized graph whose op has no gradient rule (ONNX Runtime's fused
+    DynamicQuantizeMatMul): its only float 4-D tensor is the input, and the refusal names the
+    op."""
+    consts = {"w": np.full((192, 4), 3, np.int8), "ws": np.float32(0.01)}
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]),
+             helper.make_node("DynamicQuantizeMatMul", ["f", "w", "ws"], ["logits"],
+                              domain="com.microsoft")]
     graph = helper.make_graph(
         nodes, "qop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
         [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     path = tmp_path / "q.onnx"
     onnx.save(model, path)
     proc = cli("inspect", path)
     assert proc.returncode == 1
-    assert "quantized QOperator ops" in proc.stderr and "ConvInteger" in proc.stderr
+    assert "quantized QOperator ops" in proc.stderr and "DynamicQuantizeMatMul" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

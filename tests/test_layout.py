@@ -236,11 +236,10 @@ def test_weights_are_never_candidates() -> None:
     assert [la.name for la in candidate_layers(loaded)] == ["c"]
 
 
-@pytest.mark.parametrize(("fmt", "says"), [
-    ("QOperator", r"quantized QOperator ops \(QGemm ×1\)"), ("QDQ", None)])
-def test_quantized_models_say_what_is_unsupported(tmp_path, fmt: str, says: str | None) -> None:
-    """QOperator graphs are refused in one line naming the ops without a rule (QLinearConv has
-    one); QDQ graphs explain (their fidelity: tests/test_quantized.py)."""
+@pytest.mark.parametrize("fmt", ["QOperator", "QDQ"])
+def test_quantized_models_explain(tmp_path, fmt: str) -> None:
+    """quantize_static's graphs explain in both formats, a QOperator copy through QLinearConv
+    and its QGemm head (their fidelity: tests/test_quantized.py)."""
     quantization = pytest.importorskip("onnxruntime.quantization")
     source = tmp_path / "float.onnx"
     onnx.save(small_cnn(size=16, batch=1), source)
@@ -257,9 +256,23 @@ def test_quantized_models_say_what_is_unsupported(tmp_path, fmt: str, says: str 
                                  quant_format=getattr(quantization.QuantFormat, fmt))
     ops = {n.op_type for n in onnx.load(quantized).graph.node}
     assert ("QLinearConv" in ops) == (fmt == "QOperator")
-    if says is None:
-        assert og.Explainer(quantized).explain(_arr((1, 3, 16, 16))).cams.shape == (1, 16, 16)
-        return
-    with pytest.raises(og.OnnxGradCamError, match=f"int8.onnx: {says} between the input and "
-                       "the scores are not supported yet"):
-        og.Explainer(quantized)
+    assert og.Explainer(quantized).explain(_arr((1, 3, 16, 16))).cams.shape == (1, 16, 16)
+
+
+def test_quantized_ops_without_a_rule_are_named() -> None:
+    """ONNX Runtime's fused DynamicQuantizeMatMul (its optimizer's, not the quantizer's) has no
+    rule: refused in one line naming it."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("DynamicQuantizeMatMul", ["f", "m", "ms"], ["logits"],
+                              domain="com.microsoft")]
+    inits = [_init("w", (4, 3, 3, 3)), numpy_helper.from_array(
+        np.ones((4, 5), np.int8), "m"), numpy_helper.from_array(np.array(0.1, np.float32), "ms")]
+    model = _model(nodes, (1, 3, 8, 8), "logits", (1, 5), inits)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with pytest.raises(og.OnnxGradCamError, match=r"quantized QOperator ops "
+                       r"\(DynamicQuantizeMatMul ×1\) between the input and the scores"):
+        og.Explainer(model)
+    with pytest.raises(og.OnnxGradCamError, match="op DynamicQuantizeMatMul .* has no gradient"):
+        og.Explainer(model, layer="c")

@@ -1,6 +1,8 @@
-"""Models as they are deployed: int8 QDQ copies of the wild corpus's float32 exports, made here
-by onnxruntime's ``quantize_static`` (uint8 activations, int8 weights, per-tensor and
-per-channel), calibrated on photos other than the ones explained.
+"""Models as they are deployed: int8 copies of the wild corpus's float32 exports, made here by
+onnxruntime's ``quantize_static`` (QDQ and QOperator formats, uint8 activations, int8 weights,
+per-tensor and per-channel, every op the quantizer takes: QGemm heads, integer MaxPool),
+calibrated on photos other than the ones explained, and by ``quantize_dynamic``
+(DynamicQuantizeLinear → ConvInteger/MatMulInteger).
 
 The int8 model's map is compared with the float32 model's at the same target: quantization
 moves the activations and the gradients a little, so the maps must agree in shape (correlation),
@@ -42,11 +44,6 @@ def _photo(name: str, size: tuple[int, int]) -> np.ndarray:
     return ((rgb - MEAN) / STD).astype(np.float32).transpose(2, 0, 1)[None]
 
 
-#: the ops quantize_static may turn into QOperator ops that have rules (QGemm has none)
-WITH_RULES = ["Conv", "Add", "Mul", "GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu",
-              "Concat", "MatMul"]
-
-
 class Calibration(quantization.CalibrationDataReader):
     def __init__(self, batches: list[dict[str, np.ndarray]]) -> None:
         self.batches = iter(batches)
@@ -55,26 +52,44 @@ class Calibration(quantization.CalibrationDataReader):
         return next(self.batches, None)
 
 
-@pytest.fixture(scope="module", params=[(fmt, per_channel) for fmt in ("QDQ", "QOperator")
+@pytest.fixture(scope="module", params=[(fmt, per_channel)
+                                        for fmt in ("QDQ", "QOperator", "dynamic")
                                         for per_channel in (False, True)],
                 ids=lambda p: f"{p[0]}-{'per_channel' if p[1] else 'per_tensor'}")
 def quantized_copies(request, tmp_path_factory) -> tuple[str, dict[str, Path]]:
-    """(format, {model: int8 copy}); QOperator copies keep Gemm in float (QGemm has no rule)."""
+    """(format, {model: int8 copy})."""
     fmt, per_channel = request.param
     folder = tmp_path_factory.mktemp(fmt)
     copies = {}
     for model, file in FILES.items():
-        x = EXPECTED[f"{model}__input"]
-        name = onnx.load(WILD / file, load_external_data=False).graph.input[0].name
-        batches = [{name: _photo(p, x.shape[2:])} for p in CALIBRATION]
         copies[model] = folder / f"{model}.int8.onnx"
-        quantization.quantize_static(
-            str(WILD / file), str(copies[model]), Calibration(batches),
-            quant_format=getattr(quantization.QuantFormat, fmt), per_channel=per_channel,
-            activation_type=quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8,
-            op_types_to_quantize=WITH_RULES if fmt == "QOperator" else None)
+        _quantize(WILD / file, copies[model], fmt, per_channel)
     return fmt, copies
+
+
+def _quantize(source: Path, path: Path, fmt: str, per_channel: bool,
+              op_types: list[str] | None = None) -> None:
+    """An int8 copy of ``source``: ``quantize_dynamic``, or ``quantize_static`` in ``fmt``
+    calibrated on :data:`CALIBRATION` (resized to the model's input), of ``op_types`` (all
+    that the quantizer takes where None)."""
+    if fmt == "dynamic":
+        quantization.quantize_dynamic(str(source), str(path), per_channel=per_channel,
+                                      weight_type=quantization.QuantType.QInt8)
+        return
+    model = onnx.load(source, load_external_data=False)
+    name, dims = model.graph.input[0].name, model.graph.input[0].type.tensor_type.shape.dim
+    batches = [{name: _photo(p, (dims[2].dim_value, dims[3].dim_value))} for p in CALIBRATION]
+    quantization.quantize_static(
+        str(source), str(path), Calibration(batches),
+        quant_format=getattr(quantization.QuantFormat, fmt), per_channel=per_channel,
+        activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+        op_types_to_quantize=op_types)
+
+
+#: op types quantized for test_qoperator_gradients_follow_the_qdq_model: ReLU (and Gemm) stay
+#: float, so few results sit at a range end (see there)
+SAME_IN_BOTH = ["Conv", "Add", "Mul", "GlobalAveragePool", "AveragePool", "Sigmoid",
+                "LeakyRelu", "Concat", "MatMul"]
 
 
 def _correlations(float_result, int8_result) -> tuple[list[float], list[float]]:
@@ -92,30 +107,39 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
-#: what the int8 copies call the float model's layer: QDQ the dequantized copy of it; QOperator
-#: the float tensor itself where it stays float, else its integer tensor (which the explainer
-#: dequantizes: ``NAME/dequantized``)
-#: (format, granularity, model, layer) where the QOperator copy's map falls below the bar on one
-#: photo though the QDQ copy of the same calibration clears it: not yet explained
-BELOW_THE_BAR = [["QOperator", "per_tensor", "resnet", "mid"],
-                 ["QOperator", "per_channel", "resnet", "mid"],
-                 ["QOperator", "per_channel", "mobilenet_v3", "last"]]
-INT8_NAMES = {"QDQ": ("{}_DequantizeLinear_Output",),
-              "QOperator": ("{}", "{}_quantized/dequantized")}
+def _int8_names(model: str, float_layer: str, fmt: str) -> list[str]:
+    """What the int8 copies call the float model's layer: QDQ the dequantized copy of it;
+    QOperator the float tensor itself where it stays float, else its integer tensor (which the
+    explainer dequantizes: ``NAME/dequantized``) — where the quantizer folded the layer's ReLU
+    into the op before it (its integer range starts at zero), that op's; dynamic copies keep
+    the float tensor."""
+    if fmt == "dynamic":
+        return [float_layer]
+    float_model = onnx.load(WILD / FILES[model], load_external_data=False)
+    producer = next(n for n in float_model.graph.node if float_layer in n.output)
+    names = [f"{float_layer}_DequantizeLinear_Output", f"{float_layer}_quantized/dequantized"]
+    if producer.op_type == "Relu":
+        names.append(f"{producer.input[0]}_quantized/dequantized")
+    # last: a QDQ copy that folded the ReLU names the sum before its QuantizeLinear like the
+    # float layer, so the float name is the float layer only where no quantized one exists
+    return [*names, float_layer]
 
 
 @pytest.mark.parametrize("model", list(FILES))
 @pytest.mark.parametrize("depth", ["last", "mid"])
-def test_int8_maps_follow_the_float_model(request, quantized_copies, model: str,
+def test_int8_maps_follow_the_float_model(quantized_copies, model: str,
                                           depth: str) -> None:
     """Explain succeeds at the auto-detected layer (the int8 copy of the float model's layer)
-    and at an early one named explicitly; its maps correlate ≥ 0.9 with float32's."""
+    and at an early one named explicitly; its maps correlate ≥ 0.9 with float32's.
+
+    Copies of only some op types (``op_types_to_quantize``) fall below on one photo: ResNet's
+    early layer 0.85 in both formats (the two maps equal), MobileNetV3's last 0.84 QOperator /
+    0.89 QDQ (their int8 forwards differ there: activations 0.994). Such a copy keeps the ReLU
+    in float between a DequantizeLinear and a second QuantizeLinear: two roundings per block,
+    a different int8 model from the one a full quantization deploys."""
     fmt, copies = quantized_copies
-    if (request.node.callspec.id.split("-")[:2] + [model, depth]) in BELOW_THE_BAR:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="QOperator map < 0.9 on one "
-                                              "photo where the QDQ copy's is not (issue 17)"))
     float_layer = MANIFEST[model]["files"][FILES[model]]["layers"][depth]["onnx_tensor"]
-    names = [pattern.format(float_layer) for pattern in INT8_NAMES[fmt]]
+    names = _int8_names(model, float_layer, fmt)
     if depth == "last":
         int8 = og.Explainer(copies[model], providers="cpu")
         assert int8.layer_names[0] in names
@@ -138,22 +162,25 @@ def test_qoperator_gradients_follow_the_qdq_model(tmp_path, model: str) -> None:
     """A QOperator copy (QLinearConv, QLinearAdd, QLinearMul, QLinearSigmoid, …) and a QDQ copy
     made from the same calibration mean the same real-valued function: the gradient of the
     scores w.r.t. the input pixels, through every quantized op, agrees (correlation ≥ 0.99;
-    single entries differ where the two kernels round a value across a range end)."""
+    single entries differ where the two kernels round a value across a range end).
+
+    Quantizing every op, the ResNet's agree less (0.96), for one traced reason: a result that
+    rounds to the bottom of its range. QDQ's QuantizeLinear rule tests the float before
+    rounding (a pooled 0 or 0.4·s is inside); a QLinear op's rule has only the integer, and
+    counts its range ends as clipped (a fused ReLU's zeros are). At the last layer the
+    activations are equal, and the gradients differ exactly in the channels whose pooled
+    value is 0 after rounding (every all-zero channel, and a few small ones): those get 0 from
+    the QOperator rules. Maps barely move (an all-zero channel adds nothing to them). So the
+    copies here quantize :data:`SAME_IN_BOTH`, whose ReLUs stay float."""
     from onnx_gradcam.explainer_graph import GRADIENT, SEED, gradient_model
     from onnx_gradcam.model import load_model
     from tests.gradcheck import session
 
     x, targets = EXPECTED[f"{model}__input"], EXPECTED[f"{model}__targets"][0]
-    name = onnx.load(WILD / FILES[model], load_external_data=False).graph.input[0].name
     gradients = {}
     for fmt in ("QDQ", "QOperator"):
         path = tmp_path / f"{fmt}.onnx"
-        quantization.quantize_static(
-            str(WILD / FILES[model]), str(path),
-            Calibration([{name: _photo(p, x.shape[2:])} for p in CALIBRATION]),
-            quant_format=getattr(quantization.QuantFormat, fmt), per_channel=True,
-            activation_type=quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8, op_types_to_quantize=WITH_RULES)
+        _quantize(WILD / FILES[model], path, fmt, per_channel=True, op_types=SAME_IN_BOTH)
         loaded = load_model(path)
         ops = {n.op_type for n in loaded.proto.graph.node}
         assert ("QLinearConv" in ops) == (fmt == "QOperator")

@@ -175,7 +175,46 @@ def _qoperator_cases():
                   ["N", 2, 3], axis=1)
     for case in (mul, concat):
         case.nodes[1:1] = fine
-    return cases + [mul, concat]
+    # QGemm: a quantized output, and a float one (the logits of a quantized classifier)
+    gemm_weight = {"G": rng.integers(-100, 100, (3, 4)).astype(I8),
+                   "gs": np.array([0.01, 0.02, 0.015], F32), "gzp": np.zeros(3, I8)}
+    qgemm = _qop("QGemm", [*x_in, "G", "gs", "gzp", "", *out], 0.1, gemm_weight, ["N", 4],
+                 transB=1, alpha=0.5)
+    qgemm_float = Case("qgemm_float_output", [
+        N("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
+        N("QGemm", [*x_in, "G", "gs", "gzp"], ["y"], domain="com.microsoft", transB=1)],
+        ["N", 4], {**X_QUANT, **gemm_weight}, opset=13, dtype=F32, away_from=X_KINKS,
+        quantized=True)
+    # an integer MaxPool between two QLinear ops routes by the integer maximum (the first in
+    # the window where values tie)
+    pool = Case("max_pool_uint8", [
+        N("QuantizeLinear", ["x", "xs", "xzp"], ["xq"]),
+        N("MaxPool", ["xq"], ["pq"], kernel_shape=[2, 2], strides=[2, 2]),
+        N("Flatten", ["pq"], ["fq"]),
+        N("DequantizeLinear", ["fq", "xs", "xzp"], ["y"])],
+        ["N", 2, 4, 4], X_QUANT, opset=13, dtype=F32, away_from=X_KINKS, quantized=True)
+    return cases + [mul, concat, qgemm, qgemm_float, pool, *_dynamic_cases(rng)]
+
+
+def _dynamic_cases(rng):
+    """``quantize_dynamic``'s pattern: x → DynamicQuantizeLinear → (q, s, zp) → ConvInteger or
+    MatMulInteger with an int8 weight → Cast → Mul by s·s_W → y."""
+    cases = []
+    for op_type, shape, weight, w_zp, attrs in [
+        ("ConvInteger", ["N", 3, 5, 5], rng.integers(-100, 100, (4, 3, 3, 3)).astype(I8),
+         np.array(2, I8), {"pads": [1, 1, 1, 1]}),  # ORT: per-tensor only
+        ("MatMulInteger", ["N", 4], rng.integers(-100, 100, (4, 3)).astype(I8),
+         np.array([1, 0, -3], I8), {}),
+    ]:
+        nodes = [N("DynamicQuantizeLinear", ["x"], ["q", "s", "zp"]),
+                 N(op_type, ["q", "W", "zp", "wzp"], ["yi"], **attrs),
+                 N("Cast", ["yi"], ["yf"], to=onnx.TensorProto.FLOAT),
+                 N("Mul", ["s", "ws"], ["scales"]),
+                 N("Mul", ["yf", "scales"], ["y"])]
+        inits = {"W": weight, "wzp": w_zp, "ws": np.array(0.004, F32)}
+        cases.append(Case(f"dynamic_{op_type.lower()}", nodes, shape, inits, opset=13, dtype=F32,
+                          quantized=True))
+    return cases
 
 
 CASES = [
@@ -402,9 +441,33 @@ def _real_valued(case: Case):
                       N("Add", [out + "_d", out + "_zp"], [out + "_r"]),
                       N("Clip", [out + "_r", out + "_lo", out + "_hi"], [out])])
 
+    def integer_product(node, ins, float_op, zero_point_shape):
+        """ConvInteger / MatMulInteger: f(q − zp, W8 − zp_W) in float64."""
+        inits[node.output[0] + "_w"] = np.asarray(case.inits[ins[1]], F64) \
+            - inits[ins[3]].reshape(zero_point_shape)
+        kept = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        nodes.extend([N("Sub", [ins[0], ins[2]], [node.output[0] + "_c"]),
+                      N(float_op, [node.output[0] + "_c", node.output[0] + "_w"],
+                        [node.output[0]], **kept)])
+
     for node in case.nodes:
         ins = [*node.input, "", ""]
-        if node.op_type == "QuantizeLinear":
+        if node.op_type == "DynamicQuantizeLinear":  # the spec's s and zp, without rounding
+            q, s, zp = node.output
+            inits["zero"], inits["steps"] = np.zeros(()), np.array(255.0)
+            nodes.extend([N("ReduceMax", [ins[0]], ["hi"], keepdims=0),
+                          N("ReduceMin", [ins[0]], ["lo"], keepdims=0),
+                          N("Max", ["hi", "zero"], ["hi0"]), N("Min", ["lo", "zero"], ["lo0"]),
+                          N("Sub", ["hi0", "lo0"], ["span"]), N("Div", ["span", "steps"], [s]),
+                          N("Div", ["lo0", s], ["lo_steps"]), N("Neg", ["lo_steps"], [zp]),
+                          N("Div", [ins[0], s], ["x_steps"]), N("Add", ["x_steps", zp], [q])])
+        elif node.op_type == "ConvInteger":
+            integer_product(node, ins, "Conv", (-1, 1, 1, 1))
+        elif node.op_type == "MatMulInteger":
+            integer_product(node, ins, "MatMul", (1, -1))
+        elif node.op_type == "Cast":
+            nodes.append(N("Identity", node.input, node.output))
+        elif node.op_type == "QuantizeLinear":
             quantize(ins[0], ins[1], ins[2], node.output[0], attr(node, "output_dtype", None),
                      attr(node, "axis", 1))
         elif node.op_type == "DequantizeLinear":
@@ -419,6 +482,9 @@ def _real_valued(case: Case):
             for (q, sc, zp), real in zip(operands, reals):
                 dequantize(ins[q], ins[sc], ins[zp], real)
             kept = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if not ins[output[0]]:  # a float output (QGemm)
+                nodes.append(N(float_op, reals, [node.output[0]], **kept))
+                continue
             nodes.append(N(float_op, reals, [node.output[0] + "_f"], **kept))
             quantize(node.output[0] + "_f", ins[output[0]], ins[output[1]], node.output[0])
         else:
@@ -499,15 +565,16 @@ def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
 
 
 def test_a_quantized_tensor_from_an_op_without_a_quantized_rule_is_refused() -> None:
-    """An integer MaxPool between Q and DQ carries no cotangent: refused by name, never a
-    silently zero gradient."""
+    """An integer Neg between Q and DQ (it does not keep the quantization parameters, as
+    MaxPool or Reshape do) carries no cotangent: refused by name, never a silently zero
+    gradient."""
     from onnx_gradcam.errors import UnsupportedOpError
     from onnx_gradcam.explainer_graph import gradient_model
     from onnx_gradcam.graph import GraphInfo
 
     nodes = [N("QuantizeLinear", ["x", "xs", "xzp"], ["q"]),
-             N("MaxPool", ["q"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             N("Neg", ["q"], ["p"]),
              N("DequantizeLinear", ["p", "xs", "xzp"], ["y"])]
     model = make_model(nodes, [("x", [1, 2, 4, 4])], inits=X_QUANT, opset=13, dtype=F32)
-    with pytest.raises(UnsupportedOpError, match="'p' is a quantized tensor made by MaxPool"):
+    with pytest.raises(UnsupportedOpError, match="'p' is a quantized tensor made by Neg"):
         gradient_model(GraphInfo(model), "x", "y")

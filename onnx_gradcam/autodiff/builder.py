@@ -15,7 +15,12 @@ import onnx
 
 from onnx_gradcam.autodiff import rules as _rules  # noqa: F401  (fills the registry)
 from onnx_gradcam.autodiff.emitter import Emitter, Node
-from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE, QUANTIZING, VJP_RULES
+from onnx_gradcam.autodiff.registry import (
+    INTEGER_PRESERVING,
+    NON_DIFFERENTIABLE,
+    QUANTIZING,
+    VJP_RULES,
+)
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.graph import GraphInfo
 from onnx_gradcam.passes import live_nodes
@@ -69,15 +74,12 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     head = head_nodes(info, activation, score)
     if score != activation and not head:
         raise OnnxGradCamError(f"tensor {activation!r} does not feed the score {score!r}")
-    differentiable = {activation} | {
-        o for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE
-        for o in info.nodes[i].output
-        if _is_float(info, o) or info.nodes[i].op_type in QUANTIZING}
+    differentiable = _differentiable(info, activation, head)
     #: quantized (8/16-bit integer) tensors on the path made by ops that carry no cotangent
-    #: (integer MaxPool, …): a cotangent reaching one would be dropped silently
+    #: (integer Neg, …): a cotangent reaching one would be dropped silently
     quantized_elsewhere = {
-        o for i in head if info.nodes[i].op_type not in QUANTIZING | NON_DIFFERENTIABLE
-        for o in info.nodes[i].output if info.elem_types.get(o) in SMALL_INTEGERS}
+        o for i in head for o in info.nodes[i].output
+        if info.elem_types.get(o) in SMALL_INTEGERS and o not in differentiable}
     cotangents: dict[str, list[str]] = {score: [seed]}
     totals: dict[str, str] = {}
 
@@ -91,6 +93,10 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         if wide:
             node.inputs = [_float32(op, info, x, widened) for x in node.inputs]
             node.outputs = [_float32(op, info, y, widened) for y in node.outputs]
+        elif node.op_type not in QUANTIZING:  # float rules see the integers' float copies
+            node.inputs = [_real(op, info, x, differentiable, widened, node.op_type == "Cast")
+                           for x in node.inputs]
+            node.outputs = [_real(op, info, y, differentiable, widened) for y in node.outputs]
         rule = VJP_RULES.get(node.op_type)
         if rule is None or proto.domain not in ("", "ai.onnx") and not (
                 proto.domain == "com.microsoft" and node.op_type in QUANTIZING):
@@ -148,6 +154,37 @@ def _float32(op: Emitter, info: GraphInfo, name: str, widened: dict[str, str]) -
     return widened[name]
 
 
+def _differentiable(info: GraphInfo, activation: str, head: list[int]) -> set[str]:
+    """The head's tensors that carry a cotangent: float results, the integer result of a
+    quantizing op, and an integer-preserving op's integer result where its input carries one."""
+    differentiable = {activation}
+    for i in head:
+        node = info.nodes[i]
+        if node.op_type in NON_DIFFERENTIABLE:
+            continue
+        integer = node.op_type in QUANTIZING or (node.op_type in INTEGER_PRESERVING
+                                                 and node.input[0] in differentiable)
+        differentiable.update(o for k, o in enumerate(node.output)
+                              if _is_float(info, o) or integer and k == 0)
+    return differentiable
+
+
+def _real(op: Emitter, info: GraphInfo, name: str, differentiable: set[str],
+          copies: dict[str, str], type_only: bool = False) -> str:
+    """A float copy of the integer tensor ``name`` where it carries a cotangent: its cotangent
+    is a float (with respect to the real number it stands for), and the rule of an
+    integer-preserving op reads values and shapes; ``type_only`` (a Cast's rule, which casts
+    the cotangent back to its input's type) a float stand-in. Other tensors as they are."""
+    if name not in differentiable or info.elem_types.get(name) not in INTEGERS:
+        return name
+    if type_only:  # a float number of the same type: nothing to compute per call
+        return op.const(np.zeros((), op.dtype))
+    if name not in copies:
+        copies[name] = op.Cast(name, to=op.float_type)
+        op.know_shape(copies[name], info.shapes.get(name))
+    return copies[name]
+
+
 def _is_float(info: GraphInfo, name: str) -> bool:
     elem = info.elem_types.get(name)
     return elem is None or elem in FLOAT_TYPES
@@ -159,6 +196,8 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto
 
 SMALL_INTEGERS = {onnx.TensorProto.UINT8, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
                   onnx.TensorProto.INT16, onnx.TensorProto.UINT4, onnx.TensorProto.INT4}
+#: integer tensors that may carry a cotangent (ConvInteger and MatMulInteger accumulate in int32)
+INTEGERS = SMALL_INTEGERS | {onnx.TensorProto.INT32}
 
 
 def _total(op: Emitter, parts: list[str] | None) -> str | None:

@@ -27,10 +27,17 @@ NON_DIFFERENTIABLE: frozenset[str] = frozenset({
 
 #: Ops whose integer outputs carry a cotangent: the derivative with respect to the real number
 #: the integer stands for (``x / s + zp`` before rounding; see ``rules/quant.py``).
+#: Only the first output does (DynamicQuantizeLinear's scale and zero point are parameters).
 QUANTIZING: frozenset[str] = frozenset({
     "QuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul",
     "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
-    "QLinearConcat"})
+    "QLinearConcat", "QGemm", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"})
+
+#: Ops that move or pick integer values without changing them: an integer output stands for the
+#: same real numbers as its integer input (the quantization parameters pass through), so it
+#: carries a cotangent when its input does, and the float rule applies to float copies.
+INTEGER_PRESERVING: frozenset[str] = frozenset({
+    "MaxPool", "Identity", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
 
 
 def registrar(table: dict[str, F], what: str) -> Callable[..., Callable[[F], F]]:

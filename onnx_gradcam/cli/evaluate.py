@@ -1,4 +1,5 @@
-"""``onnx-gradcam evaluate MODEL IMAGES... [--method ...] [--masks DIR]``: faithfulness."""
+"""``onnx-gradcam evaluate MODEL IMAGES... [--method ...] [--masks DIR] [--reference MODEL]``:
+faithfulness, and how far the maps are from an original model's."""
 
 from __future__ import annotations
 
@@ -41,19 +42,32 @@ def evaluate_command(
     workers: int = typer.Option(None, "--workers", min=1, help="ray: scoring actors"),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0,
                                           help="ray: GPUs each actor reserves"),
+    reference: Path = typer.Option(
+        None, "--reference", help="the original model (e.g. the float32 model an int8 or fp16 "
+        "copy was made from): report how far MODEL's maps are from its maps"),
+    reference_layer: list[str] = typer.Option(
+        None, "--reference-layer", help="the reference's target layer (repeatable; default: "
+        "its auto-detected one)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Average Drop, Increase in Confidence, deletion/insertion AUC and the pointing game
-    (over the images that have a mask of their size: the column says how many)."""
+    (over the images that have a mask of their size: the column says how many); with
+    --reference, per method the mean |Δcam|, correlation and pointing agreement (the two maps'
+    maxima within 15/224 of the longer side) against the reference model's maps of the same
+    targets."""
     if masks is not None and not masks.is_dir():
         raise OnnxGradCamError(f"{masks}: masks must be a folder")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
     explainers = [Explainer(model, layer=layer or None, method=m, providers=provider,
                             batch_size=batch_size, output=target_output) for m in methods]
     explainers[0].class_graph  # noqa: B018 - the metrics are of class scores: refused up front
+    originals = [Explainer(reference, layer=reference_layer or None, method=m,
+                           providers=provider, batch_size=batch_size)
+                 for m in methods] if reference is not None else None
     if output is not None:
         reads = [*explainers[0].model.files, *list_images(images),
-                 *(list_images([masks]) if masks else [])]
+                 *(list_images([masks]) if masks else []),
+                 *(originals[0].model.files if originals else [])]
         check_output_file(output, reads, "--json", "evaluate.json")
     run_engine = None
     if engine == "ray":
@@ -70,13 +84,21 @@ def evaluate_command(
         task = bar.add_task("evaluate", total=len(list_images(images)))
         result = evaluate(explainers, images, masks, steps=steps, batch_size=batch_size,
                           progress=lambda n: bar.advance(task, n), max_pixels=max_pixels,
-                          engine=run_engine)
-    table = Table("method", "images", "avg drop % ↓", "incr. conf. % ↑", "deletion AUC ↓",
-                  "insertion AUC ↑", "pointing % ↑")
+                          engine=run_engine, reference=originals)
+    columns = ["method", "images", "avg drop % ↓", "incr. conf. % ↑", "deletion AUC ↓",
+               "insertion AUC ↑", "pointing % ↑"]
+    if originals:
+        columns += ["vs reference: |Δcam| ↓", "corr. ↑", "pointing agree % ↑"]
+    table = Table(*columns)
     for name, row in result["metrics"].items():
-        table.add_row(name, str(row["images"]), f"{row['average_drop']:.2f}",
-                      f"{row['increase_in_confidence']:.1f}", f"{row['deletion_auc']:.4f}",
-                      f"{row['insertion_auc']:.4f}", _pointing(row))
+        cells = [name, str(row["images"]), f"{row['average_drop']:.2f}",
+                 f"{row['increase_in_confidence']:.1f}", f"{row['deletion_auc']:.4f}",
+                 f"{row['insertion_auc']:.4f}", _pointing(row)]
+        if originals:
+            cells += [f"{row['reference_mean_abs_delta']:.4f}",
+                      f"{row['reference_correlation']:.3f}",
+                      f"{row['reference_pointing_agreement']:.1f}"]
+        table.add_row(*cells)
     Console().print(table)
     if output:
         write_json(output, result)

@@ -2,6 +2,7 @@
 
 from onnx_gradcam.autodiff.rules import (  # noqa: F401  (imported for registration)
     elementwise,
+    integer,
     linalg,
     nn,
     qoperator,

@@ -38,6 +38,9 @@ SIGNATURES = {
     "QLinearAveragePool": ("AveragePool", [(0, 1, 2)], (3, 4)),
     "QLinearSigmoid": ("Sigmoid", [(0, 1, 2)], (3, 4)),
     "QLinearLeakyRelu": ("LeakyRelu", [(0, 1, 2)], (3, 4)),
+    # A, B, then the int32 bias C (a constant: not differentiated), then Y's parameters,
+    # absent where Y is float
+    "QGemm": ("Gemm", [(0, 1, 2), (3, 4, 5)], (7, 8)),
 }
 
 
@@ -57,11 +60,26 @@ def float_op_of(node: onnx.NodeProto) -> tuple[str, list[str]]:
 
 
 def output_parameters(node: onnx.NodeProto) -> tuple[str, str]:
-    """The (scale, zero point) tensor names of a QOperator (or QuantizeLinear) node's output."""
+    """The (scale, zero point) tensor names of a QOperator (or QuantizeLinear) node's output
+    ("" where absent: a QGemm with a float output)."""
     if node.op_type == "QuantizeLinear":
         return node.input[1], node.input[2] if len(node.input) > 2 else ""
-    _, _, (scale, zero_point) = _signature(node.op_type, len(node.input))
-    return node.input[scale], node.input[zero_point]
+    if node.op_type == "DynamicQuantizeLinear":  # computed per call: its other outputs
+        return node.output[1], node.output[2]
+    _, _, output = _signature(node.op_type, len(node.input))
+    scale, zero_point = (node.input[i] if i < len(node.input) else "" for i in output)
+    return scale, zero_point
+
+
+def weight_axis(node: onnx.NodeProto | Node, operand: int) -> int:
+    """The axis of a per-axis scale on ``operand`` (0 for the data, 1 for QLinearConv's and
+    QGemm's weight): the output channel — QLinearConv's W (M, C/g, k…) and a transposed QGemm
+    B (N, K) on axis 0, an untransposed B (K, N) on its last."""
+    if operand == 0 or node.op_type not in ("QLinearConv", "QGemm"):
+        return 1
+    trans_b = (node.attr("transB", 0) if isinstance(node, Node) else next(
+        (a.i for a in node.attribute if a.name == "transB"), 0))
+    return -1 if node.op_type == "QGemm" and not trans_b else 0
 
 
 def float_meaning(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -75,19 +93,22 @@ def float_meaning(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.op_type not in QUANTIZED_OPS or node.domain != "com.microsoft":
             nodes.append(node)
             continue
-        float_op, operands, (scale, zero_point) = _signature(node.op_type, len(node.input))
+        float_op, operands, _ = _signature(node.op_type, len(node.input))
+        scale, zero_point = output_parameters(node)
         result = node.output[0]
         reals = [f"{result}__ogc_real{k}" for k in range(len(operands))]
         for k, ((q, s, z), real) in enumerate(zip(operands, reals)):
-            axis = 0 if node.op_type == "QLinearConv" and k == 1 else 1  # per output channel
             nodes.append(helper.make_node("DequantizeLinear", [node.input[q], node.input[s],
-                                                               node.input[z]], [real], axis=axis))
+                                                               node.input[z]], [real],
+                                          axis=weight_axis(node, k)))
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute
                  if a.name != "channels_last"}
+        if not scale:  # a QGemm with a float output
+            nodes.append(helper.make_node(float_op, reals, [result], **attrs))
+            continue
         nodes.append(helper.make_node(float_op, reals, [result + "__ogc_float"], **attrs))
-        nodes.append(helper.make_node("QuantizeLinear", [result + "__ogc_float",
-                                                         node.input[scale], node.input[zero_point]],
-                                      [result]))
+        nodes.append(helper.make_node("QuantizeLinear", [result + "__ogc_float", scale,
+                                                         zero_point], [result]))
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
@@ -100,14 +121,18 @@ def _param(op: Emitter, name: str | None, what: str) -> np.ndarray:
     return np.zeros((), np.int64) if value is None else value
 
 
-def _dequantized(op: Emitter, q: str, scale: str, zero_point: str | None) -> Value:
+def _dequantized(op: Emitter, q: str, scale: str, zero_point: str | None, axis: int = 0
+                 ) -> Value:
     """A float copy of the integer tensor ``q`` (its real values); a constant for a weight
-    (per-axis scales on axis 0, as QLinearConv's weights have them)."""
+    (per-axis scales on ``axis``, see :func:`weight_axis`)."""
     s, zp = _param(op, scale, "scale"), _param(op, zero_point, "zero point")
     known = op.value_of(q)
     if known is not None:
-        axis = (-1,) + (1,) * (known.ndim - 1) if s.size > 1 else ()
-        real = (known.astype(np.float64) - zp.astype(np.float64).reshape(axis)) * s.reshape(axis)
+        shape = [1] * known.ndim
+        if s.size > 1:
+            shape[axis if axis < known.ndim else -1] = -1
+        real = ((known.astype(np.float64) - zp.astype(np.float64).reshape(shape))
+                * s.astype(np.float64).reshape(shape))
         name = op.const(real.astype(op.dtype))
         op.know_shape(name, real.shape)
         return name
@@ -134,15 +159,19 @@ def _through(op: Emitter, node: Node, dys: Dys, float_op: str,
              operands: Sequence[tuple[int, int, int]], output: tuple[int, int],
              attrs: dict) -> list[Value | None]:
     """The rule of ``float_op`` between the straight-through steps (see the module's doc)."""
-    inputs = [node.input(i) for i in range(len(node.inputs))]
+    inputs = [node.input(i) for i in range(max(len(node.inputs), max(output) + 1))]
     y_scale, y_zero_point = inputs[output[0]], inputs[output[1]]
-    y = _dequantized(op, node.outputs[0], y_scale, y_zero_point)
-    dy = _output_cotangent(op, y, dys[0], y_scale, y_zero_point)
-    floats = [_dequantized(op, inputs[q], inputs[s], inputs[z]) for q, s, z in operands]
+    if y_scale is None:  # a float output (QGemm's may be)
+        y, dy = node.outputs[0], dys[0]
+    else:
+        y = _dequantized(op, node.outputs[0], y_scale, y_zero_point)
+        dy = _output_cotangent(op, y, dys[0], y_scale, y_zero_point)
+    floats = [_dequantized(op, inputs[q], inputs[s], inputs[z], weight_axis(node, k))
+              for k, (q, s, z) in enumerate(operands)]
     inner = Node(float_op, node.name, floats, [y], attrs)
     dxs = VJP_RULES[float_op](op, inner, [dy])
     result: list[Value | None] = [None] * len(node.inputs)
-    for (q, s, _), dx in zip(operands, dxs):
+    for (q, s, _), dx in zip(operands, dxs[:len(operands)]):
         if dx is not None and op.value_of(inputs[q]) is None:
             scale = _param(op, inputs[s], "scale").astype(np.float64)
             result[q] = op.Mul(dx, op.const(np.asarray(scale, op.dtype)))
