@@ -46,7 +46,8 @@ def evaluate_command(
     if masks is not None and not masks.is_dir():
         raise OnnxGradCamError(f"{masks}: masks must be a folder")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
-    explainers = [Explainer(model, layer=layer or None, method=m, providers=provider,
+    here = "cpu" if engine == "ray" else provider  # with Ray the actors explain
+    explainers = [Explainer(model, layer=layer or None, method=m, providers=here,
                             batch_size=batch_size) for m in methods]
     if output is not None:
         reads = [*explainers[0].model.files, *list_images(images),

@@ -157,7 +157,9 @@ def run_command(
     if not images:
         raise OnnxGradCamError("no images given: pass image files or folders after the model")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
-    explainers = [Explainer(model, layer=layer or None, method=m, providers=provider, score=score,
+    # with --engine ray the command's explainers only read the model: the actors explain
+    here = "cpu" if engine == "ray" else provider
+    explainers = [Explainer(model, layer=layer or None, method=m, providers=here, score=score,
                             batch_size=batch_size, scorecam_batch=scorecam_batch,
                             aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
                             gradient_builder=gradient_builder, exact=exact) for m in methods]
@@ -197,7 +199,7 @@ def run_command(
                          progress=lambda n: bar.advance(task, n), engine=run_engine)
     done, seconds = report["explained_this_run"], report["seconds"]
     console.print(f"{done} image(s) explained with {', '.join(methods)} at "
-                  f"{', '.join(report['layers'])} on {explainer.provider} ({engine} engine) in "
+                  f"{', '.join(report['layers'])} on {report['provider']} ({engine} engine) in "
                   f"{seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s; "
                   f"{len(report['errors'])} error(s); wrote {output}/ (report.json, results/)",
                   markup=False, highlight=False)
