@@ -116,7 +116,8 @@ class Explanation:
         """Per sample, the kink decisions between the layer and the score that lie within
         float32 rounding of their threshold and how far the gradient could move if they
         flipped (:class:`onnx_gradcam.kinks.KnifeEdges`). Computed on first access by a small
-        diagnostic session (one more forward and backward of the batch)."""
+        diagnostic session (one more forward and backward of the batch; none for a head
+        without kink ops)."""
         if callable(self.diagnose):
             self.diagnose = self.diagnose()
         return self.diagnose

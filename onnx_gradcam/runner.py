@@ -68,7 +68,7 @@ class RunOptions:
     format: str = "files"  # files: overlay pictures; parquet: the maps in the rows instead
     resume: bool = False  # skip the images a previous run in ``outdir`` completed
     image_column: str = "image"  # a Parquet input's column of encoded images
-    knife_edges: bool = True  # count near-kink decisions per map (one more head pass per chunk)
+    knife_edges: bool = True  # count near-kink decisions per map (see Explainer.knife_edges)
 
 
 T = TypeVar("T")

@@ -132,7 +132,8 @@ def run_command(
     knife_edges: bool = typer.Option(
         True, "--knife-edges/--no-knife-edges",
         help="count, per map, the kink decisions within float32 rounding of their threshold "
-             "(report.json, warnings); costs about one more explain per batch"),
+             "(report.json, warnings); where the head has kink ops (ReLU, MaxPool, …) it "
+             "costs about one more explain per batch"),
     out_format: str = typer.Option(None, "--format", help="files (overlay pictures; the "
                                    "local engine's default) or parquet (the maps in "
                                    "OUT/results rows; Ray's default)"),
