@@ -11,7 +11,9 @@ explainer built and warmed on one batch first. For raw ORT they are those of
 ``InferenceSession.run`` alone over the same preprocessed batches, on a warm session of the
 original model (no decode, no write). The local engine and raw ORT alternate for ``--rounds``
 rounds (a shared machine's load moves between them) and the ratio is taken per round; the
-median round is printed, and the best pass of each. Each Ray line includes the actors'
+median round is printed, the best pass of each, and the ratio of the CPU seconds this
+process spent in each over all rounds (the steadiest figure on a shared machine: ONNX
+Runtime's threads spin while they wait, in both). Each Ray line includes the actors'
 start-up (their sessions are built inside the timed job), and says after how many seconds
 the first rows arrived; ``ray.init`` is timed alone.
 """
@@ -60,18 +62,19 @@ def write_images(folder: Path, n: int, side: int) -> Path:
 
 
 def timed_job(explainer: og.Explainer, images: Path, out: Path, batch: int, engine=None,
-              knife_edges: bool = True) -> tuple[float, float]:
-    """(seconds of the job, seconds until its first rows were written)."""
+              knife_edges: bool = True) -> tuple[float, float, float]:
+    """(seconds of the job, seconds until its first rows were written, CPU seconds of this
+    process meanwhile)."""
     options = RunOptions(out, batch_size=batch, format="parquet", knife_edges=knife_edges)
     labels = Labels(explainer.model.metadata.labels, explainer.model.metadata.label_offset)
     first: list[float] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     report = run_job(explainer, [images], options, labels,
                      progress=lambda n: first or first.append(time.perf_counter() - t0),
                      engine=engine)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert not report["errors"], report["errors"][:3]
-    return seconds, first[0]
+    return seconds, first[0], cpu
 
 
 def warm_explainer(model: Path, images: Path, batch: int) -> og.Explainer:
@@ -92,11 +95,12 @@ def raw_batches(explainer: og.Explainer, images: Path, batch: int) -> list[np.nd
             for chunk in decoded_chunks(explainer, sorted(images.iterdir()), pre, batch, [])]
 
 
-def raw_ort(session, name: str, batches: list[np.ndarray]) -> float:
-    t0 = time.perf_counter()
+def raw_ort(session, name: str, batches: list[np.ndarray]) -> tuple[float, float]:
+    """(seconds, CPU seconds) of ``session.run`` over ``batches``."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for x in batches:
         session.run(None, {name: x})
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -121,11 +125,13 @@ def main() -> None:
         session = make_session(onnx.load(str(model)).SerializeToString(), "cpu")
         name = session.get_inputs()[0].name
         session.run(None, {name: batches[0]})  # warm-up, as the engine's session is warm
-        rounds = []
+        rounds, cpu = [], np.zeros(3)
         for r in range(args.rounds):
-            raw = raw_ort(session, name, batches)
-            local, _ = timed_job(explainer, images, tmp / f"local{r}", batch)
-            bare, _ = timed_job(explainer, images, tmp / f"bare{r}", batch, knife_edges=False)
+            raw, c_raw = raw_ort(session, name, batches)
+            local, _, c_local = timed_job(explainer, images, tmp / f"local{r}", batch)
+            bare, _, c_bare = timed_job(explainer, images, tmp / f"bare{r}", batch,
+                                        knife_edges=False)
+            cpu += (c_raw, c_local, c_bare)
             rounds.append((local / raw, raw, local, bare))
             print(f"  round {r + 1}: raw ORT {n / raw:.1f}, local {n / local:.1f}, "
                   f"local --no-knife-edges {n / bare:.1f} images/s")
@@ -141,6 +147,10 @@ def main() -> None:
         print(f"best of the rounds: raw ORT {n / best[0]:.1f}, local {n / best[1]:.1f} "
               f"({best[0] / best[1] * 100:.0f}%), --no-knife-edges {n / best[2]:.1f} "
               f"({best[0] / best[2] * 100:.0f}%) images/s")
+        # CPU seconds of this process barely move with other processes' load
+        print(f"CPU seconds, all rounds: raw ORT {cpu[0]:.1f}, local {cpu[1]:.1f} "
+              f"(raw ÷ local {cpu[0] / cpu[1] * 100:.0f}%), --no-knife-edges {cpu[2]:.1f} "
+              f"({cpu[0] / cpu[2] * 100:.0f}%)")
         import ray
 
         from onnx_gradcam.ray_engine import RayEngine
@@ -157,7 +167,7 @@ def main() -> None:
                 engine = RayEngine(model, {"providers": "cpu", "batch_size": batch},
                                    ["gradcam"], Labels(meta.labels, meta.label_offset),
                                    options, workers=workers)
-                seconds, first = timed_job(explainer, images, out, batch, engine)
+                seconds, first, _ = timed_job(explainer, images, out, batch, engine)
                 print(f"{f'ray, {workers} worker(s)':<28} {n / seconds:8.1f} images/s  "
                       f"({seconds:.1f} s, actors' start-up included; first rows after "
                       f"{first:.1f} s)")

@@ -87,8 +87,21 @@ def test_ray_engine_without_ray_says_so_in_one_line(scenes, tmp_path, monkeypatc
     assert "onnx-gradcam[ray]" in result.stderr and "Traceback" not in result.stderr
 
 
-def _explain_actors() -> list[int]:
-    """Pids of this machine's explaining actors (Ray titles their processes)."""
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in status.splitlines()
+                 if line.startswith("PPid:")), None)
+
+
+def _explain_actors(raylet: int | None = None) -> list[int]:
+    """Pids of the explaining actors (Ray titles their processes) of the Ray this process
+    started: children of a raylet that is its child (another Ray on this machine, another
+    test run's, is never counted), or of ``raylet``."""
+    import os
+
     pids = []
     for entry in Path("/proc").iterdir():
         try:
@@ -96,7 +109,10 @@ def _explain_actors() -> list[int]:
         except OSError:
             continue
         if entry.name.isdigit() and b"MapBatches(_Explain)" in title:
-            pids.append(int(entry.name))
+            parent = _parent(int(entry.name))
+            if parent is not None and (parent == raylet if raylet is not None
+                                       else _parent(parent) == os.getpid()):
+                pids.append(int(entry.name))
     return pids
 
 

@@ -34,11 +34,18 @@ def two_nodes():
     cluster.shutdown()
 
 
+def _actors_on(node) -> list[int]:
+    """Pids of the explaining actors a node runs (its raylet's children)."""
+    return _explain_actors(node.all_processes["raylet"][0].process.pid)
+
+
 def test_a_lost_node_still_yields_every_row_once(two_nodes, tmp_path, monkeypatch):
     """Two explaining actors of one CPU each on two one-CPU nodes: one per node. Once the
-    first part has landed and both actors are up, the worker node is removed (its raylet,
-    actor and objects gone): Ray restarts the actor's lost tasks on the head's actor and
-    rebuilds the lost decoded blocks from lineage, and every image has exactly one row."""
+    first part has landed and the worker node's actor is up, that node is removed (its
+    raylet, actor and objects gone): Ray retries the lost actor's batches on the head's
+    actor and rebuilds the lost decoded blocks from lineage (Ray Data's actor pools default
+    to ``max_restarts=-1``, ``max_task_retries=-1``; with ``max_restarts=0`` this test fails
+    with ActorDiedError), and every image has exactly one row."""
     cluster, worker = two_nodes
     folder = tmp_path / "in"
     folder.mkdir()
@@ -50,8 +57,8 @@ def test_a_lost_node_still_yields_every_row_once(two_nodes, tmp_path, monkeypatc
     def write(self, rows):
         real(self, rows)
         if rows and not removed:
-            deadline = time.monotonic() + 120  # both actors (one a node) hold their CPU
-            while len(actors := _explain_actors()) < 2 and time.monotonic() < deadline:
+            deadline = time.monotonic() + 120  # the worker node's actor holds its CPU
+            while not (actors := _actors_on(worker)) and time.monotonic() < deadline:
                 time.sleep(0.05)
             removed["actors"] = actors
             cluster.remove_node(worker)
@@ -61,8 +68,8 @@ def test_a_lost_node_still_yields_every_row_once(two_nodes, tmp_path, monkeypatc
     result = cli("run", DEMO, folder, "-o", out, "--batch-size", "2", "--engine", "ray",
                  "--ray-address", cluster.address, "--workers", "2", "--quiet")
     assert result.returncode == 0, result.stderr
-    assert len(removed["actors"]) == 2, "the second actor never started"
-    assert set(removed["actors"]) - set(_explain_actors()), "no actor died with its node"
+    assert removed["actors"], "no actor started on the worker node"
+    assert not set(removed["actors"]) & set(_explain_actors()), "its actor outlived the node"
     rows = pq.read_table(out / "results").to_pylist()
     assert sorted(Path(r["path"]).name for r in rows) == [f"s{i:02d}.png" for i in range(N)]
     assert all(r["error"] is None for r in rows)
