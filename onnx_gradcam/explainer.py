@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 
 from onnx_gradcam import targets as targets_
+from onnx_gradcam.autodiff.builder import head_nodes
 from onnx_gradcam.cams import METHODS, Method, postprocess, reduce_map
 from onnx_gradcam.cams.score import scorecam
 from onnx_gradcam.errors import NonFiniteError, OnnxGradCamError
@@ -38,7 +39,7 @@ from onnx_gradcam.images import (
     synthetic_image,
     to_rgb8,
 )
-from onnx_gradcam.kinks import KnifeEdges, knife_edges, probe_names
+from onnx_gradcam.kinks import KnifeEdges, kink_nodes, knife_edges, probe_names
 from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.model import (
     Layer,
@@ -115,7 +116,8 @@ class Explanation:
         """Per sample, the kink decisions between the layer and the score that lie within
         float32 rounding of their threshold and how far the gradient could move if they
         flipped (:class:`onnx_gradcam.kinks.KnifeEdges`). Computed on first access by a small
-        diagnostic session (one more forward and backward of the batch)."""
+        diagnostic session (one more forward and backward of the batch; none for a head
+        without kink ops)."""
         if callable(self.diagnose):
             self.diagnose = self.diagnose()
         return self.diagnose
@@ -467,9 +469,20 @@ class Explainer:
         """The knife-edge decisions (:class:`~onnx_gradcam.kinks.KnifeEdges`) of each sample's
         head for the class indices ``targets`` (N,), summed over the target layers."""
         x = self._check_input(x)
-        parts = [self._probe(x, targets, layer.name)[0] for layer in self.layers]
+        n = len(x)
+        # a head without kink ops (GAP → Gemm) has no decisions: nothing to probe for
+        parts = [self._probe(x, targets, layer.name)[0] if layer.name in self._kinked_heads
+                 else KnifeEdges(np.zeros(n, np.int64), np.zeros(n), [[] for _ in range(n)])
+                 for layer in self.layers]
         return KnifeEdges(sum(p.count for p in parts), sum(p.shift for p in parts),
                           [sum(ops, []) for ops in zip(*[p.ops for p in parts])])
+
+    @cached_property
+    def _kinked_heads(self) -> frozenset[str]:
+        """The target layers whose head (layer → score) holds a kink op (:data:`KINKS`)."""
+        info = self.model.info
+        return frozenset(layer.name for layer in self.layers
+                         if kink_nodes(info, head_nodes(info, layer.name, self.score), {}))
 
     def _probe(self, x: np.ndarray, targets: np.ndarray, layer: str,
                extra: Sequence[str] = ()) -> tuple[KnifeEdges, dict[str, np.ndarray]]:

@@ -25,6 +25,7 @@ from onnx_gradcam.images import bounded
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import Preprocessing
 from onnx_gradcam.runner import RunOptions, decode_one, error_row, explain_finite, explain_images
+from onnx_gradcam.runtime import PROVIDER_NAMES
 
 
 def _ray():
@@ -112,6 +113,7 @@ def evaluate_engine(model: Path, kwargs: dict, methods: list[str], batch_size: i
                     gpus: float = 0.0):
     """``engine`` for :func:`onnx_gradcam.evaluate.evaluate`: scores on Ray."""
     _ray()
+    worker_kwargs(kwargs, gpus)
 
     def engine(paths, pre, steps, channel_axis, masks):
         actor = dict(model=Path(model).resolve(), kwargs=kwargs, methods=methods,
@@ -132,7 +134,10 @@ class RayEngine:
     def __init__(self, model: Path, kwargs: dict, methods: list[str], labels: Labels,
                  options: RunOptions, address: str = "local", workers: int | None = None,
                  gpus_per_worker: float = 0.0) -> None:
-        _ray()  # refuse before any work when Ray is missing
+        _ray()  # refuse before any work when Ray is missing, or the providers contradict
+        providers = worker_kwargs(kwargs, gpus_per_worker)["providers"]  # the GPUs
+        #: what the actors run on, for the report (the command's own explainer runs nothing)
+        self.provider = PROVIDER_NAMES.get(providers, str(providers))
         self.model, self.kwargs, self.methods, self.labels = model, kwargs, methods, labels
         self.options, self.address = options, address
         self.workers, self.gpus = workers, gpus_per_worker
@@ -150,6 +155,34 @@ class RayEngine:
             sink.write([r for r in records if not isinstance(r, dict)])
             if progress:
                 progress(len(records))
+
+
+def worker_kwargs(kwargs: dict, gpus: float) -> dict:
+    """The :class:`Explainer` arguments of an actor that reserves ``gpus`` GPUs: holding a GPU
+    it runs ONNX Runtime on CUDA (``auto`` becomes ``cuda``, so a GPU that fails to start is
+    an error, not a silent CPU run); holding none, on the CPU (``auto`` becomes ``cpu``: Ray
+    hides no GPU from an actor that reserved none, and one it does not account for would be
+    shared unseen)."""
+    providers = kwargs.get("providers", "auto")
+    if providers in (None, "auto"):
+        return {**kwargs, "providers": "cuda" if gpus else "cpu"}
+    if providers == "cpu" and gpus:
+        raise OnnxGradCamError(f"--gpus-per-worker {gpus:g} reserves GPUs that --provider cpu "
+                               "leaves idle; pass --provider cuda (or auto)")
+    if providers == "cuda" and not gpus:
+        raise OnnxGradCamError("--provider cuda with --engine ray needs --gpus-per-worker F: "
+                               "an actor runs on the GPUs it reserves")
+    return kwargs
+
+
+def actor_stage(actor_kwargs: dict, threads: int, workers: int, gpus: float) -> dict:
+    """``map_batches`` arguments of the explaining stage: ``workers`` actors, each reserving
+    ``threads`` CPUs (its ONNX Runtime threads) and ``gpus`` GPUs."""
+    ray = _ray()
+    kwargs = {**actor_kwargs, "kwargs": worker_kwargs(actor_kwargs["kwargs"], gpus),
+              "threads": threads}
+    return dict(fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=workers),
+                num_cpus=threads, num_gpus=gpus or None)
 
 
 def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_size: int,
@@ -187,10 +220,8 @@ def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_si
                             # run beside them, one per actor at a time: unbounded, Ray would
                             # start a process (and its imports) per pending task
                             num_cpus=0, compute=ray.data.TaskPoolStrategy(size=workers))
-        ds = ds.map_batches(actor, fn_constructor_kwargs={**actor_kwargs, "threads": threads},
-                            batch_size=batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=workers),
-                            num_cpus=threads, num_gpus=gpus or None)
+        ds = ds.map_batches(actor, batch_size=batch_size, batch_format="numpy",
+                            **actor_stage(actor_kwargs, threads, workers, gpus))
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             yield [pickle.loads(r) for r in batch["record"]]
     finally:

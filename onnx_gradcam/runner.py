@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -70,7 +71,7 @@ class RunOptions:
     format: str = "files"  # files: overlay pictures; parquet: the maps in the rows instead
     resume: bool = False  # skip the images a previous run in ``outdir`` completed
     image_column: str = "image"  # a Parquet input's column of encoded images
-    knife_edges: bool = True  # count near-kink decisions per map (one more head pass per chunk)
+    knife_edges: bool = True  # count near-kink decisions per map (see Explainer.knife_edges)
     request: TargetRequest | None = None  # --segment / --similar-to: a target object per image
 
 
@@ -237,19 +238,36 @@ def decoded_chunks(explainer: Explainer, paths: Sequence[Path], pre: Preprocessi
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[list[Decoded]]:
     """Decode (within ``max_pixels``) and preprocess ``paths`` in chunks of ``batch_size``; an
     image that fails, or whose input is not finite, goes to ``errors`` ({path, error}) and the
-    chunk goes on without it (empty chunks are skipped)."""
-    for first in range(0, len(paths), batch_size):
-        chunk = paths[first:first + batch_size]
-        decoded = []
-        for path in chunk:
-            try:
-                decoded.append(decode_one(path, pre, max_pixels))
-            except OnnxGradCamError as exc:
-                errors.append(error_row(path, exc))
+    chunk goes on without it (empty chunks are skipped). The next chunk is decoded in a
+    thread while the caller works on this one (OpenCV and ONNX Runtime release the GIL);
+    ``errors`` and ``progress`` are updated in the caller's thread."""
+    def chunks() -> Iterator[tuple[list[Decoded], list[dict], int]]:
+        for first in range(0, len(paths), batch_size):
+            chunk = paths[first:first + batch_size]
+            decoded, failed = [], []
+            for path in chunk:
+                try:
+                    decoded.append(decode_one(path, pre, max_pixels))
+                except OnnxGradCamError as exc:
+                    failed.append(error_row(path, exc))
+            yield decoded, failed, len(chunk)
+
+    for decoded, failed, count in ahead(chunks()):
+        errors += failed
         if decoded:
             yield decoded
         if progress:
-            progress(len(chunk))
+            progress(count)
+
+
+def ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, each computed in a thread while the caller works on the one before."""
+    done = object()
+    with ThreadPoolExecutor(1, thread_name_prefix="onnx-gradcam-decode") as pool:
+        future = pool.submit(next, items, done)
+        while (item := future.result()) is not done:
+            future = pool.submit(next, items, done)
+            yield item
 
 
 def decode_one(path: Path, pre: Preprocessing, max_pixels: int) -> Decoded:
@@ -299,7 +317,7 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
         "methods": [ex.method.name for ex in explainers],
         "layers": [layer.name for layer in lead.layers],
         "score": {"tensor": lead.score, "kind": lead.score_kind},
-        "provider": lead.provider,
+        "provider": getattr(engine, "provider", lead.provider),
         "preprocessing": {"size": list(pre.size or ()), "layout": pre.layout,
                           "color": pre.color, "scale": pre.scale, "mean": list(pre.mean),
                           "std": list(pre.std)},

@@ -87,8 +87,21 @@ def test_ray_engine_without_ray_says_so_in_one_line(scenes, tmp_path, monkeypatc
     assert "onnx-gradcam[ray]" in result.stderr and "Traceback" not in result.stderr
 
 
-def _explain_actors() -> list[int]:
-    """Pids of this machine's explaining actors (Ray titles their processes)."""
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) for line in status.splitlines()
+                 if line.startswith("PPid:")), None)
+
+
+def _explain_actors(raylet: int | None = None) -> list[int]:
+    """Pids of the explaining actors (Ray titles their processes) of the Ray this process
+    started: children of a raylet that is its child (another Ray on this machine, another
+    test run's, is never counted), or of ``raylet``."""
+    import os
+
     pids = []
     for entry in Path("/proc").iterdir():
         try:
@@ -96,7 +109,10 @@ def _explain_actors() -> list[int]:
         except OSError:
             continue
         if entry.name.isdigit() and b"MapBatches(_Explain)" in title:
-            pids.append(int(entry.name))
+            parent = _parent(int(entry.name))
+            if parent is not None and (parent == raylet if raylet is not None
+                                       else _parent(parent) == os.getpid()):
+                pids.append(int(entry.name))
     return pids
 
 
@@ -200,3 +216,58 @@ def test_ray_draws_the_same_overlays_and_grids(cluster, scenes, tmp_path):
     for name in names:  # cams equal to 1e-6: a pixel may round one level the other way
         a, b = (cv2.imread(str(d / name)).astype(int) for d in (local, remote))
         assert a.shape == b.shape and np.abs(a - b).max() <= 1, name
+
+
+@pytest.mark.parametrize("provider, gpus, want", [
+    ("auto", 0.5, "cuda"), ("cuda", 0.25, "cuda"), ("auto", 0.0, "cpu"), ("cpu", 0.0, "cpu"),
+])
+def test_gpus_per_worker_reserve_gpus_and_build_cuda_explainers(cluster, scenes, monkeypatch,
+                                                                 provider, gpus, want):
+    """No GPU here: the actor stage Ray gets is captured (its ``num_gpus``), and the actor is
+    built from it with a recording stand-in for the Explainer (its ``providers``)."""
+    import onnx_gradcam as og
+    import onnx_gradcam.explainer
+    from onnx_gradcam.labels import Labels
+    from onnx_gradcam.ray_engine import RayEngine
+    from onnx_gradcam.runner import RunOptions
+
+    class Captured(Exception):
+        pass
+
+    stages, real = [], ray.data.Dataset.map_batches
+
+    def map_batches(self, fn, **kwargs):
+        if isinstance(fn, type):  # the actor stage: record it and stop before any actor starts
+            stages.append((fn, kwargs))
+            raise Captured
+        return real(self, fn, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", map_batches)
+    ex = og.Explainer(DEMO, providers="cpu")
+    engine = RayEngine(DEMO, {"providers": provider, "batch_size": 4}, ["gradcam", "gradcam++"],
+                       Labels(ex.model.metadata.labels, ex.model.metadata.label_offset),
+                       RunOptions(Path("unused")), workers=2, gpus_per_worker=gpus)
+    assert engine.provider == {"cuda": "CUDAExecutionProvider",
+                               "cpu": "CPUExecutionProvider"}[want]
+    with pytest.raises(Captured):
+        engine(sorted(scenes.glob("s*.png")), ex.preprocessing(), 1, None, None, None)
+    actor, stage = stages[0]
+    assert stage["num_gpus"] == (gpus or None) and stage["num_cpus"] == 1  # 2 CPUs, 2 actors
+    built = []
+    monkeypatch.setattr(onnx_gradcam.explainer, "Explainer",
+                        lambda model, **kwargs: built.append(kwargs))
+    actor(**stage["fn_constructor_kwargs"])
+    assert [(b["method"], b["providers"], b["threads"]) for b in built] == [
+        ("gradcam", want, 1), ("gradcam++", want, 1)]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (("--gpus-per-worker", "1", "--provider", "cpu"), "leaves idle"),
+    (("--provider", "cuda"), "needs --gpus-per-worker"),
+])
+def test_contradicting_gpu_flags_are_refused_before_any_work(scenes, tmp_path, flags, words):
+    from tests.test_hostile import one_error
+
+    out = tmp_path / "out"
+    one_error(cli("run", DEMO, scenes, "-o", out, "--engine", "ray", *flags), words)
+    assert not out.exists()

@@ -158,6 +158,22 @@ def test_explain_does_not_run_the_diagnostics():
     assert res.knife_edges.count.shape == (2,)
 
 
+def test_a_head_without_kinks_has_no_knife_edges_and_runs_no_probe():
+    """The demo's head (ReduceMean → Gemm) takes no decisions: its knife edges are what the
+    diagnostic session would find (none) without running it; a Relu head is still probed."""
+    ex = og.Explainer(SUITE["demo"], providers="cpu")
+    x, _ = ex.prepare(sorted((ROOT / "models/samples").iterdir())[:3])
+    targets = ex.explain(x).targets
+    knife = ex.knife_edges(x, targets)
+    assert not ex._probes
+    probed, _ = ex._probe(x, targets, ex.layer_names[0])  # the diagnostic session itself
+    assert knife.count.tolist() == probed.count.tolist() == [0, 0, 0]
+    assert knife.shift.tolist() == probed.shift.tolist() and knife.ops == probed.ops
+    relu = og.Explainer(_relu_head()[0], layer="act", providers="cpu")
+    relu.knife_edges(np.ones((1, 4, 5, 5), np.float32), np.array([0]))
+    assert relu._probes
+
+
 def test_exact_runs_onnx_runtime_at_extended_optimisation():
     ex = og.Explainer(SUITE["demo"], providers="cpu", exact=True)
     level = ex.session.get_session_options().graph_optimization_level

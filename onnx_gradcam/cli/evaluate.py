@@ -58,7 +58,8 @@ def evaluate_command(
     if masks is not None and not masks.is_dir():
         raise OnnxGradCamError(f"{masks}: masks must be a folder")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
-    explainers = [Explainer(model, layer=layer or None, method=m, providers=provider,
+    here = "cpu" if engine == "ray" else provider  # with Ray the actors explain
+    explainers = [Explainer(model, layer=layer or None, method=m, providers=here,
                             batch_size=batch_size, output=target_output) for m in methods]
     explainers[0].class_graph  # noqa: B018 - the metrics are of class scores: refused up front
     originals = [Explainer(reference, layer=reference_layer or None, method=m,

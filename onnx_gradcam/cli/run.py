@@ -142,7 +142,8 @@ def run_command(
     knife_edges: bool = typer.Option(
         True, "--knife-edges/--no-knife-edges",
         help="count, per map, the kink decisions within float32 rounding of their threshold "
-             "(report.json, warnings); costs about one more explain per batch"),
+             "(report.json, warnings); where the head has kink ops (ReLU, MaxPool, …) it "
+             "costs about one more explain per batch"),
     out_format: str = typer.Option(None, "--format", help="files (overlay pictures; the "
                                    "local engine's default) or parquet (the maps in "
                                    "OUT/results rows; Ray's default)"),
@@ -171,7 +172,9 @@ def run_command(
     if segment is not None and similar_to is not None:
         raise OnnxGradCamError("--segment and --similar-to are two targets: pass one")
     methods = list(METHODS) if method == "all" else [m.strip() for m in method.split(",")]
-    explainers = [Explainer(model, layer=layer or None, method=m, providers=provider, score=score,
+    # with --engine ray the command's explainers only read the model: the actors explain
+    here = "cpu" if engine == "ray" else provider
+    explainers = [Explainer(model, layer=layer or None, method=m, providers=here, score=score,
                             batch_size=batch_size, scorecam_batch=scorecam_batch,
                             aug_smooth=aug_smooth, eigen_smooth=eigen_smooth,
                             gradient_builder=gradient_builder, exact=exact,
@@ -220,7 +223,7 @@ def run_command(
                          progress=lambda n: bar.advance(task, n), engine=run_engine)
     done, seconds = report["explained_this_run"], report["seconds"]
     console.print(f"{done} image(s) explained with {', '.join(methods)} at "
-                  f"{', '.join(report['layers'])} on {explainer.provider} ({engine} engine) in "
+                  f"{', '.join(report['layers'])} on {report['provider']} ({engine} engine) in "
                   f"{seconds:.1f} s, {done / max(seconds, 1e-9):.1f} images/s; "
                   f"{len(report['errors'])} error(s); wrote {output}/ (report.json, results/)",
                   markup=False, highlight=False)
