@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -222,8 +223,25 @@ def ray_records(paths: list[Path], pre: Preprocessing, max_pixels: int, batch_si
                             num_cpus=0, compute=ray.data.TaskPoolStrategy(size=workers))
         ds = ds.map_batches(actor, batch_size=batch_size, batch_format="numpy",
                             **actor_stage(actor_kwargs, threads, workers, gpus))
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            yield [pickle.loads(r) for r in batch["record"]]
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                yield [pickle.loads(r) for r in batch["record"]]
+        except ray.exceptions.RayError as exc:  # retries spent: Ray's own words, in one line
+            raise OnnxGradCamError(f"Ray gave up on the job ({_cause(exc)}); the results "
+                                   "written so far are complete: rerun with --resume") from None
     finally:
         if started:
             ray.shutdown()
+
+
+_ERROR_LINE = re.compile(
+    r"(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)(?:: .*)?")
+
+
+def _cause(exc: BaseException) -> str:
+    """A Ray error in one line: its text is the remote traceback (the first exception line is
+    the root cause, Ray's wrappers and retry hints follow)."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()]
+    causes = [line for line in lines if _ERROR_LINE.fullmatch(line)]
+    first = next((line for line in lines if line), "")
+    return causes[0] if causes else f"{type(exc).__name__}: {first}"

@@ -271,3 +271,27 @@ def test_contradicting_gpu_flags_are_refused_before_any_work(scenes, tmp_path, f
     out = tmp_path / "out"
     one_error(cli("run", DEMO, scenes, "-o", out, "--engine", "ray", *flags), words)
     assert not out.exists()
+
+
+class _Broken:
+    """An actor whose every batch fails: Ray retries nothing (a user-code error) and gives up."""
+
+    def __init__(self, threads: int, kwargs: dict):
+        pass
+
+    def __call__(self, batch: dict) -> dict:
+        raise RuntimeError("a bug in the actor")
+
+
+def test_ray_giving_up_is_one_error_line(cluster, scenes):
+    import onnx_gradcam as og
+    from onnx_gradcam.errors import OnnxGradCamError
+    from onnx_gradcam.ray_engine import ray_records
+
+    pre = og.Explainer(DEMO, providers="cpu").preprocessing()
+    with pytest.raises(OnnxGradCamError) as err:
+        list(ray_records(sorted(scenes.glob("s0*.png"))[:4], pre, 2**24, 4, _Broken,
+                         {"kwargs": {"providers": "cpu"}}))
+    message = str(err.value)
+    assert "\n" not in message, message
+    assert "RuntimeError: a bug in the actor" in message and "--resume" in message, message
