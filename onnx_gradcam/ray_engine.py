@@ -18,6 +18,7 @@ import logging
 import pickle
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,8 +26,18 @@ from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.images import bounded
 from onnx_gradcam.labels import Labels
 from onnx_gradcam.metadata import Preprocessing
-from onnx_gradcam.runner import RunOptions, decode_one, error_row, explain_finite, explain_images
+from onnx_gradcam.runner import (
+    RunOptions,
+    decode_one,
+    error_row,
+    explain_finite,
+    explain_images,
+    with_targets,
+)
 from onnx_gradcam.runtime import PROVIDER_NAMES
+
+if TYPE_CHECKING:
+    from onnx_gradcam.target_request import TargetRequest
 
 
 def _ray():
@@ -58,24 +69,27 @@ class _Explain:
     """A Ray actor: one explainer per method, built once, explaining every batch it gets."""
 
     def __init__(self, model: Path, kwargs: dict, methods: list[str], labels: Labels, k: int,
-                 fixed_target: int | None, threads: int, knife_edges: bool = False) -> None:
+                 fixed_target: int | None, threads: int, knife_edges: bool = False,
+                 request: TargetRequest | None = None) -> None:
         from onnx_gradcam.explainer import Explainer
 
         self.explainers = [Explainer(model, method=m, threads=threads, **kwargs)
                            for m in methods]
         self.labels, self.k, self.fixed_target = labels, k, fixed_target
-        self.knife_edges = knife_edges
+        self.knife_edges, self.request = knife_edges, request
 
     def __call__(self, batch: dict) -> dict:
         records = [pickle.loads(r) for r in batch["record"]]
         errors = [r for r in records if isinstance(r, dict)]
         decoded = [r for r in records if not isinstance(r, dict)]
         results = []
+        if decoded and self.request is not None:
+            decoded = with_targets(self.request, self.explainers[0], decoded, errors)
         if decoded:
             for done in explain_finite(
                     lambda part: explain_images(self.explainers, part, self.k,
                                                 self.fixed_target, self.labels,
-                                                self.knife_edges),
+                                                self.knife_edges, self.request),
                     decoded, errors):
                 results += [dataclasses.replace(d, item=dataclasses.replace(d.item, x=None))
                             for d in done]
@@ -147,7 +161,7 @@ class RayEngine:
                  sink, progress) -> None:
         actor = dict(model=Path(self.model).resolve(), kwargs=self.kwargs, methods=self.methods,
                      labels=self.labels, k=k, fixed_target=fixed_target,
-                     knife_edges=self.options.knife_edges)
+                     knife_edges=self.options.knife_edges, request=self.options.request)
         pictures = self.options.format == "files" or self.options.grid
         for records in ray_records(paths, pre, self.options.max_pixels,
                                    self.options.batch_size, _Explain, actor, self.address,

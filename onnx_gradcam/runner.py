@@ -300,9 +300,6 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
         if fixed_target is not None or options.top_k > 1:
             raise OnnxGradCamError("--segment and --similar-to choose the target: drop "
                                    "--target and --top-k")
-        if engine is not None:
-            raise OnnxGradCamError("--segment and --similar-to run on the local engine only "
-                                   "(drop --engine ray)")
     else:
         lead.class_graph  # noqa: B018 - refused before any output where not class scores
         if fixed_target is not None:

@@ -295,3 +295,29 @@ def test_ray_giving_up_is_one_error_line(cluster, scenes):
     message = str(err.value)
     assert "\n" not in message, message
     assert "RuntimeError: a bug in the actor" in message and "--resume" in message, message
+
+
+@pytest.mark.parametrize("fixture, flag", [
+    ("deeplabv3_legacy_opset17.onnx", "--segment"),
+    ("embedding_legacy_opset17.onnx", "--similar-to")])
+def test_target_flags_on_ray_equal_the_local_engine(cluster, scenes, tmp_path, fixture, flag):
+    """``--segment`` (each image's predicted mask, an image without the class an error row)
+    and ``--similar-to`` are built in the actors as in the local engine."""
+    model = Path(__file__).parent / "fixtures" / "targets" / fixture
+    value = "1" if flag == "--segment" else str(scenes / "s01.png")
+    images = [str(p) for p in sorted(scenes.glob("s0*.png"))]
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    common = (flag, value, "--save-npy", "--format", "parquet", "--batch-size", "4")
+    a_run = cli("run", model, *images, "-o", local, *common)
+    b_run = cli("run", model, *images, "-o", remote, *common, "--engine", "ray",
+                "--workers", "2")
+    assert b_run.returncode == a_run.returncode, b_run.stderr
+    a, b = by_image(local), by_image(remote)
+    assert a.keys() == b.keys() and len(a) == len(images)
+    assert sum(1 for r in a.values() if not r["error"]) >= 2  # something was explained
+    for key, row in a.items():
+        assert b[key]["error"] == row["error"] and b[key]["target_kind"] == row["target_kind"]
+        if not row["error"]:
+            assert b[key]["score"] == pytest.approx(row["score"], rel=1e-6)
+            np.testing.assert_allclose(np.load(b[key]["npy"]), np.load(row["npy"]), atol=1e-6,
+                                       rtol=0)
