@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import onnx_gradcam as og
@@ -168,8 +169,6 @@ def test_qoperator_gradients_follow_the_qdq_model(tmp_path, model: str) -> None:
 def _optimized_ops(model: onnx.ModelProto, folder: Path) -> tuple[dict[str, int], int]:
     """(count of each op type, DequantizeLinear nodes of initializers) in the graph ONNX
     Runtime runs for ``model`` after its QDQ fusions (ORT_ENABLE_EXTENDED)."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(folder / "optimized.onnx")
@@ -189,7 +188,8 @@ def test_explainer_keeps_the_fused_integer_kernels(tmp_path, model: str, depth: 
     """The explainer graph's forward runs the integer kernels the plain QDQ model runs: the
     backward reads no float result of a node unit ONNX Runtime fuses (QLinearConv, QGemm,
     QLinearGlobalAveragePool, …), and no weight's DequantizeLinear (which it would otherwise
-    run per call)."""
+    run per call). So its scores are the deployed model's, to the bit (a float Conv followed
+    by QuantizeLinear rounds otherwise than QLinearConv)."""
     path = tmp_path / "int8.onnx"
     x = EXPECTED[f"{model}__input"]
     name = onnx.load(WILD / FILES[model], load_external_data=False).graph.input[0].name
@@ -208,6 +208,12 @@ def test_explainer_keeps_the_fused_integer_kernels(tmp_path, model: str, depth: 
     assert fused, "the plain model runs no fused integer kernel"
     assert {op: explain.get(op, 0) for op in fused} == {op: plain[op] for op in fused}
     assert explain_weights == plain_weights
+    # the graph the explainer loaded (the quantizer writes opset 11 with opset-13 attributes
+    # for an opset-9 source; loading upgrades it)
+    deployed = ort.InferenceSession(explainer.model.proto.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+    scores = deployed.run(None, {name: x})[0]
+    np.testing.assert_array_equal(explainer.explain(x).scores, scores.reshape(len(x), -1))
 
 
 def test_one_hot_seed_through_a_clipped_score() -> None:
