@@ -60,7 +60,8 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     wide = np.dtype(dtype) == np.float16
     op = Emitter(opset=info.opset, dtype=np.dtype(np.float32) if wide else dtype,
                  shapes=info.shapes, constants=info.constants, prefix=prefix,
-                 overridable=info.overridable)
+                 overridable=info.overridable,
+                 producers={name: info.nodes[i] for name, i in info.producer.items()})
     widened: dict[str, str] = {}
     weights: dict[str, str] = {}
     if wide:

@@ -89,6 +89,9 @@ class Emitter:
     prefix: str = "ogc_grad/"
     #: forward constants that are also graph inputs (a caller may feed them; never folded)
     overridable: frozenset[str] = frozenset()
+    #: the forward node that makes each forward tensor (for rules whose result depends on where
+    #: their input comes from: a QuantizeLinear of values already on its grid clips nothing)
+    producers: Mapping[str, onnx.NodeProto] = field(default_factory=dict)
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     _count: int = 0

@@ -7,13 +7,15 @@ the deployed model's integer kernels and rounding make the scores and activation
 backward differentiates the real-valued function the pair approximates:
 
 - QuantizeLinear ``q = clip(x / s + zp, qmin, qmax)`` (rounding taken as the identity, as in
-  quantization-aware training): ``dx = dq / s`` where ``q`` lies strictly between ``qmin`` and
-  ``qmax``, 0 where it is at either end (the clipped values). The test reads the integer output,
-  not ``x``: a value that rounds onto an end counts as clipped (the integer is all the deployed
-  kernel keeps, as for the QOperator ops of ``rules/qoperator.py``), and a read of ``x`` would
-  give the float result of a fused node unit (DequantizeLinear → Conv → QuantizeLinear, which
-  ONNX Runtime runs as one QLinearConv) a second consumer, which stops the fusion: the forward
-  would leave its integer kernels;
+  quantization-aware training): ``dx = dq / s`` inside the representable range
+  ``(qmin − zp)·s ≤ x ≤ (qmax − zp)·s``, 0 where the value is clipped. Where ``x`` is the
+  float result of a QDQ node unit (DequantizeLinear → Conv → QuantizeLinear, which ONNX Runtime
+  runs as one QLinearConv), the test reads the integer output instead, ``qmin < q < qmax``: a
+  read of ``x`` would give it a second consumer and stop the fusion, so the forward would leave
+  the deployed kernels (and their rounding). A value within half a step inside an end then
+  counts as clipped, as for the QOperator ops of ``rules/qoperator.py``. A QuantizeLinear of
+  values already on its grid (the DequantizeLinear of the same parameters, moved by shape ops)
+  clips nothing: ``dx = dq / s``;
 - DequantizeLinear ``y = (q − zp) · s``: ``dq = dy · s``.
 
 Per-tensor and per-axis scales (opset 10–21) and every integer type ONNX defines are covered;
@@ -116,19 +118,84 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
     return diff.astype(scale.dtype) * scale.reshape(shape)
 
 
+#: ops that move values without changing them
+MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+
+
+def _on_grid(op: Emitter, node: Node) -> bool:
+    """Whether ``node``'s input holds only values its output represents exactly: made by a
+    DequantizeLinear with the same per-tensor scale, zero point and integer type (moved by
+    shape ops only), as when a quantizer requantizes a Flatten's output, or a QOperator layer
+    is explained through a DequantizeLinear → QuantizeLinear pair. Nothing is clipped then, also
+    where an integer sits at an end of its range."""
+    x = node.inputs[0]
+    source = op.producers.get(x)
+    while source is not None and source.op_type in MOVES and source.domain in ("", "ai.onnx"):
+        source = op.producers.get(source.input[0])
+    if source is None or source.op_type != "DequantizeLinear" or len(source.input) < 2:
+        return False
+    ours = [op.value_of(node.input(i)) for i in (1, 2)]
+    theirs = [op.value_of(source.input[i]) if len(source.input) > i and source.input[i]
+              else None for i in (1, 2)]
+    if any(v is None for v in (ours[0], theirs[0])) or ours[0].size != 1 or (
+            (ours[1] is None) != (theirs[1] is None)):
+        return False
+    same_zero_point = ours[1] is None or (ours[1].dtype == theirs[1].dtype
+                                          and np.array_equal(ours[1], theirs[1]))
+    return np.array_equal(ours[0], theirs[0]) and same_zero_point
+
+
 @vjp("QuantizeLinear")
 def quantize_linear_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """q = clip(x/s + zp, qmin, qmax) (straight through the rounding); dx = dq/s where
     qmin < q < qmax, 0 where q is at either end (the clipped values)."""
     x, dq = node.inputs[0], dys[0]
-    inside = unclipped(op, node.outputs[0], _integer_type(op, node))
+    elem = _integer_type(op, node)
     scale = _per_axis(op, node, node.inputs[1], x)
     known = op.value_of(scale)
     if known is not None:  # the usual case: 1/s is a constant
         dx = unscaled(op, dq, known)
     else:
         dx = op.Div(dq, op.CastLike(scale, dq) if op.opset >= 15 else scale)
+    if _on_grid(op, node):
+        return [dx, None, None]
+    if _fused_result(op, x):
+        inside = unclipped(op, node.outputs[0], elem)
+    else:
+        inside = _representable(op, node, x, INTEGER_RANGES[elem])
     return [op.masked(inside, dx, node.outputs[0]), None, None]
+
+
+def _fused_result(op: Emitter, x: str) -> bool:
+    """Whether ``x`` is the float result of a QDQ node unit (a node whose tensor inputs all come
+    from DequantizeLinear), which ONNX Runtime runs as one integer kernel with the
+    QuantizeLinear after it."""
+    source = op.producers.get(x)
+    if source is None or source.domain not in ("", "ai.onnx"):
+        return False
+    made = [op.producers.get(i) for i in source.input if i and op.value_of(i) is None]
+    return bool(made) and all(m is not None and m.op_type == "DequantizeLinear" for m in made)
+
+
+def _representable(op: Emitter, node: Node, x: str, bounds: tuple[int, int]) -> Value:
+    """(qmin − zp)·s ≤ x ≤ (qmax − zp)·s: ``x`` lies in the output's representable range."""
+    qmin, qmax = bounds
+    zero_point = np.zeros((), np.float64)
+    if node.input(2) is not None:
+        zero_point = op.value_of(_per_axis(op, node, node.inputs[2], x)).astype(np.float64)
+    scale = _per_axis(op, node, node.inputs[1], x)
+    known = op.value_of(scale)
+    if known is not None:  # bounds are constants: two compares a call
+        value = x
+        low, high = (op.const(np.asarray((q - zero_point) * known.astype(np.float64), op.dtype))
+                     for q in (qmin, qmax))
+    else:
+        s = op.CastLike(scale, x) if op.opset >= 15 else scale
+        value = op.Add(op.Div(x, s), op.const(np.asarray(zero_point, op.dtype)))
+        low, high = float(qmin), float(qmax)
+    if op.opset >= 12:  # GreaterOrEqual and LessOrEqual arrived in opset 12
+        return op.And(op.GreaterOrEqual(value, low), op.LessOrEqual(value, high))
+    return op.Not(op.Or(op.Less(value, low), op.Greater(value, high)))
 
 
 @vjp("DequantizeLinear")
