@@ -265,3 +265,35 @@ def test_one_hot_seed_through_a_clipped_score() -> None:
     clipped = np.abs(scores[np.arange(3), targets] / 0.02) >= 127
     assert list(clipped) == [False, False, True]
     assert not sparse[2].any() and sparse[:2].all()
+
+
+def test_requantizing_values_on_the_grid_clips_nothing() -> None:
+    """A QuantizeLinear of a DequantizeLinear's values with the same parameters (a quantizer's
+    requantized Flatten; the pair a QOperator layer is explained through) is the identity on
+    them, also where an integer sits at an end of its range: the gradient passes there."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_gradcam.explainer_graph import GRADIENT, SEED, gradient_model
+    from onnx_gradcam.graph import GraphInfo
+    from tests.gradcheck import session
+
+    weights = np.arange(1, 7, dtype=np.float32).reshape(1, 6)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array(weights, "w")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("Flatten", ["d"], ["f"]),
+             helper.make_node("QuantizeLinear", ["f", "s", "z"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s", "z"], ["d2"]),
+             helper.make_node("Mul", ["d2", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "requantized", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = np.array([[-9.0, -1.0, 0.0, 0.5, 1.0, 9.0], [3.0, -3.0, 0.1, -0.1, 2.0, -2.0]],
+                 np.float32)  # ±9 and ±3 quantize to the ends 0 and 255
+    backward = session(gradient_model(GraphInfo(model), "d", "y"))
+    gradient = backward.run([GRADIENT], {"x": x, SEED: np.ones((2, 6), np.float32)})[0]
+    np.testing.assert_array_equal(gradient, np.broadcast_to(weights, (2, 6)))

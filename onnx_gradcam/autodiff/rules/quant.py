@@ -137,18 +137,16 @@ def _on_grid(op: Emitter, node: Node) -> bool:
     ours = [op.value_of(node.input(i)) for i in (1, 2)]
     theirs = [op.value_of(source.input[i]) if len(source.input) > i and source.input[i]
               else None for i in (1, 2)]
-    if any(v is None for v in (ours[0], theirs[0])) or ours[0].size != 1 or (
-            (ours[1] is None) != (theirs[1] is None)):
-        return False
-    same_zero_point = ours[1] is None or (ours[1].dtype == theirs[1].dtype
-                                          and np.array_equal(ours[1], theirs[1]))
-    return np.array_equal(ours[0], theirs[0]) and same_zero_point
+    if any(v is None for v in (*ours, *theirs)) or ours[0].size != 1:
+        return False  # (without zero points the integer types are not both known)
+    return (np.array_equal(ours[0], theirs[0]) and ours[1].dtype == theirs[1].dtype
+            and np.array_equal(ours[1], theirs[1]))
 
 
 @vjp("QuantizeLinear")
 def quantize_linear_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """q = clip(x/s + zp, qmin, qmax) (straight through the rounding); dx = dq/s where
-    qmin < q < qmax, 0 where q is at either end (the clipped values)."""
+    """q = clip(x/s + zp, qmin, qmax) (straight through the rounding); dx = dq/s inside the
+    representable range, 0 where x is clipped (tested on x, or on q in a node unit: module doc)."""
     x, dq = node.inputs[0], dys[0]
     elem = _integer_type(op, node)
     scale = _per_axis(op, node, node.inputs[1], x)
