@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 import onnx_gradcam as og
@@ -190,3 +191,136 @@ def test_qoperator_gradients_follow_the_qdq_model(tmp_path, model: str) -> None:
     correlation = _corr(gradients["QDQ"], gradients["QOperator"])
     print(f"{model}: input-gradient correlation QOperator vs QDQ {correlation:.4f}")
     assert correlation >= 0.99
+
+
+def _optimized_ops(model: onnx.ModelProto, folder: Path) -> tuple[dict[str, int], int]:
+    """(count of each op type, DequantizeLinear nodes of initializers) in the graph ONNX
+    Runtime runs for ``model`` after its QDQ fusions (ORT_ENABLE_EXTENDED)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(folder / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(opts.optimized_model_filepath).graph
+    weights = {t.name for t in graph.initializer}
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts, sum(n.op_type == "DequantizeLinear" and n.input[0] in weights
+                       for n in graph.node)
+
+
+@pytest.mark.parametrize("model", list(FILES))
+@pytest.mark.parametrize("depth", ["last", "mid"])
+def test_explainer_keeps_the_fused_integer_kernels(tmp_path, model: str, depth: str) -> None:
+    """The explainer graph's forward runs the integer kernels the plain QDQ model runs: the
+    backward reads no float result of a node unit ONNX Runtime fuses (QLinearConv, QGemm,
+    QLinearGlobalAveragePool, …), and no weight's DequantizeLinear (which it would otherwise
+    run per call). So its scores are the deployed model's, to the bit (a float Conv followed
+    by QuantizeLinear rounds otherwise than QLinearConv)."""
+    path = tmp_path / "int8.onnx"
+    x = EXPECTED[f"{model}__input"]
+    name = onnx.load(WILD / FILES[model], load_external_data=False).graph.input[0].name
+    quantization.quantize_static(
+        str(WILD / FILES[model]), str(path),
+        Calibration([{name: _photo(p, x.shape[2:])} for p in CALIBRATION]),
+        quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+        activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8)
+    float_layer = MANIFEST[model]["files"][FILES[model]]["layers"][depth]["onnx_tensor"]
+    explainer = og.Explainer(path, layer=f"{float_layer}_DequantizeLinear_Output",
+                             providers="cpu")
+    plain, plain_weights = _optimized_ops(explainer.model.proto, tmp_path)
+    explain, explain_weights = _optimized_ops(
+        explainer.sessions.graph().maps_model(), tmp_path)
+    fused = {op for op in plain if op.startswith(("QLinear", "QGemm"))}
+    assert fused, "the plain model runs no fused integer kernel"
+    assert {op: explain.get(op, 0) for op in fused} == {op: plain[op] for op in fused}
+    assert explain_weights == plain_weights
+    # the graph the explainer loaded (the quantizer writes opset 11 with opset-13 attributes
+    # for an opset-9 source; loading upgrades it)
+    deployed = ort.InferenceSession(explainer.model.proto.SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+    scores = deployed.run(None, {name: x})[0]
+    np.testing.assert_array_equal(explainer.explain(x).scores, scores.reshape(len(x), -1))
+
+
+def test_one_hot_seed_through_a_clipped_score() -> None:
+    """A one-hot seed stays a gather of the classifier's rows through the straight-through
+    step of a quantized score (its row times whether the score was clipped): the gradient equals
+    the one of the same seed fed as a dense tensor, and is 0 for a sample whose target score
+    sits at the end of its range."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_gradcam.explainer_graph import (
+        GRADIENT,
+        SEED,
+        TARGET,
+        GraphSpec,
+        explainer_model,
+        gradient_model,
+    )
+    from onnx_gradcam.graph import GraphInfo
+    from tests.gradcheck import session
+
+    rng = np.random.default_rng(5)
+    weights = rng.integers(-100, 100, (6, 4)).astype(np.int8)
+    inits = [numpy_helper.from_array(weights, "wq"),
+             numpy_helper.from_array(np.array(0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.array(0, np.int8), "wz"),
+             numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z")]
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"]),
+             helper.make_node("Gemm", ["x", "w"], ["logits"], transB=1),
+             helper.make_node("QuantizeLinear", ["logits", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    info = GraphInfo(model)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    x[2] *= 40.0  # sample 2's scores leave the range (±2.56)
+    targets = np.array([1, 4, int(np.argmax(np.abs(x[2] @ (weights.T * 0.01))))])
+    one_hot = explainer_model(info, GraphSpec(layers=("x",), score="y", seed="classes"))
+    assert {"Gemm", "MatMul"}.isdisjoint(
+        n.op_type for n in one_hot.model.graph.node if n.name.startswith("ogc_grad"))
+    sparse = session(one_hot.model).run([GRADIENT], {"x": x, TARGET: targets})[0]
+    seed = np.eye(6, dtype=np.float32)[targets]
+    dense = session(gradient_model(info, "x", "y")).run([GRADIENT], {"x": x, SEED: seed})[0]
+    np.testing.assert_array_equal(sparse, dense)
+    scores = x @ (weights.T.astype(np.float32) * np.float32(0.01))
+    clipped = np.abs(scores[np.arange(3), targets] / 0.02) >= 127
+    assert list(clipped) == [False, False, True]
+    assert not sparse[2].any() and sparse[:2].all()
+
+
+def test_requantizing_values_on_the_grid_clips_nothing() -> None:
+    """A QuantizeLinear of a DequantizeLinear's values with the same parameters (a quantizer's
+    requantized Flatten; the pair a QOperator layer is explained through) is the identity on
+    them, also where an integer sits at an end of its range: the gradient passes there."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx_gradcam.explainer_graph import GRADIENT, SEED, gradient_model
+    from onnx_gradcam.graph import GraphInfo
+    from tests.gradcheck import session
+
+    weights = np.arange(1, 7, dtype=np.float32).reshape(1, 6)
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array(weights, "w")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("Flatten", ["d"], ["f"]),
+             helper.make_node("QuantizeLinear", ["f", "s", "z"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s", "z"], ["d2"]),
+             helper.make_node("Mul", ["d2", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "requantized", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = np.array([[-9.0, -1.0, 0.0, 0.5, 1.0, 9.0], [3.0, -3.0, 0.1, -0.1, 2.0, -2.0]],
+                 np.float32)  # ±9 and ±3 quantize to the ends 0 and 255
+    backward = session(gradient_model(GraphInfo(model), "d", "y"))
+    gradient = backward.run([GRADIENT], {"x": x, SEED: np.ones((2, 6), np.float32)})[0]
+    np.testing.assert_array_equal(gradient, np.broadcast_to(weights, (2, 6)))

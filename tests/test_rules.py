@@ -123,6 +123,13 @@ def _quantized_cases():
     ]:
         cases.append(Case(name, nodes, shape, inits, opset=opset, dtype=F32, away_from=kinks,
                           quantized=True))
+    # a node unit (DequantizeLinear → Mul → QuantizeLinear) whose QuantizeLinear reads its
+    # integer output (rules/quant.py); the wide range of "s2" clips none of these inputs
+    nodes, inits, kinks = _qdq(0.02, np.array(128, np.uint8))
+    nodes[-1:] = [N("Mul", ["d", "W"], ["m"]), N("QuantizeLinear", ["m", "s2", "zp"], ["q2"]),
+                  N("DequantizeLinear", ["q2", "s2", "zp"], ["y"])]
+    cases.append(Case("qdq_node_unit", nodes, ["N", 3, 4], {**inits, "s2": np.float32(0.1)},
+                      opset=13, dtype=F32, away_from=kinks, quantized=True))
     return cases
 
 

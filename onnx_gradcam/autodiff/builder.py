@@ -21,6 +21,7 @@ from onnx_gradcam.autodiff.registry import (
     QUANTIZING,
     VJP_RULES,
 )
+from onnx_gradcam.autodiff.rules.quant import dequantize
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.graph import GraphInfo
 from onnx_gradcam.passes import live_nodes
@@ -64,8 +65,10 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     wide = np.dtype(dtype) == np.float16
     op = Emitter(opset=info.opset, dtype=np.dtype(np.float32) if wide else dtype,
                  shapes=info.shapes, constants=info.constants, prefix=prefix,
-                 overridable=info.overridable)
+                 overridable=info.overridable,
+                 producers={name: info.nodes[i] for name, i in info.producer.items()})
     widened: dict[str, str] = {}
+    weights: dict[str, str] = {}
     if wide:
         seed = widened.setdefault(seed, op.Cast(seed, to=op.float_type))
         op.know_shape(seed, info.shapes.get(score))
@@ -90,6 +93,9 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         if all(dy is None for dy in dys) or proto.op_type in NON_DIFFERENTIABLE:
             continue
         node = Node.from_proto(proto)
+        node.inputs = [_weight(op, info, x, weights, wide) for x in node.inputs]
+        if not wide:
+            node.outputs = _unfused_outputs(op, info, proto)
         if wide:
             node.inputs = [_float32(op, info, x, widened) for x in node.inputs]
             node.outputs = [_float32(op, info, y, widened) for y in node.outputs]
@@ -139,6 +145,58 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
                          op.broadcasts.get(total),
                          {t: dy for t, dy in totals.items() if dy in kept})
+
+
+def _weight(op: Emitter, info: GraphInfo, name: str, weights: dict[str, str],
+            wide: bool) -> str:
+    """``name``, or where a DequantizeLinear makes it from constants (a QDQ model's weight), a
+    constant of its value, made once. The forward's DequantizeLinear then feeds only the node
+    unit ONNX Runtime fuses it into (QLinearConv, QGemm): a backward that read it too would
+    make ONNX Runtime run a float copy of the weight on every call."""
+    if name in weights:
+        return weights[name]
+    index = info.producer.get(name)
+    proto = info.nodes[index] if index is not None else None
+    if (proto is None or proto.op_type != "DequantizeLinear" or proto.domain not in ("", "ai.onnx")
+            or any(a.name == "block_size" and a.i for a in proto.attribute)
+            or not all(i in info.constants and i not in info.overridable
+                       for i in proto.input if i)):
+        return name
+    q, scale, *zero_point = (info.constants[i] for i in proto.input if i)
+    axis = next((a.i for a in proto.attribute if a.name == "axis"), 1)
+    value = dequantize(q, scale, zero_point[0] if zero_point else None, axis)
+    if wide and value.dtype == np.float16:
+        value = value.astype(np.float32)
+    if value.dtype != op.dtype:
+        return name
+    weights[name] = op.const(value)
+    op.know_shape(weights[name], value.shape)
+    return weights[name]
+
+
+def _unfused_outputs(op: Emitter, info: GraphInfo, proto: onnx.NodeProto) -> list[str]:
+    """``proto``'s outputs as its rule reads them. Where only QuantizeLinear nodes consume them,
+    they are the float result of a QDQ node unit that ONNX Runtime fuses into one integer kernel
+    (QLinearSigmoid, QLinearConv, …); a rule that read them would give them a second consumer and
+    stop the fusion, so the forward would leave the deployed kernel. A copy of the node computes
+    them again for the rule instead (dropped with the rule's other unused nodes where it reads
+    none)."""
+    consumers = info.consumers
+    if (proto.op_type in QUANTIZING or proto.op_type == "DequantizeLinear"
+            or proto.domain not in ("", "ai.onnx") or not all(
+                o and consumers.get(o) and all(info.nodes[c].op_type == "QuantizeLinear"
+                                               for c in consumers[o]) for o in proto.output)):
+        return list(proto.output)
+    copy = onnx.NodeProto()
+    copy.CopyFrom(proto)
+    copy.name = op.fresh(f"{proto.op_type}_again_node")
+    del copy.output[:]
+    for name in proto.output:
+        again = op.fresh(f"{proto.op_type}_again")
+        copy.output.append(again)
+        op.know_shape(again, info.shapes.get(name))
+    op.nodes.append(copy)
+    return list(copy.output)
 
 
 def _float32(op: Emitter, info: GraphInfo, name: str, widened: dict[str, str]) -> str:

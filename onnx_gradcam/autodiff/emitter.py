@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 import onnx
@@ -57,6 +57,16 @@ class Node:
         return self.inputs[i] if i < len(self.inputs) and self.inputs[i] else None
 
 
+class OneHot(NamedTuple):
+    """What :attr:`Emitter.one_hot` knows of a tensor of one-hot rows (M, C)."""
+
+    classes: str  # int64 (M,), each in 0..C−1: where each row's one sits
+    #: whether its shape has one non-unit axis besides the batch, statically: then a reshape to
+    #: another such shape keeps every row's order, so its result is one-hot too
+    kept: bool
+    factor: str | None = None  # (M, 1): each row's value at its class (None: 1)
+
+
 @dataclass
 class Emitter:
     """Collects the nodes and constants of a gradient graph.
@@ -79,6 +89,9 @@ class Emitter:
     prefix: str = "ogc_grad/"
     #: forward constants that are also graph inputs (a caller may feed them; never folded)
     overridable: frozenset[str] = frozenset()
+    #: the forward node that makes each forward tensor (for rules whose result depends on where
+    #: their input comes from: a QuantizeLinear of values already on its grid clips nothing)
+    producers: Mapping[str, onnx.NodeProto] = field(default_factory=dict)
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     _count: int = 0
@@ -87,10 +100,9 @@ class Emitter:
     _ranks: dict[str, int] = field(default_factory=dict)  # of emitted element-wise results
     #: results of :meth:`broadcast` → (the tensor they broadcast, its size-1 axes)
     broadcasts: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
-    #: tensors known to be one-hot rows (M, C) (flattened per row) → (their int64 class indices
-    #: (M,) in 0..C−1, whether their shape has one non-unit axis besides the batch, statically:
-    #: then a reshape to another such shape keeps every row's order, so its result is one-hot too)
-    one_hot: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    #: tensors known to be one-hot rows (M, C) (flattened per row), each row possibly times a
+    #: factor → :class:`OneHot`
+    one_hot: dict[str, OneHot] = field(default_factory=dict)
 
     # ---- naming and constants -------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -213,7 +225,13 @@ class Emitter:
         return self.emit(op_type, x, axes=axes, keepdims=keepdims)
 
     def dims(self, x: Operand, start: int, end: int) -> Value:
-        """Shape(x)[start:end] as int64 (one node from opset 15 on)."""
+        """Shape(x)[start:end] as int64 (one node from opset 15 on); a constant where those
+        dims are static, so the graph does not read ``x`` for them (a Shape is a consumer: of a
+        DequantizeLinear that ONNX Runtime fuses into an integer kernel, it costs a float copy
+        of the tensor per call)."""
+        shape = self.shape(x) if isinstance(x, str) else None
+        if shape is not None and all(d is not None for d in shape[start:end]):
+            return self.const([int(d) for d in shape[start:end]])
         if self.opset >= 15:
             return self.emit("Shape", x, start=start, end=end)
         return self.emit("Slice", self.emit("Shape", x), self.const([start]), self.const([end]))
@@ -264,15 +282,16 @@ class Emitter:
     def rows(self, x: Value, columns: int | None) -> Value:
         """``x`` as 2-D (M, ``columns``) (None: whatever is left), its batch axis kept."""
         out = self.emit("Reshape", x, self.const([-1, columns] if columns else [0, -1]))
-        if x in self.one_hot and self.one_hot[x][1]:
-            self.one_hot[out] = (self.one_hot[x][0], bool(columns))
+        if x in self.one_hot and self.one_hot[x].kept:
+            self.one_hot[out] = self.one_hot[x]._replace(kept=bool(columns))
         return out
 
     # ---- one-hot rows ------------------------------------------------------------------------
-    def mark_one_hot(self, name: Value, classes: Value, like: str) -> None:
+    def mark_one_hot(self, name: Value, classes: Value, like: str,
+                     factor: Value | None = None) -> None:
         """Record that ``name``, shaped like the forward tensor ``like``, holds one-hot rows
-        with the int64 class indices ``classes``."""
-        self.one_hot[name] = (classes, self._one_axis(like))
+        with the int64 class indices ``classes``, each row times ``factor`` (M, 1) if given."""
+        self.one_hot[name] = OneHot(classes, self._one_axis(like), factor)
 
     def is_one_hot(self, name: Value) -> bool:
         return name in self.one_hot
@@ -288,20 +307,39 @@ class Emitter:
         """``dst``, the values of ``src`` laid out like the forward tensor ``like``: one-hot
         rows too where ``src`` is and both shapes keep every row's order."""
         if isinstance(src, str) and src in self.one_hot:
-            classes, kept = self.one_hot[src]
-            if kept and self._one_axis(like):
-                self.one_hot[dst] = (classes, True)
+            entry = self.one_hot[src]
+            if entry.kept and self._one_axis(like):
+                self.one_hot[dst] = entry
         return dst
+
+    def masked(self, mask: Value, x: Value, like: str) -> Value:
+        """``x`` where the boolean ``mask`` holds, 0 elsewhere (``mask`` and ``x`` shaped like
+        the forward tensor ``like``), as the product ``x · mask``: ONNX Runtime's CPU Where runs
+        several times slower than a Mul (a cotangent is finite, so the product is exact). Where
+        ``x`` is one-hot rows, so is the result, each row times its mask value at its class: a
+        product with it stays a gather of rows."""
+        factor = self.emit("Cast", mask, to=self.float_type)
+        out = self.emit("Mul", x, factor)
+        entry = self.one_hot.get(x)
+        if entry is not None:
+            hit = self.emit("GatherElements", self.rows(factor, None),
+                            self.unsqueeze(entry.classes, [1]), axis=1)
+            if entry.factor is not None:
+                hit = self.emit("Mul", entry.factor, hit)
+            self.mark_one_hot(out, entry.classes, like, hit)
+        return out
 
     def rows_product(self, dy: Value, matrix: Value) -> Value:
         """``dy · matrix`` for a 2-D ``dy`` (M, C) and ``matrix`` (C, K); where ``dy`` is known
         one-hot (:attr:`one_hot`) that product is exactly the selected rows, so it is emitted
         as a ``Gather`` that reads M rows instead of the whole matrix (a classifier's last
         weight, read whole per image otherwise; :func:`~onnx_gradcam.autodiff.folding.scale`
-        folds a scaling into the matrix)."""
+        folds a scaling into the matrix); rows with a factor are scaled after the gather."""
         if dy not in self.one_hot:
             return self.emit("MatMul", dy, matrix)
-        return self.emit("Gather", matrix, self.one_hot[dy][0], axis=0)
+        entry = self.one_hot[dy]
+        rows = self.emit("Gather", matrix, entry.classes, axis=0)
+        return rows if entry.factor is None else self.emit("Mul", rows, entry.factor)
 
     def broadcast(self, x: Value, like: str, axes: Sequence[int]) -> Value:
         """``Expand(x, Shape(like))`` for an ``x`` of ``like``'s rank that has size 1 along

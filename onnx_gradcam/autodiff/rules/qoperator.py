@@ -20,12 +20,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import VJP_RULES, vjp
 from onnx_gradcam.autodiff.rules._common import Dys
-from onnx_gradcam.autodiff.rules.quant import INTEGER_RANGES
+from onnx_gradcam.autodiff.rules.quant import unclipped, unscaled
 
 #: (float op, the quantized operands' (tensor, scale, zero point) input indices, the output's
 #: (scale, zero point) input indices) of each op with a fixed signature
@@ -143,16 +143,12 @@ def _dequantized(op: Emitter, q: str, scale: str, zero_point: str | None, axis: 
     return name
 
 
-def _output_cotangent(op: Emitter, y: Value, dq: Value, scale: str, zero_point: str | None
+def _output_cotangent(op: Emitter, q: Value, dq: Value, scale: str, zero_point: str | None
                       ) -> Value:
-    """``dq / s_y`` where the dequantized output ``y`` lies strictly inside its range, else 0."""
+    """``dq / s_y`` where the integer output ``q`` lies strictly inside its range, else 0."""
     s, zp = _param(op, scale, "scale").astype(np.float64), _param(op, zero_point, "zero point")
-    qmin, qmax = INTEGER_RANGES[helper.np_dtype_to_tensor_dtype(zp.dtype)] if zero_point \
-        else INTEGER_RANGES[2]
-    low, high = (qmin - zp.astype(np.float64)) * s, (qmax - zp.astype(np.float64)) * s
-    inside = op.And(op.Greater(y, op.const(np.asarray(low, op.dtype))),
-                    op.Less(y, op.const(np.asarray(high, op.dtype))))
-    return op.Where(inside, op.Mul(dq, op.const(np.asarray(1.0 / s, op.dtype))), 0.0)
+    elem = helper.np_dtype_to_tensor_dtype(zp.dtype) if zero_point else TensorProto.UINT8
+    return op.masked(unclipped(op, q, elem), unscaled(op, dq, s), q)
 
 
 def _through(op: Emitter, node: Node, dys: Dys, float_op: str,
@@ -164,8 +160,8 @@ def _through(op: Emitter, node: Node, dys: Dys, float_op: str,
     if y_scale is None:  # a float output (QGemm's may be)
         y, dy = node.outputs[0], dys[0]
     else:
-        y = _dequantized(op, node.outputs[0], y_scale, y_zero_point)
-        dy = _output_cotangent(op, y, dys[0], y_scale, y_zero_point)
+        y = _dequantized(op, node.outputs[0], y_scale, y_zero_point)  # for rules that read it
+        dy = _output_cotangent(op, node.outputs[0], dys[0], y_scale, y_zero_point)
     floats = [_dequantized(op, inputs[q], inputs[s], inputs[z], weight_axis(node, k))
               for k, (q, s, z) in enumerate(operands)]
     inner = Node(float_op, node.name, floats, [y], attrs)
