@@ -69,10 +69,7 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     head = head_nodes(info, activation, score)
     if score != activation and not head:
         raise OnnxGradCamError(f"tensor {activation!r} does not feed the score {score!r}")
-    differentiable = {activation} | {
-        o for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE
-        for o in info.nodes[i].output
-        if _is_float(info, o) or info.nodes[i].op_type in QUANTIZING}
+    differentiable = _differentiable(info, activation, head)
     #: quantized (8/16-bit integer) tensors on the path made by ops that carry no cotangent
     #: (integer MaxPool, …): a cotangent reaching one would be dropped silently
     quantized_elsewhere = {
@@ -133,6 +130,21 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
                          op.broadcasts.get(total),
                          {t: dy for t, dy in totals.items() if dy in kept})
+
+
+def _differentiable(info: GraphInfo, activation: str, head: list[int]) -> set[str]:
+    """The head tensors that depend differentiably on ``activation``: outputs of differentiable
+    ops with such an input. A head node reached only through Shape and other index results (a
+    mask a Swin block builds from its input's size) carries no cotangent and needs no rule."""
+    out = {activation}
+    for i in head:
+        node = info.nodes[i]
+        if node.op_type in NON_DIFFERENTIABLE or not any(
+                x in out for x in info.node_inputs[i]):
+            continue
+        out.update(o for o in node.output
+                   if _is_float(info, o) or node.op_type in QUANTIZING)
+    return out
 
 
 def _float32(op: Emitter, info: GraphInfo, name: str, widened: dict[str, str]) -> str:
