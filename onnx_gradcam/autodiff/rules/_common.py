@@ -121,16 +121,6 @@ def _concat_back(op: Emitter, x: str, dy: Value, axis: int, span: tuple[int, int
     return op.Concat(*parts, axis=axis)
 
 
-def static_span(size: int | None, start: int, end: int) -> tuple[int, int] | None:
-    """A step-1 slice ``[start:end]`` of an axis of ``size`` clamped as ONNX Slice does;
-    None where ``size`` is unknown or the slice is empty."""
-    if size is None:
-        return None
-    start = min(max(start + size if start < 0 else start, 0), size)
-    end = min(max(end + size if end < 0 else end, 0), size)
-    return (start, end) if end > start else None
-
-
 # ---- sliding windows (Conv, MaxPool, AveragePool) --------------------------------------------
 def strides_dilations(node: Node, rank: int) -> tuple[list[int], list[int]]:
     """A window node's strides and dilations over its ``rank`` spatial axes (default 1)."""

@@ -15,7 +15,6 @@ from onnx_gradcam.autodiff.rules._common import (
     iota,
     pad_back,
     scatter_add_flat,
-    static_span,
     unbroadcast,
 )
 
