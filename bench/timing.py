@@ -10,7 +10,8 @@ from collections.abc import Callable
 def interleaved_medians(first: Callable[[], object], second: Callable[[], object],
                         repeats: int, warmup: int = 1, block: int | None = None,
                         pause: float = 0.02, seconds: float = 2.0,
-                        settle: float = 0.02) -> tuple[float, float]:
+                        settle: float = 0.02,
+                        clock: Callable[[], float] = time.perf_counter) -> tuple[float, float]:
     """Median seconds of ``first`` and of ``second`` over at least ``repeats`` calls each (more
     for fast calls: as many as fit in ``seconds`` per side, at most 2000), run in alternating
     blocks of ~0.1 s so that load drift hits both alike.
@@ -25,7 +26,11 @@ def interleaved_medians(first: Callable[[], object], second: Callable[[], object
     would double the run, and are preceded by an untimed ``pause`` instead, long enough for
     the other session's pool threads to stop spinning (without it the side whose call ends
     in Python work, Eigen-CAM's SVDs, measured +8 %). The time budget gives dozens of blocks,
-    so a burst of load from this VM's neighbours hits a few of them."""
+    so a burst of load from this VM's neighbours hits a few of them.
+
+    ``clock`` times each call (wall time by default; ``time.process_time`` counts this
+    process's CPU seconds, which other processes' load does not inflate, for calls that run
+    on one thread)."""
     for _ in range(warmup):
         first()
         second()
@@ -44,9 +49,9 @@ def interleaved_medians(first: Callable[[], object], second: Callable[[], object
             else:
                 time.sleep(pause)
             for _ in range(count):
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
-                out.append(time.perf_counter() - t0)
+                out.append(clock() - t0)
     return statistics.median(a), statistics.median(b)
 
 

@@ -302,21 +302,24 @@ class Explainer:
                         partial(self._fetch_tensors, batch))
         scores, resolved, *rest = batch.maps([SCORES, TARGETS, *graph.activations,
                                               *graph.gradients])
-        acts, grads = self._layer_tensors(rest)
+        acts, grads = self._layer_tensors(rest, x)
         xs = x if rows is None else x[rows]
         coarse = [self._coarse(a if rows is None else a[rows], g, xs, resolved, forwards)
                   for a, g in zip(acts, grads or [None] * len(acts))]
         return Maps(scores, resolved, coarse, None, (acts, grads))
 
-    def _layer_tensors(self, outputs: Sequence[np.ndarray]) -> LayerTensors:
-        """(activations, gradients) from the fetched [*activations, *gradients], made NCHW."""
+    def _layer_tensors(self, outputs: Sequence[np.ndarray], x: np.ndarray) -> LayerTensors:
+        """(activations, gradients) from the fetched [*activations, *gradients] for the input
+        batch ``x``, made NCHW."""
         k = len(self.layers)
-        return ([self._nchw(a, la) for a, la in zip(outputs[:k], self.layers)],
-                [self._nchw(g, la) for g, la in zip(outputs[k:], self.layers)])
+        first = 2 if self.model.input_layout == "NCHW" else 1
+        hw = x.shape[first:first + 2]
+        return ([self._nchw(a, la, hw) for a, la in zip(outputs[:k], self.layers)],
+                [self._nchw(g, la, hw) for g, la in zip(outputs[k:], self.layers)])
 
-    def _nchw(self, array: np.ndarray, layer: Layer) -> np.ndarray:
+    def _nchw(self, array: np.ndarray, layer: Layer, input_hw: tuple[int, int]) -> np.ndarray:
         if layer.grid is not None:
-            return layer.grid.nchw(array)
+            return layer.grid.nchw(array, input_hw)
         return array.transpose(0, 3, 1, 2) if layer.layout == "NHWC" else array
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -462,7 +465,8 @@ class Explainer:
         """The layer tensors of a batch, from the full graph (on first access: see
         :class:`Explanation`)."""
         graph = batch.graph
-        return self._layer_tensors(batch.tensors([*graph.activations, *graph.gradients]))
+        return self._layer_tensors(batch.tensors([*graph.activations, *graph.gradients]),
+                                   batch.feeds[self.model.input_name])
 
     # ---- diagnostics ---------------------------------------------------------------------------
     def knife_edges(self, x: np.ndarray, targets: np.ndarray) -> KnifeEdges:

@@ -247,6 +247,21 @@ _MOVES_VALUES = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squee
                            "MaxPool", "Gather", "Dropout"})
 
 
+def shapes_at(model: onnx.ModelProto, sizes: dict[str, Shape]) -> dict[str, Shape]:
+    """The shapes shape inference gives ``model``'s tensors when its inputs have the static
+    ``sizes`` (None keeps a dimension symbolic): how symbolic sizes flow through the graph."""
+    light = _without_weights(model)
+    del light.graph.value_info[:]  # symbolic facts recorded by the exporter
+    for value in light.graph.input:
+        for dim, size in zip(value.type.tensor_type.shape.dim, sizes.get(value.name, ())):
+            if size is not None:
+                dim.Clear()
+                dim.dim_value = size
+    graph = _infer_shapes(light).graph
+    return {v.name: shape for v in [*graph.input, *graph.value_info, *graph.output]
+            if (shape := _dims(v.type)) is not None}
+
+
 def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with inferred shapes (best effort). ONNX's inference does not know ONNX
     Runtime's contrib QOperator ops (QLinearAdd, …): it reads their float meaning instead."""

@@ -18,7 +18,7 @@ from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape, readable
 from onnx_gradcam.layout import SAME_LAYOUT, Layouts, Verdict, explicit, pooled
 from onnx_gradcam.metadata import ModelMetadata, read_metadata
-from onnx_gradcam.tokens import Grid, attention_input, patch_convs, token_grid
+from onnx_gradcam.tokens import Grid, TokenGrids, attention_input
 
 #: Ops after which a tensor is a model's class probabilities rather than raw scores.
 PROBABILITY_OPS = {"Softmax", "Sigmoid"}
@@ -70,6 +70,11 @@ class LoadedModel:
     def input_channels(self) -> int | None:
         """The input's channel count in its layout (None where symbolic)."""
         return self.input_shape[1 if self.input_layout == "NCHW" else 3]
+
+    @cached_property
+    def tokens(self) -> TokenGrids:
+        """The grids of the model's token tensors (and why a token tensor has none)."""
+        return TokenGrids(self.info, self.input_name, self.input_layout)
 
     @cached_property
     def layouts(self) -> Layouts:
@@ -256,7 +261,6 @@ def candidate_layers(model: LoadedModel, score: str | None = None) -> list[Layer
     upstream = info.ancestors(score or model.logits)
     upstream &= info.descendants(model.input_name)  # weights and Constants are not activations
     out = []
-    convs = None
     for index in sorted(upstream):
         node = info.nodes[index]
         for name in node.output:
@@ -265,8 +269,7 @@ def candidate_layers(model: LoadedModel, score: str | None = None) -> list[Layer
             if shape is None or (info.elem_types.get(name) not in (1, 10, 11) and not quantized):
                 continue
             if len(shape) == 3:
-                convs = patch_convs(info) if convs is None else convs
-                grid = token_grid(info, name, convs)
+                grid = model.tokens.of(name)
                 if grid is not None:
                     verdict = Verdict(name, "tokens", (("tokens", grid.describe()),))
                     out.append(Layer(name, shape, node.op_type, "tokens", verdict, grid))
@@ -290,7 +293,11 @@ def detect_layer(model: LoadedModel, score: str | None = None) -> Layer:
                                "> 1) feeds the scores; name a 4-D (N, C, H, W) or (N, H, W, C) "
                                "tensor with --layer")
     by_name = {layer.name: layer for layer in layers}
-    attention = attention_input(info, list(by_name), score)
+    refused = model.tokens.refusals  # token tensors without a grid, filled by candidate_layers
+    names = sorted([*by_name, *refused], key=lambda n: info.producer.get(n, -1))
+    attention = attention_input(info, names, score)
+    if attention in refused:
+        raise OnnxGradCamError(_no_grid(attention, info.shapes[attention], refused[attention]))
     if attention is not None:
         chosen = by_name[attention]
         if chosen.layout == "?":
@@ -498,6 +505,13 @@ def _sorted(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def _no_grid(name: str, shape: Shape, why: str) -> str:
+    """The one line refusing the token tensor ``name`` whose grid the graph doesn't show."""
+    return (f"layer {name!r} has shape {readable(shape)}: tokens, but {why}; export the model "
+            "with a static input size, or name a 4-D layer or a token tensor `onnx-gradcam "
+            "inspect` lists with --layer")
+
+
 def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> Layer:
     """The layer called ``name`` (``NAME:NHWC``/``NAME:NCHW`` states its layout, overriding the
     graph's evidence); an unknown name fails with the closest candidates listed, a layer whose
@@ -513,10 +527,8 @@ def resolve_layer(model: LoadedModel, name: str, score: str | None = None) -> La
             info.graph_inputs):
         shape = info.shapes[name]
         if len(shape) == 3:
-            raise OnnxGradCamError(
-                f"layer {name!r} has shape {readable(shape)}: tokens, but the graph shows no "
-                "patch-embedding Conv (static (N, C, h, w) with C channels) to fold them into "
-                "an image grid; pick a 4-D layer or a token tensor `inspect` lists")
+            raise OnnxGradCamError(_no_grid(name, shape, model.tokens.refusals.get(
+                name, "the graph shows no patch-embedding Conv to fold them into a grid")))
         if len(shape) != 4:
             raise OnnxGradCamError(f"layer {name!r} has shape {shape}; a target layer must be 4-D "
                                    "(or (N, T, C) tokens)")

@@ -145,3 +145,121 @@ def test_other_methods_equal_pytorch_grad_cam(model: str, method: str) -> None:
     x, targets = DATA[f"{model}__input"], DATA[f"{model}__targets"]
     diff = np.abs(ex.explain(x, targets[0]).cams - DATA[f"{model}__{method}__t0"]).max()
     assert diff <= TOLERANCE, f"{method}: map {diff:.2e} off pytorch-grad-cam"
+
+
+SYMBOLIC = json.loads((HERE / "manifest_symbolic.json").read_text())["models"]
+SYMBOLIC_DATA = np.load(HERE / "expected_symbolic.npz")
+
+
+def _reshape(spec: dict, size: list[int], tokens: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's reshape_transform for an input of ``size`` (numpy)."""
+    if spec["reshape"] is None:
+        return tokens.transpose(0, 3, 1, 2)
+    patch, skip = spec["reshape"]["patch"], spec["reshape"]["leading_tokens"]
+    n, _, c = tokens.shape
+    return tokens[:, skip:].reshape(n, size[0] // patch, size[1] // patch, c).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("model", list(SYMBOLIC))
+def test_one_symbolic_size_export_explains_two_input_sizes(model: str) -> None:
+    """Exported with a symbolic batch, height and width (the token count symbolic in the graph):
+    the grid follows each input's size through the patch embedding, and the maps equal
+    pytorch-grad-cam's with the reshape_transform written for that size."""
+    spec = SYMBOLIC[model]
+    ex = og.Explainer(HERE / spec["file"], providers="cpu")
+    layer = ex.layers[0]
+    assert None in layer.shape[1:], "the fixture must have a symbolic layer shape"
+    if spec["reshape"] is None:
+        assert layer.layout == "NHWC" and layer.grid is None
+    else:
+        assert layer.grid is not None and (layer.grid.h, layer.grid.w) == (None, None)
+        assert layer.grid.skip == spec["reshape"]["leading_tokens"] and layer.grid.readers
+        patch = spec["reshape"]["patch"]
+        assert layer.grid.sizes == (f"H/{patch}", f"W/{patch}")
+    for size in spec["sizes_hw"]:
+        key = f"{model}__{size[0]}x{size[1]}"
+        x, targets = SYMBOLIC_DATA[f"{key}__input"], SYMBOLIC_DATA[f"{key}__targets"]
+        res = ex.explain(x, targets)
+        assert res.cams.shape == (len(x), *size)
+        diff = np.abs(res.cams - SYMBOLIC_DATA[f"{key}__cam"]).max()
+        assert diff <= TOLERANCE, f"{size}: map {diff:.2e} off pytorch-grad-cam"
+        act = _reshape(spec, size, SYMBOLIC_DATA[f"{key}__act"])
+        assert np.abs(res.activations[0] - act).max() <= TOLERANCE * np.abs(act).max()
+        grad = _reshape(spec, size, SYMBOLIC_DATA[f"{key}__grad"])
+        rel = np.abs(res.gradients[0] - grad).max() / np.abs(grad).max()
+        assert rel <= TOLERANCE, f"{size}: gradient {rel:.2e} off torch autograd"
+
+
+def test_a_symbolic_grid_is_exported_and_inspected() -> None:
+    """The exported file reads the grid off the patch embedding at run time (both sizes in
+    plain ONNX Runtime); ``inspect`` prints it as formulas of the input size."""
+    import onnxruntime as ort
+
+    spec = SYMBOLIC["sym_vit"]
+    proto = og.Explainer(HERE / spec["file"], providers="cpu").export()
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for size in spec["sizes_hw"]:
+        key = f"sym_vit__{size[0]}x{size[1]}"
+        cams = session.run(["cam"], {"input": SYMBOLIC_DATA[f"{key}__input"],
+                                     "target": SYMBOLIC_DATA[f"{key}__targets"]})[0]
+        assert np.abs(cams - SYMBOLIC_DATA[f"{key}__cam"]).max() <= TOLERANCE
+    out = CliRunner().invoke(app, ["inspect", str(HERE / spec["file"])])
+    assert out.exit_code == 0, out.output
+    assert "grid H/8 × W/8 (symbolic: from the input size) after 1 leading token" in out.output
+    out = CliRunner().invoke(app, ["inspect", "--json", str(HERE / "sym_deit.onnx")])
+    layer = json.loads(out.output)["layer"]
+    assert (layer["grid"], layer["leading_tokens"]) == (["H/8", "W/8"], 2)
+
+
+def test_a_token_count_fixed_at_export_is_refused_naming_the_tensor(tmp_path: Path) -> None:
+    """The legacy exporter given ``dynamic_axes`` on H and W writes a timm ViT's token count
+    as the traced constant: the input is symbolic, the tokens are not. Emulated by making a
+    static export's input size symbolic: the probes see 25 tokens at every size, and the
+    explainer refuses in one line naming the tensor and what to do."""
+    import onnx
+
+    proto = onnx.load(str(HERE / "vit_timm_legacy_opset17.onnx"))
+    for dim, name in zip(proto.graph.input[0].type.tensor_type.shape.dim[2:], "HW"):
+        dim.Clear()
+        dim.dim_param = name
+    del proto.graph.value_info[:]
+    path = tmp_path / "fixed_tokens.onnx"
+    onnx.save(proto, str(path))
+    layer = "/blocks/blocks.1/norm1/LayerNormalization_output_0"
+    with pytest.raises(og.OnnxGradCamError) as caught:
+        og.Explainer(path, providers="cpu")
+    message = str(caught.value)
+    assert "\n" not in message and repr(layer) in message
+    assert "25 at 32×48 and 25 at 56×40" in message and "--layer" in message
+    out = CliRunner().invoke(app, ["inspect", str(path), "--layer", layer])
+    assert out.exit_code != 0 and "static input size" in str(out.exception)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [16, 16], "strides": [16, 16]},
+    {"kernel_shape": [7, 5], "strides": [4, 3], "pads": [3, 2, 3, 1]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "dilations": [2, 1]},
+    {"kernel_shape": [4, 4], "strides": [4, 3], "auto_pad": "SAME_UPPER"},
+], ids=["vit", "pads", "dilation", "same"])
+def test_patch_geometry_is_the_conv_arithmetic(attrs: dict) -> None:
+    """PatchGeometry's grid and inverse against ONNX Runtime's own Conv at odd input sizes."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from onnx_gradcam.graph import GraphInfo
+    from onnx_gradcam.tokens import PatchGeometry
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 1, *attrs["kernel_shape"]],
+                                [0.0] * (2 * int(np.prod(attrs["kernel_shape"]))))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    geometry = PatchGeometry.of(GraphInfo(model), model.graph.node[0])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for size in [(37, 53), (64, 48), (101, 17)]:
+        y = session.run(None, {"x": np.zeros((1, 1, *size), np.float32)})[0]
+        assert geometry.size(*size) == y.shape[2:], size
+    for grid in [(4, 6), (7, 5)]:
+        assert geometry.size(*geometry.input_for(*grid)) == grid

@@ -213,12 +213,16 @@ def _float32(op: Emitter, info: GraphInfo, name: str, widened: dict[str, str]) -
 
 
 def _differentiable(info: GraphInfo, activation: str, head: list[int]) -> set[str]:
-    """The head's tensors that carry a cotangent: float results, the integer result of a
-    quantizing op, and an integer-preserving op's integer result where its input carries one."""
+    """The head's tensors that carry a cotangent: results of differentiable ops with an input
+    that carries one — float results, the integer result of a quantizing op, an
+    integer-preserving op's integer result. A head node reached only through Shape and other
+    index results (a mask a Swin block builds from its input's size) carries none and needs no
+    rule."""
     differentiable = {activation}
     for i in head:
         node = info.nodes[i]
-        if node.op_type in NON_DIFFERENTIABLE:
+        if node.op_type in NON_DIFFERENTIABLE or not any(
+                x in differentiable for x in info.node_inputs[i]):
             continue
         integer = node.op_type in QUANTIZING or (node.op_type in INTEGER_PRESERVING
                                                  and node.input[0] in differentiable)

@@ -56,7 +56,7 @@ def inspect_command(
                   "kind": "logits" if score != loaded.score_output else "output"},
         "layer": {"name": chosen.name, "shape": readable(chosen.shape), "op": chosen.op,
                   "layout": chosen.layout, "layout_evidence": chosen.verdict.lines(),
-                  **({"grid": [chosen.grid.h, chosen.grid.w], "leading_tokens": chosen.grid.skip}
+                  **({"grid": list(chosen.grid.sizes), "leading_tokens": chosen.grid.skip}
                      if chosen.grid else {})},
         "head_ops": head,
         "candidates": [{"name": c.name, "shape": readable(c.shape), "op": c.op, "layout": c.layout}

@@ -75,6 +75,52 @@ def scatter_add_to_shape(op: Emitter, shape: Value, indices: Value, dy: Value) -
                       shape)
 
 
+def pad_back(op: Emitter, x: str, dy: Value,
+             spans: dict[int, tuple[int, int | str]]) -> Value | None:
+    """Gradient shaped like ``x`` of an op that copied, along each axis of ``spans``, the
+    block of ``x`` from ``start`` (step 1, ``length`` long: a number, or a forward tensor
+    whose dim on that axis it is) into ``dy``: ``dy`` zero-padded back into place. Each
+    position of ``x`` receives one value or none, so this equals the scatter-add of
+    :func:`scatter_add_flat` exactly, without its index tensors and serial scatter. None where
+    ``x``'s rank is unknown and the block spans several axes."""
+    rank = op.known_rank(x)
+    if rank is None:
+        return _concat_back(op, x, dy, *next(iter(spans.items()))) if len(spans) == 1 else None
+    shape = op.shape(x) or (None,) * rank
+    pads: list[int | Value] = [0] * (2 * rank)
+    for axis, (start, length) in spans.items():
+        pads[axis] = start
+        size = op.shape(length)[axis] if isinstance(length, str) and op.shape(length) else (
+            None if isinstance(length, str) else length)
+        if shape[axis] is not None and size is not None:
+            pads[rank + axis] = int(shape[axis]) - start - int(size)
+        else:
+            used = op.const([start + size]) if size is not None else op.Add(
+                op.dims(length, axis, axis + 1), op.const([start]))
+            pads[rank + axis] = op.Sub(op.dims(x, axis, axis + 1), used)
+    if all(isinstance(p, int) for p in pads):
+        return op.Pad(dy, op.const(pads))
+    pieces = [op.const([p]) if isinstance(p, int) else p for p in pads]
+    return op.Pad(dy, op.Concat(*pieces, axis=0))
+
+
+def _concat_back(op: Emitter, x: str, dy: Value, axis: int, span: tuple[int, int | str]
+                 ) -> Value | None:
+    """:func:`pad_back` along one axis of a tensor of unknown rank: zeros, ``dy``, zeros
+    concatenated (the zeros' shapes read from ``x`` at run time)."""
+    start, length = span
+    if axis < 0 or not isinstance(length, int):
+        return None
+
+    def zeros(count: Value) -> Value:
+        shape = op.Concat(op.dims(x, 0, axis), count, op.dims(x, axis + 1, 2**62), axis=0)
+        return op.Expand(op.const(0.0), shape)
+
+    after = op.Sub(op.dims(x, axis, axis + 1), op.const([start + length]))
+    parts = ([zeros(op.const([start]))] if start else []) + [dy, zeros(after)]
+    return op.Concat(*parts, axis=axis)
+
+
 # ---- sliding windows (Conv, MaxPool, AveragePool) --------------------------------------------
 def strides_dilations(node: Node, rank: int) -> tuple[list[int], list[int]]:
     """A window node's strides and dilations over its ``rank`` spatial axes (default 1)."""

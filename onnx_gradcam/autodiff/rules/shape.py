@@ -10,7 +10,13 @@ import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
-from onnx_gradcam.autodiff.rules._common import Dys, iota, scatter_add_flat, unbroadcast
+from onnx_gradcam.autodiff.rules._common import (
+    Dys,
+    iota,
+    pad_back,
+    scatter_add_flat,
+    unbroadcast,
+)
 
 
 @vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -54,21 +60,73 @@ def split_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 
 @vjp("Slice")
 def slice_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = scatter of dy to the positions the slice read (any starts/ends/axes/steps)"""
+    """dx = scatter of dy to the positions the slice read (any starts/ends/axes/steps); a
+    constant step-1 slice of static axes is dy zero-padded back into place"""
     x = node.inputs[0]
-    if op.opset >= 10:
-        picked = op.Slice(iota(op, x), *node.inputs[1:])
-    else:
-        picked = op.Slice(iota(op, x), **node.attrs)
-    return [scatter_add_flat(op, x, picked, dys[0])] + [None] * (len(node.inputs) - 1)
+    dx = _slice_pad(op, node, dys[0])
+    if dx is None:
+        picked = (op.Slice(iota(op, x), *node.inputs[1:]) if op.opset >= 10
+                  else op.Slice(iota(op, x), **node.attrs))
+        dx = scatter_add_flat(op, x, picked, dys[0])
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+def _slice_pad(op: Emitter, node: Node, dy: Value) -> Value | None:
+    """Slice's :func:`pad_back` form, where its axes and steps are constants, every step is 1
+    and every start a constant that is ≥ 0 (so the block starts there; its length is the
+    output's)."""
+    x, rank = node.inputs[0], op.known_rank(node.inputs[0])
+    if op.opset < 10 or rank is None:
+        return None
+    starts, axes, steps = (op.value_of(node.input(i)) if node.input(i) else None
+                           for i in (1, 3, 4))
+    if starts is None or (node.input(3) and axes is None) or (
+            node.input(4) and steps is None) or (steps is not None and (steps != 1).any()):
+        return None
+    axes = range(len(starts)) if axes is None else [int(a) % rank for a in axes]
+    size = op.shape(x) or (None,) * rank
+    spans: dict[int, tuple[int, int | str]] = {}
+    for axis, start in zip(axes, starts.tolist()):
+        if start < 0 or (size[axis] is not None and start >= size[axis]):
+            return None
+        spans[axis] = (int(start), node.outputs[0])
+    return pad_back(op, x, dy, spans)
 
 
 @vjp("Gather")
 def gather_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = scatter-add of dy to the gathered positions (repeated indices add up)"""
+    """dx = scatter-add of dy to the gathered positions (repeated indices add up); a constant
+    index, or a run of consecutive ones, is dy zero-padded back into place"""
     x, indices = node.inputs
-    picked = op.Gather(iota(op, x), indices, axis=int(node.attr("axis", 0)))
-    return [scatter_add_flat(op, x, picked, dys[0]), None]
+    axis = int(node.attr("axis", 0))
+    dx = _gather_pad(op, x, op.value_of(indices), axis, dys[0])
+    if dx is None:
+        picked = op.Gather(iota(op, x), indices, axis=axis)
+        dx = scatter_add_flat(op, x, picked, dys[0])
+    return [dx, None]
+
+
+def _gather_pad(op: Emitter, x: str, indices: np.ndarray | None, axis: int,
+                dy: Value) -> Value | None:
+    """Gather's :func:`pad_back` form, for a constant index or a run of consecutive ones (each
+    ≥ 0 where ``x``'s dim on the axis is unknown)."""
+    if indices is None or indices.ndim > 1 or not indices.size:
+        return None
+    rank = op.known_rank(x)
+    if rank is not None:
+        axis %= rank
+    shape = op.shape(x)
+    size = shape[axis] if shape is not None and axis >= 0 else None
+    taken = indices.reshape(-1).astype(np.int64)
+    if size is not None:
+        taken = np.where(taken < 0, taken + size, taken)
+    if (np.diff(taken) != 1).any() or taken[0] < 0 or (size is not None and taken[-1] >= size):
+        return None
+    if indices.ndim == 0:  # Gather dropped the axis
+        if axis < 0:
+            return None
+        dy = op.unsqueeze(dy, [axis])
+    return pad_back(op, x, dy, {axis: (int(taken[0]), len(taken))})
 
 
 @vjp("GatherElements")
@@ -82,12 +140,17 @@ def gather_elements_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]
 
 @vjp("Pad")
 def pad_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = scatter-add of dy from each padded position's source (constant padding: nowhere)"""
+    """dx = scatter-add of dy from each padded position's source (constant padding: nowhere);
+    constant padding: dy padded by −pads (the padding cropped off, a crop filled with zeros)"""
     x = node.inputs[0]
     mode = node.attr("mode", "constant")
     fill = op.Size(x) if mode == "constant" else None
     if op.opset < 11:
         raise ValueError(f"Pad {node.name!r}: opsets before 11 are not supported")
+    if mode == "constant":
+        axes = [node.input(3)] if node.input(3) else []
+        dx = op.Pad(dys[0], op.Neg(node.inputs[1]), *(["", *axes] if axes else []))
+        return [dx] + [None] * (len(node.inputs) - 1)
     extra = (list(node.inputs[1:]) + ["", ""])[:3]
     extra[1] = fill or ""
     while extra and not extra[-1]:
