@@ -62,6 +62,25 @@ def _conv_cases():
         cases.append(Case(name, [N("Conv", ["x", "W", "B"], ["y"], **attrs)], ["N", 3, 7, 7],
                           {"W": w(*wshape, dtype=F32), "B": w(wshape[0], dtype=F32)},
                           dtype=F32))
+    # stride 1 runs as a Conv with the flipped kernel (each group's channels swapped); pads
+    # past k_eff − 1 and strides keep ConvTranspose
+    for name, attrs, wshape, shape in [
+        ("conv_depthwise_multiplier", dict(group=3, pads=[1, 0, 1, 2]), (6, 1, 3, 3),
+         ["N", 3, 6, 7]),
+        ("conv_depthwise_dilated", dict(group=4, dilations=[2, 1], pads=[2, 1, 2, 1]),
+         (4, 1, 3, 3), ["N", 4, 7, 6]),
+        ("conv_depthwise_stride2", dict(group=4, strides=[2, 2]), (4, 1, 3, 3), ["N", 4, 7, 8]),
+        ("conv_depthwise_same_upper", dict(group=4, auto_pad="SAME_UPPER"), (4, 1, 2, 4),
+         ["N", 4, 5, 6]),
+        ("conv_grouped_same_lower", dict(group=2, auto_pad="SAME_LOWER"), (6, 2, 2, 3),
+         ["N", 4, 5, 6]),
+        ("conv_pads_past_kernel", dict(pads=[3, 0, 0, 3]), (2, 3, 3, 2), ["N", 3, 5, 5]),
+        ("conv1d_grouped", dict(group=2, pads=[2, 0]), (4, 2, 3), ["N", 4, 9]),
+        ("conv3d_depthwise", dict(group=2, pads=[1, 0, 1, 0, 1, 1]), (2, 1, 2, 2, 3),
+         ["N", 2, 3, 4, 4]),
+    ]:
+        cases.append(Case(name, [N("Conv", ["x", "W"], ["y"], **attrs)], shape,
+                          {"W": w(*wshape, dtype=F32)}, dtype=F32))
     cases.append(Case("conv_pointwise_dense", [N("Conv", ["x", "W"], ["y"])], ["N", 6, 1, 1],
                       {"W": w(4, 6, 1, 1, dtype=F32)}, dtype=F32))  # a 1×1 map: one GEMM
     cases.append(Case("nhwc_pooled_dense_head", POOLED_DENSE_HEAD, ["N", 4, 4, 6],
@@ -341,6 +360,13 @@ CASES = [
          {"i": np.array([[0, 0, 3], [2, 1, 1]])}),
     Case("pad_constant", [N("Pad", ["x", "p", "v"], ["y"])], [2, 3, 4],
          {"p": np.array([0, 1, 2, 0, 2, 1]), "v": np.array(0.5)}),
+    # tf2onnx pads before stride-2 convs; a negative pad crops; pads computed at run time
+    Case("pad_constant_negative", [N("Pad", ["x", "p"], ["y"])], ["N", 3, 6, 6],
+         {"p": np.array([0, 0, 1, -1, 0, 0, -2, 1])}),
+    Case("pad_constant_axes", [N("Pad", ["x", "p", "", "ax"], ["y"])], [2, 3, 4], opset=18,
+         inits={"p": np.array([1, -1, 0, 2]), "ax": np.array([-1, 1])}),
+    Case("pad_constant_computed_pads", [N("Abs", ["p0"], ["p"]), N("Pad", ["x", "p"], ["y"])],
+         [2, 3, 4], {"p0": np.array([0, -1, 2, 0, 2, -1])}),
     Case("pad_reflect", [N("Pad", ["x", "p"], ["y"], mode="reflect")], [2, 4, 5],
          {"p": np.array([0, 1, 2, 0, 2, 1])}),
     Case("pad_edge", [N("Pad", ["x", "p"], ["y"], mode="edge")], [2, 3, 4],

@@ -117,7 +117,11 @@ def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
 
     The transposed conv (no pads, output_padding = stride − 1) covers the whole padded input;
     slicing ``[pad_begin, pad_begin + X)`` on each spatial axis leaves the input's gradient.
+    With stride 1 it is a plain conv instead (:func:`flipped_window`).
     """
+    dx = flipped_window(op, node, dy, w, kernel, group)
+    if dx is not None:
+        return dx
     r = len(kernel)
     strides, dilations = strides_dilations(node, r)
     full = op.ConvTranspose(
@@ -126,3 +130,40 @@ def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
     begin = spatial_begin_pads(op, node, x, kernel)
     end = op.Add(begin, op.dims(x, 2, 2 + r))
     return op.Slice(full, begin, end, op.const(list(range(2, 2 + r))))
+
+
+def flipped_window(op: Emitter, node: Node, dy: Value, w: Value, kernel: Sequence[int],
+                   group: int) -> Value | None:
+    """With stride 1, scattering ``dy`` back through the windows is itself a convolution:
+    ``Conv(dy, w')`` with w' the kernel flipped on every spatial axis and each group's input
+    and output channels swapped, padded by k_eff − 1 − pad on each side (which gives x's size
+    exactly). ONNX Runtime runs Conv with its blocked (NCHWc) kernels and ConvTranspose
+    without them, markedly slower for depthwise convs. None where a stride is not 1, a pad
+    exceeds k_eff − 1 (a negative pad), or the weight's shape is not static."""
+    r = len(kernel)
+    strides, dilations = strides_dilations(node, r)
+    if any(s != 1 for s in strides):
+        return None
+    reach = [(k - 1) * d for k, d in zip(kernel, dilations)]  # k_eff − 1
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):  # stride 1: the total pad is k_eff − 1
+        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in reach]
+        pads = begin + [t - b for t, b in zip(reach, begin)]
+    else:
+        pads = [int(p) for p in node.attr("pads", [0] * 2 * r)] if auto_pad == "NOTSET" else (
+            [0] * 2 * r)
+    pads = [t - p for t, p in zip(reach * 2, pads)]
+    value = op.value_of(w)
+    shape = value.shape if value is not None else op.shape(w)
+    if any(p < 0 for p in pads) or shape is None or None in shape[:2]:
+        return None
+    outs, ins = int(shape[0]) // group, int(shape[1])  # per group
+    if outs > 1 and ins > 1:  # (g, out, in, k…) → (g, in, out, k…)
+        w = op.Transpose(op.Reshape(w, op.const([group, outs, ins, *kernel])),
+                         perm=[0, 2, 1, *range(3, 3 + r)])
+    if outs > 1 or ins > 1:
+        w = op.Reshape(w, op.const([group * ins, outs, *kernel]))
+    flipped = op.Slice(w, op.const([-1] * r), op.const([np.iinfo(np.int64).min] * r),
+                       op.const(list(range(2, 2 + r))), op.const([-1] * r))
+    return op.Conv(dy, flipped, pads=pads, dilations=dilations, group=group,
+                   kernel_shape=list(kernel))

@@ -82,16 +82,23 @@ def gather_elements_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]
 
 @vjp("Pad")
 def pad_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = scatter-add of dy from each padded position's source (constant padding: nowhere)"""
+    """Constant padding: dx = Pad(dy, −pads), the padded border cropped off again (a negative
+    pad crops, so pads that cropped x pad dy with zeros). Other modes: scatter-add of dy from
+    each padded position's source."""
     x = node.inputs[0]
     mode = node.attr("mode", "constant")
-    fill = op.Size(x) if mode == "constant" else None
     if op.opset < 11:
         raise ValueError(f"Pad {node.name!r}: opsets before 11 are not supported")
-    extra = (list(node.inputs[1:]) + ["", ""])[:3]
-    extra[1] = fill or ""
+    rest = [None] * (len(node.inputs) - 1)
+    if mode == "constant":
+        pads = node.inputs[1]
+        known = op.value_of(pads)
+        negated = op.const(-known.astype(np.int64)) if known is not None else op.Neg(pads)
+        axes = node.input(3) or ""
+        return [op.Pad(dys[0], negated, *(["", axes] if axes else []))] + rest
+    extra = [i or "" for i in node.inputs[1:]]
+    extra[1:2] = [""] * len(extra[1:2])  # no fill value: ignored by these modes, and a float
     while extra and not extra[-1]:
         extra.pop()
     source = op.Pad(iota(op, x), *extra, mode=mode)
-    dx = scatter_add_flat(op, x, source, dys[0], spare=mode == "constant")
-    return [dx] + [None] * (len(node.inputs) - 1)
+    return [scatter_add_flat(op, x, source, dys[0])] + rest
