@@ -81,6 +81,14 @@ def _conv_cases():
     ]:
         cases.append(Case(name, [N("Conv", ["x", "W"], ["y"], **attrs)], shape,
                           {"W": w(*wshape, dtype=F32)}, dtype=F32))
+    # tf2onnx's stride-2 form: an explicit Pad, then a VALID conv (the Pad's crop becomes the
+    # transposed conv's pads); with symbolic H, W the transposed conv is sliced in the graph
+    for name, shape in [("pad_then_conv_stride2", ["N", 4, 8, 7]),
+                        ("pad_then_conv_stride2_symbolic_hw", ["N", 4, "H", "W"])]:
+        cases.append(Case(name, [N("Pad", ["x", "p"], ["xp"]),
+                                 N("Conv", ["xp", "W"], ["y"], group=4, strides=[2, 2])],
+                          shape, {"W": w(4, 1, 3, 3, dtype=F32),
+                                  "p": np.array([0, 0, 0, 1, 0, 0, 1, 1])}, dtype=F32))
     cases.append(Case("conv_pointwise_dense", [N("Conv", ["x", "W"], ["y"])], ["N", 6, 1, 1],
                       {"W": w(4, 6, 1, 1, dtype=F32)}, dtype=F32))  # a 1×1 map: one GEMM
     cases.append(Case("nhwc_pooled_dense_head", POOLED_DENSE_HEAD, ["N", 4, 4, 6],
@@ -522,6 +530,30 @@ def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
     ops = sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
                  if any(o.startswith("ogc") for o in n.output))
     assert ops and not {"Transpose", "Shape", "Div", "Mul"} & set(ops), ops
+
+
+@pytest.mark.parametrize("case_id, window_ops", [
+    ("conv_depthwise_multiplier", ["Conv"]),  # stride 1: the flipped-kernel Conv
+    ("conv3d_depthwise", ["Conv"]),
+    ("conv_pads_past_kernel", ["ConvTranspose"]),
+    ("pad_then_conv_stride2", ["ConvTranspose"]),  # the Pad's crop is in its pads
+])
+def test_window_gradients_run_one_window_op_per_call(tmp_path, case_id, window_ops) -> None:
+    """What ONNX Runtime runs per call (after its constant folding) for these windows' input
+    gradients (values: the finite-difference cases above): one Conv or ConvTranspose and no
+    Slice or Pad that crops its result."""
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+
+    case = next(c for c in CASES if c.id == case_id)
+    model = gradient_model(GraphInfo(_model(case)), "x", "y")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "window.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
+                 if any(o.startswith("ogc") for o in n.output))
+    assert ops == window_ops, ops
 
 
 def test_a_quantized_tensor_from_an_op_without_a_quantized_rule_is_refused() -> None:

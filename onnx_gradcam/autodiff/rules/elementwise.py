@@ -70,8 +70,9 @@ def neg_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 
 @vjp("Relu")
 def relu_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = dy · 1[x > 0]"""
-    return [op.Where(op.Greater(node.inputs[0], 0.0), dys[0], 0.0)]
+    """dx = dy · 1[x > 0], read as 1[y > 0] (the same set): the backward then needs only the
+    output, so ONNX Runtime can still fuse the activation into the conv before it."""
+    return [op.Where(op.Greater(node.outputs[0], 0.0), dys[0], 0.0)]
 
 
 @vjp("LeakyRelu")
@@ -95,8 +96,9 @@ def prelu_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 
 @vjp("Clip")
 def clip_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = dy · 1[min < x < max] (bounds from inputs, or attributes before opset 11)"""
-    x = node.inputs[0]
+    """dx = dy · 1[min < x < max] (bounds from inputs, or attributes before opset 11), read as
+    1[min < y < max], the same set (y is x there and a bound elsewhere), as for Relu."""
+    y = node.outputs[0]
     if op.opset >= 11:
         low, high = node.input(1), node.input(2)
     else:
@@ -105,7 +107,7 @@ def clip_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     for bound, compare in ((low, "Greater"), (high, "Less")):
         if bound is None:
             continue
-        test = op.emit(compare, x, float(bound) if isinstance(bound, float) else bound)
+        test = op.emit(compare, y, float(bound) if isinstance(bound, float) else bound)
         inside = test if inside is None else op.And(inside, test)
     dy = dys[0]
     dx = dy if inside is None else op.Where(inside, dy, 0.0)

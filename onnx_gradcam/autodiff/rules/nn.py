@@ -46,7 +46,7 @@ def conv_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     group = int(node.attr("group", 1))
     dx = pointwise(op, node, dy, w, x, kernel, group)
     if dx is None:
-        dx = transpose_window(op, node, dy, w, x, kernel, group)
+        dx = transpose_window(op, node, dy, w, x, kernel, group, node.outputs[0])
     db = None
     if node.input(2) is not None:
         db = op.reduce("ReduceSum", dy, [0] + list(range(2, 2 + len(kernel))), keepdims=0)

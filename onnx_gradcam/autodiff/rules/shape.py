@@ -10,7 +10,13 @@ import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
-from onnx_gradcam.autodiff.rules._common import Dys, iota, scatter_add_flat, unbroadcast
+from onnx_gradcam.autodiff.rules._common import (
+    Dys,
+    crop,
+    iota,
+    scatter_add_flat,
+    unbroadcast,
+)
 
 
 @vjp("Reshape", "Flatten", "Squeeze", "Unsqueeze")
@@ -91,11 +97,11 @@ def pad_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         raise ValueError(f"Pad {node.name!r}: opsets before 11 are not supported")
     rest = [None] * (len(node.inputs) - 1)
     if mode == "constant":
-        pads = node.inputs[1]
+        pads, axes = node.inputs[1], node.input(3)
         known = op.value_of(pads)
-        negated = op.const(-known.astype(np.int64)) if known is not None else op.Neg(pads)
-        axes = node.input(3) or ""
-        return [op.Pad(dys[0], negated, *(["", axes] if axes else []))] + rest
+        if known is not None and axes is None:
+            return [crop(op, dys[0], known.astype(np.int64))] + rest
+        return [op.Pad(dys[0], op.Neg(pads), *(["", axes] if axes else []))] + rest
     extra = [i or "" for i in node.inputs[1:]]
     extra[1:2] = [""] * len(extra[1:2])  # no fill value: ignored by these modes, and a float
     while extra and not extra[-1]:
