@@ -6,7 +6,7 @@ import math
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import unary_vjp, vjp
-from onnx_gradcam.autodiff.rules._common import Dys, unbroadcast
+from onnx_gradcam.autodiff.rules._common import Dys, masked, unbroadcast
 
 
 @vjp("Add")
@@ -72,7 +72,7 @@ def neg_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 def relu_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dx = dy · 1[x > 0], read as 1[y > 0] (the same set): the backward then needs only the
     output, so ONNX Runtime can still fuse the activation into the conv before it."""
-    return [op.Where(op.Greater(node.outputs[0], 0.0), dys[0], 0.0)]
+    return [masked(op, op.Greater(node.outputs[0], 0.0), dys[0])]
 
 
 @vjp("LeakyRelu")
@@ -110,7 +110,7 @@ def clip_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         test = op.emit(compare, y, float(bound) if isinstance(bound, float) else bound)
         inside = test if inside is None else op.And(inside, test)
     dy = dys[0]
-    dx = dy if inside is None else op.Where(inside, dy, 0.0)
+    dx = dy if inside is None else masked(op, inside, dy)
     return [dx] + [None] * (len(node.inputs) - 1)
 
 
@@ -192,7 +192,7 @@ def hard_sigmoid_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
     z = op.Add(op.Mul(node.inputs[0], alpha), beta)
     inside = op.And(op.Greater(z, 0.0), op.Less(z, 1.0))
-    return [op.Where(inside, op.Mul(dys[0], alpha), 0.0)]
+    return [masked(op, inside, op.Mul(dys[0], alpha))]
 
 
 @vjp("HardSwish")
@@ -201,7 +201,7 @@ def hard_swish_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     x, dy = node.inputs[0], dys[0]
     middle = op.Mul(dy, op.Add(op.Div(x, 3.0), 0.5))
     inner = op.Where(op.Less(x, 3.0), middle, dy)
-    return [op.Where(op.Greater(x, -3.0), inner, 0.0)]
+    return [masked(op, op.Greater(x, -3.0), inner)]
 
 
 @vjp("Elu")
