@@ -55,7 +55,7 @@ def _conv_cases():
         ("conv_same_upper_s2", dict(auto_pad="SAME_UPPER", strides=[2, 2]), (4, 3, 3, 3)),
         ("conv_same_lower_s2", dict(auto_pad="SAME_LOWER", strides=[2, 2]), (4, 3, 2, 2)),
         ("conv_valid_1x1", dict(auto_pad="VALID"), (5, 3, 1, 1)),
-        ("conv_pointwise", dict(pads=[0, 0, 0, 0]), (5, 3, 1, 1)),  # MatMul, not ConvTranspose
+        ("conv_pointwise", dict(pads=[0, 0, 0, 0]), (5, 3, 1, 1)),  # a 1×1 Conv, W transposed
         ("conv_pointwise_padded", dict(pads=[1, 0, 0, 1]), (5, 3, 1, 1)),
         ("conv_pointwise_stride2", dict(strides=[2, 2]), (5, 3, 1, 1)),
     ]:
