@@ -177,19 +177,28 @@ def _static_crop(op: Emitter, node: Node, x: str, y: str | None, kernel: Sequenc
 
 
 def crop(op: Emitter, dy: Value, pads: np.ndarray) -> Value:
-    """``Pad(dy, −pads)``: the border a constant Pad added (``pads`` in Pad's layout, begins
-    then ends over every axis), cut off again. Where ``dy`` is a transposed conv's output
-    (:func:`transpose_window`) and the pads are spatial and non-negative, that conv's own pads
+    """The cotangent of a constant Pad's input: the border the Pad added (``pads`` in Pad's
+    layout, begins then ends over every axis) cut off ``dy`` with a Slice, and zeros where a
+    negative pad had cropped the input. Where ``dy`` is a transposed conv's output
+    (:func:`transpose_window`) and only spatial borders were added, that conv's own pads
     grow instead: one node computes the cropped gradient."""
-    source = producer(op, dy)
     rank = len(pads) // 2
+    begin, end = pads[:rank], pads[rank:]
+    source = producer(op, dy)
     if (source is not None and source.op_type == "ConvTranspose" and (pads >= 0).all()
             and not pads[[0, 1, rank, rank + 1]].any()):
         attrs = {a.name: helper.get_attribute_value(a) for a in source.attribute}
-        spatial = [int(p) for p in np.concatenate([pads[2:rank], pads[rank + 2:]])]
+        spatial = [int(p) for p in np.concatenate([begin[2:], end[2:]])]
         attrs["pads"] = [a + b for a, b in zip(attrs.get("pads", [0] * len(spatial)), spatial)]
         return op.emit("ConvTranspose", *source.input, **attrs)
-    return op.Pad(dy, op.const(-pads.astype(np.int64)))
+    axes = [a for a in range(rank) if begin[a] > 0 or end[a] > 0]
+    if axes:  # the added border
+        stop = [-int(end[a]) if end[a] > 0 else np.iinfo(np.int64).max for a in axes]
+        dy = op.Slice(dy, op.const([max(int(begin[a]), 0) for a in axes]), op.const(stop),
+                      op.const(axes))
+    if (pads < 0).any():  # the cropped input: zeros
+        dy = op.Pad(dy, op.const(np.maximum(-pads, 0).astype(np.int64)))
+    return dy
 
 
 def flipped_window(op: Emitter, node: Node, dy: Value, w: Value, kernel: Sequence[int],

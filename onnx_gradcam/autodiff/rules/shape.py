@@ -98,9 +98,15 @@ def pad_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     rest = [None] * (len(node.inputs) - 1)
     if mode == "constant":
         pads, axes = node.inputs[1], node.input(3)
-        known = op.value_of(pads)
-        if known is not None and axes is None:
-            return [crop(op, dys[0], known.astype(np.int64))] + rest
+        known, axes_known = op.value_of(pads), op.value_of(axes)
+        if known is not None and (axes is None or axes_known is not None):
+            rank = op.rank(x)
+            full = np.zeros(2 * rank, dtype=np.int64)
+            chosen = range(rank) if axes is None else [int(a) % rank for a in axes_known]
+            for i, a in enumerate(chosen):
+                full[a], full[rank + a] = known[i], known[len(known) // 2 + i]
+            return [crop(op, dys[0], full)] + rest
+        # pads computed at run time: a negative pad crops (ONNX Pad; ONNX Runtime has it)
         return [op.Pad(dys[0], op.Neg(pads), *(["", axes] if axes else []))] + rest
     extra = [i or "" for i in node.inputs[1:]]
     extra[1:2] = [""] * len(extra[1:2])  # no fill value: ignored by these modes, and a float
