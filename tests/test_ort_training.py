@@ -35,6 +35,7 @@ GAP_CASES = {"add_self", "dropout", "prelu", "softplus", "elu", "hard_sigmoid", 
              "gelu_tanh", "pow_base", "sum3", "matmul_vec", "reduce_max", "reduce_min",
              "global_max_pool", "max_pool_symbolic_hw", "batch_norm", "instance_norm",
              "layer_norm", "layer_norm_axis1", "split_unused_output", "pad_reflect", "pad_edge",
+             "pad_constant_axes",
              *(c.id for c in CASES if c.id.startswith(("resize_", "einsum_", "qdq_", "qlinear")))}
 RULE_CASES = [c for c in CASES if c.id not in GAP_CASES]
 #: the gaps the project promises to refuse with one clear message, by known_gap

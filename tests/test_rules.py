@@ -55,13 +55,40 @@ def _conv_cases():
         ("conv_same_upper_s2", dict(auto_pad="SAME_UPPER", strides=[2, 2]), (4, 3, 3, 3)),
         ("conv_same_lower_s2", dict(auto_pad="SAME_LOWER", strides=[2, 2]), (4, 3, 2, 2)),
         ("conv_valid_1x1", dict(auto_pad="VALID"), (5, 3, 1, 1)),
-        ("conv_pointwise", dict(pads=[0, 0, 0, 0]), (5, 3, 1, 1)),  # MatMul, not ConvTranspose
+        ("conv_pointwise", dict(pads=[0, 0, 0, 0]), (5, 3, 1, 1)),  # a 1×1 Conv, W transposed
         ("conv_pointwise_padded", dict(pads=[1, 0, 0, 1]), (5, 3, 1, 1)),
         ("conv_pointwise_stride2", dict(strides=[2, 2]), (5, 3, 1, 1)),
     ]:
         cases.append(Case(name, [N("Conv", ["x", "W", "B"], ["y"], **attrs)], ["N", 3, 7, 7],
                           {"W": w(*wshape, dtype=F32), "B": w(wshape[0], dtype=F32)},
                           dtype=F32))
+    # stride 1 runs as a Conv with the flipped kernel (each group's channels swapped); pads
+    # past k_eff − 1 and strides keep ConvTranspose
+    for name, attrs, wshape, shape in [
+        ("conv_depthwise_multiplier", dict(group=3, pads=[1, 0, 1, 2]), (6, 1, 3, 3),
+         ["N", 3, 6, 7]),
+        ("conv_depthwise_dilated", dict(group=4, dilations=[2, 1], pads=[2, 1, 2, 1]),
+         (4, 1, 3, 3), ["N", 4, 7, 6]),
+        ("conv_depthwise_stride2", dict(group=4, strides=[2, 2]), (4, 1, 3, 3), ["N", 4, 7, 8]),
+        ("conv_depthwise_same_upper", dict(group=4, auto_pad="SAME_UPPER"), (4, 1, 2, 4),
+         ["N", 4, 5, 6]),
+        ("conv_grouped_same_lower", dict(group=2, auto_pad="SAME_LOWER"), (6, 2, 2, 3),
+         ["N", 4, 5, 6]),
+        ("conv_pads_past_kernel", dict(pads=[3, 0, 0, 3]), (2, 3, 3, 2), ["N", 3, 5, 5]),
+        ("conv1d_grouped", dict(group=2, pads=[2, 0]), (4, 2, 3), ["N", 4, 9]),
+        ("conv3d_depthwise", dict(group=2, pads=[1, 0, 1, 0, 1, 1]), (2, 1, 2, 2, 3),
+         ["N", 2, 3, 4, 4]),
+    ]:
+        cases.append(Case(name, [N("Conv", ["x", "W"], ["y"], **attrs)], shape,
+                          {"W": w(*wshape, dtype=F32)}, dtype=F32))
+    # tf2onnx's stride-2 form: an explicit Pad, then a VALID conv (the Pad's crop becomes the
+    # transposed conv's pads); with symbolic H, W the transposed conv is sliced in the graph
+    for name, shape in [("pad_then_conv_stride2", ["N", 4, 8, 7]),
+                        ("pad_then_conv_stride2_symbolic_hw", ["N", 4, "H", "W"])]:
+        cases.append(Case(name, [N("Pad", ["x", "p"], ["xp"]),
+                                 N("Conv", ["xp", "W"], ["y"], group=4, strides=[2, 2])],
+                          shape, {"W": w(4, 1, 3, 3, dtype=F32),
+                                  "p": np.array([0, 0, 0, 1, 0, 0, 1, 1])}, dtype=F32))
     cases.append(Case("conv_pointwise_dense", [N("Conv", ["x", "W"], ["y"])], ["N", 6, 1, 1],
                       {"W": w(4, 6, 1, 1, dtype=F32)}, dtype=F32))  # a 1×1 map: one GEMM
     cases.append(Case("nhwc_pooled_dense_head", POOLED_DENSE_HEAD, ["N", 4, 4, 6],
@@ -409,6 +436,13 @@ CASES = [
          {"i": np.array([[0, 0, 3], [2, 1, 1]])}),
     Case("pad_constant", [N("Pad", ["x", "p", "v"], ["y"])], [2, 3, 4],
          {"p": np.array([0, 1, 2, 0, 2, 1]), "v": np.array(0.5)}),
+    # tf2onnx pads before stride-2 convs; a negative pad crops; pads computed at run time
+    Case("pad_constant_negative", [N("Pad", ["x", "p"], ["y"])], ["N", 3, 6, 6],
+         {"p": np.array([0, 0, 1, -1, 0, 0, -2, 1])}),
+    Case("pad_constant_axes", [N("Pad", ["x", "p", "", "ax"], ["y"])], [2, 3, 4], opset=18,
+         inits={"p": np.array([1, -1, 0, 2]), "ax": np.array([-1, 1])}),
+    Case("pad_constant_computed_pads", [N("Abs", ["p0"], ["p"]), N("Pad", ["x", "p"], ["y"])],
+         [2, 3, 4], {"p0": np.array([0, -1, 2, 0, 2, -1])}),
     Case("pad_reflect", [N("Pad", ["x", "p"], ["y"], mode="reflect")], [2, 4, 5],
          {"p": np.array([0, 1, 2, 0, 2, 1])}),
     Case("pad_edge", [N("Pad", ["x", "p"], ["y"], mode="edge")], [2, 3, 4],
@@ -590,7 +624,33 @@ def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
     ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     ops = sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
                  if any(o.startswith("ogc") for o in n.output))
-    assert ops and not {"Transpose", "Shape", "Div", "Mul"} & set(ops), ops
+    # the one Mul is the ReLU mask's (dy · Cast(y > 0)); a scaling would be a second
+    assert ops and not {"Transpose", "Shape", "Div"} & set(ops), ops
+    assert ops.count("Mul") == ops.count("Cast") == 1, ops
+
+
+@pytest.mark.parametrize("case_id, window_ops", [
+    ("conv_depthwise_multiplier", ["Conv"]),  # stride 1: the flipped-kernel Conv
+    ("conv3d_depthwise", ["Conv"]),
+    ("conv_pads_past_kernel", ["ConvTranspose"]),
+    ("pad_then_conv_stride2", ["ConvTranspose"]),  # the Pad's crop is in its pads
+])
+def test_window_gradients_run_one_window_op_per_call(tmp_path, case_id, window_ops) -> None:
+    """What ONNX Runtime runs per call (after its constant folding) for these windows' input
+    gradients (values: the finite-difference cases above): one Conv or ConvTranspose and no
+    Slice or Pad that crops its result."""
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+
+    case = next(c for c in CASES if c.id == case_id)
+    model = gradient_model(GraphInfo(_model(case)), "x", "y")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "window.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
+                 if any(o.startswith("ogc") for o in n.output))
+    assert ops == window_ops, ops
 
 
 def test_a_quantized_tensor_from_an_op_without_a_quantized_rule_is_refused() -> None:

@@ -315,7 +315,8 @@ class Emitter:
     def masked(self, mask: Value, x: Value, like: str) -> Value:
         """``x`` where the boolean ``mask`` holds, 0 elsewhere (``mask`` and ``x`` shaped like
         the forward tensor ``like``), as the product ``x · mask``: ONNX Runtime's CPU Where runs
-        several times slower than a Mul (a cotangent is finite, so the product is exact). Where
+        several times slower than a Mul (a cotangent is finite, so the product is exact; a
+        non-finite one stays non-finite where masked out, which the explainer reports). Where
         ``x`` is one-hot rows, so is the result, each row times its mask value at its class: a
         product with it stays a gather of rows."""
         factor = self.emit("Cast", mask, to=self.float_type)

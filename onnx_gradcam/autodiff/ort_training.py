@@ -65,7 +65,8 @@ def known_gap(info: GraphInfo, head: list[int], activation: str, score: str) -> 
     """Why GradientGraphBuilder 1.19.2 cannot differentiate the head correctly, or None.
 
     Measured: no gradient for :data:`NO_GRADIENT` ops, for the inference forms (one output) of
-    :data:`NEEDS_TRAINING_OUTPUTS`, for Pad other than constant, for Pow's exponent, nor for a node
+    :data:`NEEDS_TRAINING_OUTPUTS`, for Pad other than constant (or with axes: its gradient Pad
+    ignores them, a run-time error), for Pow's exponent, nor for a node
     reading one tensor twice (``Add(x, x)``: duplicate ``x_grad``) nor for MatMul with a 1-D
     operand; a wrong gradient for Gelu
     with ``approximate="tanh"`` (it uses the exact Gelu's) and for Split with an output off the
@@ -85,6 +86,8 @@ def known_gap(info: GraphInfo, head: list[int], activation: str, score: str) -> 
             reason = "in inference form has no onnxruntime-training gradient"
         elif node.op_type == "Pad" and attrs.get("mode", b"constant") != b"constant":
             reason = "has an onnxruntime-training gradient only in constant mode"
+        elif node.op_type == "Pad" and len(node.input) > 3 and node.input[3]:
+            reason = "with an axes input gets a gradient Pad that ignores the axes"
         elif node.op_type == "Pow" and node.input[1] in on_path:
             reason = "has no onnxruntime-training gradient for its exponent"
         elif len(set(path_inputs)) < len(path_inputs):

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from onnx import helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.folding import producer
 
 #: one cotangent per forward node output (None where that output gets no gradient)
 Dys = Sequence[Value | None]
@@ -158,17 +160,117 @@ def spatial_begin_pads(op: Emitter, node: Node, x: str, kernel: Sequence[int]) -
 
 
 def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
-                     kernel: Sequence[int], group: int) -> Value:
+                     kernel: Sequence[int], group: int, y: str | None = None) -> Value:
     """Scatter ``dy`` back through sliding windows: ``ConvTranspose(dy, w)`` cropped to ``x``.
 
-    The transposed conv (no pads, output_padding = stride − 1) covers the whole padded input;
-    slicing ``[pad_begin, pad_begin + X)`` on each spatial axis leaves the input's gradient.
+    With stride 1 it is a plain conv (:func:`flipped_window`). Where the spatial sizes of
+    ``x`` and of the forward output ``y`` are static, the transposed conv's own pads crop it
+    to ``x``; otherwise it covers the whole padded input (no pads, output_padding = stride − 1)
+    and slicing ``[pad_begin, pad_begin + X)`` on each spatial axis leaves the gradient.
     """
+    dx = flipped_window(op, node, dy, w, kernel, group)
+    if dx is not None:
+        return dx
     r = len(kernel)
     strides, dilations = strides_dilations(node, r)
-    full = op.ConvTranspose(
-        dy, w, strides=strides, dilations=dilations, group=group,
-        pads=[0] * 2 * r, output_padding=[s - 1 for s in strides], kernel_shape=list(kernel))
+    attrs = dict(strides=strides, dilations=dilations, group=group, kernel_shape=list(kernel))
+    crop = _static_crop(op, node, x, y, kernel)
+    if crop is not None:
+        pads, extra = crop
+        return op.ConvTranspose(dy, w, pads=pads, output_padding=extra, **attrs)
+    full = op.ConvTranspose(dy, w, pads=[0] * 2 * r, output_padding=[s - 1 for s in strides],
+                            **attrs)
     begin = spatial_begin_pads(op, node, x, kernel)
     end = op.Add(begin, op.dims(x, 2, 2 + r))
     return op.Slice(full, begin, end, op.const(list(range(2, 2 + r))))
+
+
+def _static_crop(op: Emitter, node: Node, x: str, y: str | None, kernel: Sequence[int]
+                 ) -> tuple[list[int], list[int]] | None:
+    """(pads, output_padding) that make ``ConvTranspose(dy)`` exactly ``x``'s gradient: the
+    uncropped size is (Y − 1)·s + k_eff; the begin pad is the forward's, the end takes the
+    rest (or output_padding adds what the last windows never read). None where a size is
+    not static."""
+    r = len(kernel)
+    x_shape = op.shape(x)
+    y_shape = op.shape(y) if y is not None else None
+    if x_shape is None or y_shape is None or None in x_shape[2:] + y_shape[2:]:
+        return None
+    strides, dilations = strides_dilations(node, r)
+    sizes_x, sizes_y = [int(d) for d in x_shape[2:]], [int(d) for d in y_shape[2:]]
+    reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        total = [max((-(-n // s) - 1) * s + k - n, 0) for n, s, k in zip(sizes_x, strides, reach)]
+        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+    else:
+        begin = [int(p) for p in node.attr("pads", [0] * 2 * r)[:r]] if auto_pad == "NOTSET" \
+            else [0] * r
+    rest = [(m - 1) * s + k - b - n
+            for m, s, k, b, n in zip(sizes_y, strides, reach, begin, sizes_x)]
+    extra = [max(-e, 0) for e in rest]
+    if any(e >= max(s, d) for e, s, d in zip(extra, strides, dilations)):
+        return None
+    return begin + [max(e, 0) for e in rest], extra
+
+
+def crop(op: Emitter, dy: Value, pads: np.ndarray) -> Value:
+    """The cotangent of a constant Pad's input: the border the Pad added (``pads`` in Pad's
+    layout, begins then ends over every axis) cut off ``dy`` with a Slice, and zeros where a
+    negative pad had cropped the input. Where ``dy`` is a transposed conv's output
+    (:func:`transpose_window`) and only spatial borders were added, that conv's own pads
+    grow instead: one node computes the cropped gradient."""
+    rank = len(pads) // 2
+    begin, end = pads[:rank], pads[rank:]
+    source = producer(op, dy)
+    if (source is not None and source.op_type == "ConvTranspose" and (pads >= 0).all()
+            and not pads[[0, 1, rank, rank + 1]].any()):
+        attrs = {a.name: helper.get_attribute_value(a) for a in source.attribute}
+        spatial = [int(p) for p in np.concatenate([begin[2:], end[2:]])]
+        attrs["pads"] = [a + b for a, b in zip(attrs.get("pads", [0] * len(spatial)), spatial)]
+        return op.emit("ConvTranspose", *source.input, **attrs)
+    axes = [a for a in range(rank) if begin[a] > 0 or end[a] > 0]
+    if axes:  # the added border
+        stop = [-int(end[a]) if end[a] > 0 else np.iinfo(np.int64).max for a in axes]
+        dy = op.Slice(dy, op.const([max(int(begin[a]), 0) for a in axes]), op.const(stop),
+                      op.const(axes))
+    if (pads < 0).any():  # the cropped input: zeros
+        dy = op.Pad(dy, op.const(np.maximum(-pads, 0).astype(np.int64)))
+    return dy
+
+
+def flipped_window(op: Emitter, node: Node, dy: Value, w: Value, kernel: Sequence[int],
+                   group: int) -> Value | None:
+    """With stride 1, scattering ``dy`` back through the windows is itself a convolution:
+    ``Conv(dy, w')`` with w' the kernel flipped on every spatial axis and each group's input
+    and output channels swapped, padded by k_eff − 1 − pad on each side (which gives x's size
+    exactly). ONNX Runtime runs Conv with its blocked (NCHWc) kernels and ConvTranspose
+    without them, markedly slower for depthwise convs. None where a stride is not 1, a pad
+    exceeds k_eff − 1 (a negative pad), or the weight's shape is not static."""
+    r = len(kernel)
+    strides, dilations = strides_dilations(node, r)
+    if any(s != 1 for s in strides):
+        return None
+    reach = [(k - 1) * d for k, d in zip(kernel, dilations)]  # k_eff − 1
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):  # stride 1: the total pad is k_eff − 1
+        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in reach]
+        pads = begin + [t - b for t, b in zip(reach, begin)]
+    else:
+        pads = [int(p) for p in node.attr("pads", [0] * 2 * r)] if auto_pad == "NOTSET" else (
+            [0] * 2 * r)
+    pads = [t - p for t, p in zip(reach * 2, pads)]
+    value = op.value_of(w)
+    shape = value.shape if value is not None else op.shape(w)
+    if any(p < 0 for p in pads) or shape is None or None in shape[:2]:
+        return None
+    outs, ins = int(shape[0]) // group, int(shape[1])  # per group
+    if outs > 1 and ins > 1:  # (g, out, in, k…) → (g, in, out, k…)
+        w = op.Transpose(op.Reshape(w, op.const([group, outs, ins, *kernel])),
+                         perm=[0, 2, 1, *range(3, 3 + r)])
+    if outs > 1 or ins > 1:
+        w = op.Reshape(w, op.const([group * ins, outs, *kernel]))
+    flipped = op.Slice(w, op.const([-1] * r), op.const([np.iinfo(np.int64).min] * r),
+                       op.const(list(range(2, 2 + r))), op.const([-1] * r))
+    return op.Conv(dy, flipped, pads=pads, dilations=dilations, group=group,
+                   kernel_shape=list(kernel))

@@ -70,8 +70,9 @@ def neg_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 
 @vjp("Relu")
 def relu_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = dy · 1[x > 0]"""
-    return [op.Where(op.Greater(node.inputs[0], 0.0), dys[0], 0.0)]
+    """dx = dy · 1[x > 0], read as 1[y > 0] (the same set): the backward then needs only the
+    output, so ONNX Runtime can still fuse the activation into the conv before it."""
+    return [op.masked(op.Greater(node.outputs[0], 0.0), dys[0], node.outputs[0])]
 
 
 @vjp("LeakyRelu")
@@ -95,8 +96,9 @@ def prelu_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 
 @vjp("Clip")
 def clip_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = dy · 1[min < x < max] (bounds from inputs, or attributes before opset 11)"""
-    x = node.inputs[0]
+    """dx = dy · 1[min < x < max] (bounds from inputs, or attributes before opset 11), read as
+    1[min < y < max], the same set (y is x there and a bound elsewhere), as for Relu."""
+    y = node.outputs[0]
     if op.opset >= 11:
         low, high = node.input(1), node.input(2)
     else:
@@ -105,10 +107,10 @@ def clip_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     for bound, compare in ((low, "Greater"), (high, "Less")):
         if bound is None:
             continue
-        test = op.emit(compare, x, float(bound) if isinstance(bound, float) else bound)
+        test = op.emit(compare, y, float(bound) if isinstance(bound, float) else bound)
         inside = test if inside is None else op.And(inside, test)
     dy = dys[0]
-    dx = dy if inside is None else op.Where(inside, dy, 0.0)
+    dx = dy if inside is None else op.masked(inside, dy, node.outputs[0])
     return [dx] + [None] * (len(node.inputs) - 1)
 
 
@@ -190,7 +192,7 @@ def hard_sigmoid_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     alpha, beta = float(node.attr("alpha", 0.2)), float(node.attr("beta", 0.5))
     z = op.Add(op.Mul(node.inputs[0], alpha), beta)
     inside = op.And(op.Greater(z, 0.0), op.Less(z, 1.0))
-    return [op.Where(inside, op.Mul(dys[0], alpha), 0.0)]
+    return [op.masked(inside, op.Mul(dys[0], alpha), node.outputs[0])]
 
 
 @vjp("HardSwish")
@@ -199,7 +201,7 @@ def hard_swish_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     x, dy = node.inputs[0], dys[0]
     middle = op.Mul(dy, op.Add(op.Div(x, 3.0), 0.5))
     inner = op.Where(op.Less(x, 3.0), middle, dy)
-    return [op.Where(op.Greater(x, -3.0), inner, 0.0)]
+    return [op.masked(op.Greater(x, -3.0), inner, node.outputs[0])]
 
 
 @vjp("Elu")

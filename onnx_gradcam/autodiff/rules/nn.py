@@ -11,31 +11,30 @@ from onnx_gradcam.autodiff.registry import vjp
 from onnx_gradcam.autodiff.rules._common import Dys, strides_dilations, transpose_window
 
 
-def pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequence[int],
-              group: int) -> Value | None:
-    """A 1×1 conv with stride 1, no padding and one group is a matrix product over channels:
-    dX = Wᵀ·dY as one batched MatMul ((Cin, Cout) × (N, Cout, H·W)), or, where the map is
-    1×1 (a conv used as a dense layer), one GEMM (N, Cout) × (Cout, Cin) that reads W once for
-    the whole batch (ONNX Runtime's ConvTranspose has no such fast path for 1×1 kernels).
-    None where the conv is not of that kind."""
+def dense_pointwise(op: Emitter, node: Node, dy: Value, w: str, x: str, kernel: Sequence[int],
+                    group: int) -> Value | None:
+    """A 1×1 conv with stride 1, no padding and one group on a 1×1 map is a dense layer:
+    dX = dY·W as one GEMM (N, Cout) × (Cout, Cin) that reads W once for the whole batch (and
+    a one-hot dY gathers rows of W). None where the conv is not of that kind (other stride-1
+    convs, 1×1 or not, are a Conv with the flipped kernel: :func:`transpose_window`)."""
     r = len(kernel)
     strides, _ = strides_dilations(node, r)
     padded = node.attr("auto_pad", "NOTSET") == "NOTSET" and any(node.attr("pads", [0] * 2 * r))
     if group != 1 or any(k != 1 for k in kernel) or any(s != 1 for s in strides) or padded:
         return None
-    w2d = op.Reshape(w, op.const([0, -1]))
     shape, w_shape = op.shape(x), op.shape(w)
-    if shape is not None and all(d == 1 for d in shape[2:]):
-        outs = w_shape[0] if w_shape and w_shape[0] else 0  # static: Reshapes around it fold
-        return op.reshape_like(op.rows_product(op.rows(dy, outs), w2d), x)
-    w_t = op.Transpose(w2d, perm=[1, 0])
-    return op.reshape_like(op.MatMul(w_t, op.Reshape(dy, op.const([0, 0, -1]))), x)
+    if shape is None or any(d != 1 for d in shape[2:]):
+        return None
+    w2d = op.Reshape(w, op.const([0, -1]))
+    outs = w_shape[0] if w_shape and w_shape[0] else 0  # static: Reshapes around it fold
+    return op.reshape_like(op.rows_product(op.rows(dy, outs), w2d), x)
 
 
 @vjp("Conv")
 def conv_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """dX = ConvTranspose(dY, W) with the forward strides/dilations/group, cropped to X (a
-    MatMul for pointwise convs, :func:`pointwise`); dB = Σ dY over batch and spatial axes.
+    Conv with the flipped kernel at stride 1, a GEMM for dense 1×1 convs:
+    :func:`dense_pointwise`); dB = Σ dY over batch and spatial axes.
     (W is a weight: not differentiated.)"""
     x, w = node.inputs[0], node.inputs[1]
     dy = dys[0]
@@ -44,9 +43,9 @@ def conv_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     if not kernel or any(k is None for k in kernel):
         raise ValueError(f"Conv {node.name!r}: kernel shape unknown")
     group = int(node.attr("group", 1))
-    dx = pointwise(op, node, dy, w, x, kernel, group)
+    dx = dense_pointwise(op, node, dy, w, x, kernel, group)
     if dx is None:
-        dx = transpose_window(op, node, dy, w, x, kernel, group)
+        dx = transpose_window(op, node, dy, w, x, kernel, group, node.outputs[0])
     db = None
     if node.input(2) is not None:
         db = op.reduce("ReduceSum", dy, [0] + list(range(2, 2 + len(kernel))), keepdims=0)

@@ -147,7 +147,7 @@ def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
                            op.const([channels * len(offsets)]), size_y, axis=0)
     routed = op.Reshape(stacked, flat_shape)
     kernels = op.const(_offset_kernels(channels, kernel, offsets, op.dtype))
-    return [transpose_window(op, node, routed, kernels, x, kernel, channels)]
+    return [transpose_window(op, node, routed, kernels, x, kernel, channels, y)]
 
 
 def _padded_for_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[int]
@@ -213,4 +213,5 @@ def average_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
             node.attrs, count_include_pad=1)), area)
         scaled = op.Div(dy, counts)
     ones = op.const(np.ones([channels, 1] + kernel, dtype=op.dtype))
-    return [transpose_window(op, node, scaled, ones, x, kernel, channels)]
+    return [transpose_window(op, node, scaled, ones, x, kernel, channels,
+                             node.outputs[0])]

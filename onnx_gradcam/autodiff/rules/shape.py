@@ -12,6 +12,7 @@ from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import vjp
 from onnx_gradcam.autodiff.rules._common import (
     Dys,
+    crop,
     iota,
     pad_back,
     scatter_add_flat,
@@ -140,21 +141,29 @@ def gather_elements_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]
 
 @vjp("Pad")
 def pad_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
-    """dx = scatter-add of dy from each padded position's source (constant padding: nowhere);
-    constant padding: dy padded by −pads (the padding cropped off, a crop filled with zeros)"""
+    """Constant padding: dx = Pad(dy, −pads), the padded border cropped off again (a negative
+    pad crops, so pads that cropped x pad dy with zeros). Other modes: scatter-add of dy from
+    each padded position's source."""
     x = node.inputs[0]
     mode = node.attr("mode", "constant")
-    fill = op.Size(x) if mode == "constant" else None
     if op.opset < 11:
         raise ValueError(f"Pad {node.name!r}: opsets before 11 are not supported")
+    rest = [None] * (len(node.inputs) - 1)
     if mode == "constant":
-        axes = [node.input(3)] if node.input(3) else []
-        dx = op.Pad(dys[0], op.Neg(node.inputs[1]), *(["", *axes] if axes else []))
-        return [dx] + [None] * (len(node.inputs) - 1)
-    extra = (list(node.inputs[1:]) + ["", ""])[:3]
-    extra[1] = fill or ""
+        pads, axes = node.inputs[1], node.input(3)
+        known, axes_known = op.value_of(pads), op.value_of(axes)
+        if known is not None and (axes is None or axes_known is not None):
+            rank = op.rank(x)
+            full = np.zeros(2 * rank, dtype=np.int64)
+            chosen = range(rank) if axes is None else [int(a) % rank for a in axes_known]
+            for i, a in enumerate(chosen):
+                full[a], full[rank + a] = known[i], known[len(known) // 2 + i]
+            return [crop(op, dys[0], full)] + rest
+        # pads computed at run time: a negative pad crops (ONNX Pad; ONNX Runtime has it)
+        return [op.Pad(dys[0], op.Neg(pads), *(["", axes] if axes else []))] + rest
+    extra = [i or "" for i in node.inputs[1:]]
+    extra[1:2] = [""] * len(extra[1:2])  # no fill value: ignored by these modes, and a float
     while extra and not extra[-1]:
         extra.pop()
     source = op.Pad(iota(op, x), *extra, mode=mode)
-    dx = scatter_add_flat(op, x, source, dys[0], spare=mode == "constant")
-    return [dx] + [None] * (len(node.inputs) - 1)
+    return [scatter_add_flat(op, x, source, dys[0])] + rest
