@@ -36,7 +36,9 @@ GAP_CASES = {"add_self", "dropout", "prelu", "softplus", "elu", "hard_sigmoid", 
              "global_max_pool", "max_pool_symbolic_hw", "batch_norm", "instance_norm",
              "layer_norm", "layer_norm_axis1", "split_unused_output", "pad_reflect", "pad_edge",
              "pad_constant_axes",
-             *(c.id for c in CASES if c.id.startswith(("resize_", "einsum_", "qdq_", "qlinear")))}
+             "max_pool_uint8",
+             *(c.id for c in CASES if c.id.startswith(("resize_", "einsum_", "qdq_", "qlinear",
+                                                       "qgemm", "dynamic_")))}
 RULE_CASES = [c for c in CASES if c.id not in GAP_CASES]
 #: the gaps the project promises to refuse with one clear message, by known_gap
 PROMISED_GAPS = {"hard_swish": "HardSwish", "global_max_pool": "GlobalMaxPool",

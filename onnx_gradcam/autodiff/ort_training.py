@@ -56,7 +56,8 @@ def training_python() -> Path:
 #: Ops onnxruntime-training 1.19.2 has no gradient builder for (measured).
 NO_GRADIENT = frozenset({"HardSwish", "HardSigmoid", "GlobalMaxPool", "Resize", "PRelu", "Elu",
                          "Softplus", "Sum", "ReduceMax", "ReduceMin", "InstanceNormalization",
-                         "Einsum", "QuantizeLinear", "DequantizeLinear"})
+                         "Einsum", "QuantizeLinear", "DequantizeLinear", "QGemm",
+                         "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"})
 #: Ops whose gradient needs a training-mode output (saved mean/variance, dropout mask).
 NEEDS_TRAINING_OUTPUTS = frozenset({"BatchNormalization", "Dropout", "LayerNormalization"})
 
