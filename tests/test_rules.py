@@ -586,6 +586,17 @@ def test_non_differentiable_ops_have_no_rule() -> None:
     assert not set(VJP_RULES) & NON_DIFFERENTIABLE
 
 
+def _gradient_ops_after_folding(model: onnx.ModelProto, tmp_path) -> list[str]:
+    """The gradient graph's op types as ONNX Runtime runs them per call (after its basic
+    optimisations, constant folding among them), sorted."""
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
+                  if any(o.startswith("ogc") for o in n.output))
+
+
 def test_numbers_beside_tensors_of_known_rank_become_unit_constants_of_that_rank() -> None:
     """ONNX Runtime runs (N, C, 1, 1) against a rank-0 scalar one element at a time, so the
     emitter gives numbers (and forward scalar constants) the other operands' rank; Clip's
@@ -618,12 +629,7 @@ def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
 
     case = next(c for c in CASES if c.id == "nhwc_pooled_dense_head")
     model = gradient_model(GraphInfo(_model(case)), "x", "y")
-    opts = ort.SessionOptions()
-    opts.optimized_model_filepath = str(tmp_path / "pooled_dense_head.onnx")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    ops = sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
-                 if any(o.startswith("ogc") for o in n.output))
+    ops = _gradient_ops_after_folding(model, tmp_path)
     # the one Mul is the ReLU mask's (dy · Cast(y > 0)); a scaling would be a second
     assert ops and not {"Transpose", "Shape", "Div"} & set(ops), ops
     assert ops.count("Mul") == ops.count("Cast") == 1, ops
@@ -644,12 +650,7 @@ def test_window_gradients_run_one_window_op_per_call(tmp_path, case_id, window_o
 
     case = next(c for c in CASES if c.id == case_id)
     model = gradient_model(GraphInfo(_model(case)), "x", "y")
-    opts = ort.SessionOptions()
-    opts.optimized_model_filepath = str(tmp_path / "window.onnx")
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    ops = sorted(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
-                 if any(o.startswith("ogc") for o in n.output))
+    ops = _gradient_ops_after_folding(model, tmp_path)
     assert ops == window_ops, ops
 
 
