@@ -32,6 +32,7 @@ from onnx_gradcam.cams import Method
 from onnx_gradcam.cams.graph import Facts, heatmap, layer_coarse
 from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
+from onnx_gradcam.narrow import narrow_head
 from onnx_gradcam.passes import simplify
 from onnx_gradcam.targets import CATEGORY, KINDS, seed_inputs, seed_nodes
 from onnx_gradcam.tokens import Grid
@@ -318,6 +319,7 @@ def explainer_model(info: GraphInfo, spec: GraphSpec) -> ExplainerModel:
     parts.outputs += [(a, info.dtype(a), info.shapes.get(a)) for a in spec.layers]
     gradients, head, coarse = [], [], []
     for index, layer_head in enumerate(heads if spec.gradient else []):
+        layer_head = _narrowed(layer_head, index, parts)
         grad = _layer_gradient(info, spec, index, layer_head, start, parts)
         gradients.append(indexed(GRADIENT, index))
         head = head or grad.head
@@ -344,6 +346,17 @@ def _replicated_heads(info: GraphInfo, spec: GraphSpec, inputs: list[onnx.ValueI
     rep_info = GraphInfo(_assemble(info, copies, [], inputs, []))
     parts.nodes += copies
     return [Head(rep_info, a, sc) for a, sc in replicated]
+
+
+def _narrowed(head: Head, index: int, parts: _Parts) -> Head:
+    """``head``, or where it reads a few tokens after token-wise ops, its copy on those tokens
+    (:mod:`onnx_gradcam.narrow`), whose backward skips the rows the score never reads."""
+    found = narrow_head(head.info, head.activation, head.score, f"__ogc_narrow{index}")
+    if found is None:
+        return head
+    nodes, score = found
+    parts.nodes += nodes
+    return Head(GraphInfo(_assemble(head.info, nodes, [], [], [])), head.activation, score)
 
 
 def _layer_gradient(info: GraphInfo, spec: GraphSpec, index: int, head: Head, start: Seed,

@@ -263,3 +263,41 @@ def test_patch_geometry_is_the_conv_arithmetic(attrs: dict) -> None:
         assert geometry.size(*size) == y.shape[2:], size
     for grid in [(4, 6), (7, 5)]:
         assert geometry.size(*geometry.input_for(*grid)) == grid
+
+
+@pytest.mark.parametrize("file, narrowed", [
+    ("vit_legacy_opset17.onnx", True), ("vit_legacy_opset14.onnx", True),
+    ("vit_timm_dynamo.onnx", True), ("sym_vit.onnx", True),
+    ("deit_legacy_opset17.onnx", False),  # two picks (class and distillation tokens)
+    ("swin_legacy_opset17.onnx", False),  # the head averages every token
+])
+def test_a_head_that_reads_one_token_is_differentiated_on_that_token(file, narrowed):
+    """The class-token head's token-wise ops (MLP, LayerNorms, residuals) are differentiated on
+    the picked row only (onnx_gradcam/narrow.py); the gradient equals the whole head's, built
+    without narrowing, to float32 rounding."""
+    from onnx_gradcam.explainer_graph import GRADIENT, SEED, gradient_model
+    from onnx_gradcam.narrow import narrow_head
+
+    ex = og.Explainer(HERE / file, providers="cpu")
+    info, layer = ex.model.info, ex.layer_names[0]
+    found = narrow_head(info, layer, ex.score, "__t")
+    assert (found is not None) == narrowed
+    if not narrowed:
+        return
+    nodes, _ = found
+    assert not any(n.op_type in ("Softmax", "Reshape", "Transpose") for n in nodes)
+    size = (32, 48) if file.startswith("sym_") else ex.preprocessing().size
+    x = np.random.default_rng(3).standard_normal((1, 3, *size)).astype(np.float32)
+    result = ex.explain(x, targets=[2])  # batch 1: the dynamo files' batch is fixed
+    import onnxruntime as ort
+
+    whole = ort.InferenceSession(gradient_model(info, layer, ex.score).SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+    scores = ex.outputs(x)
+    seed = np.zeros_like(scores)
+    seed[0, 2] = 1
+    expected = whole.run([GRADIENT], {ex.model.info.graph_inputs[0]: x, SEED: seed})[0]
+    n, c, h, w = result.gradients[0].shape  # the grid the explainer folded the tokens into
+    expected = expected[:, -h * w:].reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    scale = np.abs(expected).max()
+    assert np.abs(result.gradients[0] - expected).max() <= 1e-5 * scale
