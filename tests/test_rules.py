@@ -667,3 +667,86 @@ def test_a_quantized_tensor_from_an_op_without_a_quantized_rule_is_refused() -> 
     model = make_model(nodes, [("x", [1, 2, 4, 4])], inits=X_QUANT, opset=13, dtype=F32)
     with pytest.raises(UnsupportedOpError, match="'p' is a quantized tensor made by Neg"):
         gradient_model(GraphInfo(model), "x", "y")
+
+
+@pytest.mark.parametrize("high", [6.0, 1.0, 0.5, 3.0, 1000.0, 2.0 ** -3, 5.9999995])
+def test_relu6_mask_of_hard_sigmoids_equals_the_comparisons_in_float32(high) -> None:
+    """The float32 ReLU6 mask made of HardSigmoids (ONNX Runtime keeps them in the conv's
+    blocked layout) is exactly 1[0 < y < high] for every clipped output y in [0, high]: at
+    both ends, at the float32 neighbours of the ends, at denormals and at random values
+    (numpy's comparisons are the oracle)."""
+    from onnx_gradcam.autodiff.emitter import Emitter
+
+    op = Emitter(opset=17, dtype=np.dtype(np.float32), shapes={"y": (None,)})
+    factor = op.between("y", 0.0, high)
+    assert "HardSigmoid" in {n.op_type for n in op.nodes}
+    f32 = np.float32
+    top = f32(high)
+    tiny = np.finfo(f32).smallest_subnormal
+    edges = [0.0, -0.0, tiny, 2 * tiny, 3 * tiny, 2.0 ** -140, 2.0 ** -127, 2.0 ** -126,
+             np.finfo(f32).tiny, 1e-30, 1e-7, top / 2, np.nextafter(top, f32(0)),
+             np.nextafter(np.nextafter(top, f32(0)), f32(0)), top]
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.array(edges, f32), rng.uniform(0, high, 4000).astype(f32),
+                        (rng.integers(1, 2 ** 23, 200) * tiny).astype(f32)])
+    y = np.minimum(y, top)
+    graph = helper.make_graph(op.nodes, "mask", [helper.make_tensor_value_info(
+        "y", onnx.TensorProto.FLOAT, [None])], [helper.make_tensor_value_info(
+            factor, onnx.TensorProto.FLOAT, [None])], op.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    got = ort.InferenceSession(model.SerializeToString(), providers=[
+        "CPUExecutionProvider"]).run(None, {"y": y})[0]
+    want = ((y > 0) & (y < top)).astype(f32)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_relu6_cotangents_stay_in_the_blocked_layout(tmp_path) -> None:
+    """Between 1×1 convs with ReLU6, the gradient's masks and products run on the convs'
+    blocked (NCHWc) tensors: the mask is made of ops ONNX Runtime keeps blocked, and each
+    cotangent is declared with its forward activation's shape (symbolic batch included), so
+    nothing is reordered to plain NCHW but the gradient output."""
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+
+    c = 32
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((c, c, 1, 1)).astype(np.float32)
+                                          * 0.2, f"W{i}") for i in range(4)]
+    inits += [onnx.numpy_helper.from_array(np.array(v, np.float32), n)
+              for n, v in (("lo", 0.0), ("hi", 6.0))]
+    nodes = [N("Conv", ["x", "W0"], ["a"]),
+             N("Conv", ["a", "W1"], ["b"]), N("Clip", ["b", "lo", "hi"], ["r"]),
+             N("Conv", ["r", "W2"], ["d"]), N("Clip", ["d", "lo", "hi"], ["s"]),
+             N("Conv", ["s", "W3"], ["e"]),
+             N("GlobalAveragePool", ["e"], ["g"]), N("Flatten", ["g"], ["y"])]
+    graph = helper.make_graph(nodes, "relu6", [helper.make_tensor_value_info(
+        "x", onnx.TensorProto.FLOAT, ["N", c, 8, 8])], [helper.make_tensor_value_info(
+            "y", onnx.TensorProto.FLOAT, ["N", c])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8)
+    grad = gradient_model(GraphInfo(model), "a", "y")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "relu6.onnx")
+    session = ort.InferenceSession(grad.SerializeToString(), opts,
+                                   providers=["CPUExecutionProvider"])
+    optimized = onnx.load(opts.optimized_model_filepath).graph.node
+    made = {o: n for n in optimized for o in n.output}
+    masks = [n for n in optimized if n.op_type in ("Mul", "HardSigmoid")]
+    assert len(masks) == 10, [n.op_type for n in optimized]  # two masks of five ops each
+    assert all(made[i].op_type != "ReorderOutput" for n in masks for i in n.input if i in made)
+    # the values: the chain rule in numpy on the forward's own activations
+    x = rng.standard_normal((2, c, 8, 8)).astype(np.float32)
+    seed = rng.standard_normal((2, c)).astype(np.float32)
+    feeds = {"x": x, "ogc_seed": seed}
+    got = session.run(["ogc_gradient"], feeds)[0]
+    w = [onnx.numpy_helper.to_array(t)[:, :, 0, 0].astype(np.float64) for t in inits[:4]]
+    a = np.einsum("oi,nihw->nohw", w[0], x.astype(np.float64))
+    b = np.einsum("oi,nihw->nohw", w[1], a)
+    d = np.einsum("oi,nihw->nohw", w[2], np.clip(b, 0, 6))
+    de = np.broadcast_to(seed[:, :, None, None] / 64.0, d.shape)
+    ds = np.einsum("oi,nohw->nihw", w[3], de) * ((d > 0) & (d < 6))
+    db = np.einsum("oi,nohw->nihw", w[2], ds) * ((b > 0) & (b < 6))
+    want = np.einsum("oi,nohw->nihw", w[1], db)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
