@@ -277,6 +277,12 @@ CASES = [
     Case("where", [N("Greater", ["x", "z"], ["c"]), N("Where", ["c", "x", "b"], ["y"])], [2, 3],
          {"z": np.array(0.0), "b": w(3)}, away_from=0.0),
     Case("sigmoid", [N("Sigmoid", ["x"], ["y"])], [2, 3]),
+    # x·σ(x) is one unit (swish_vjp); with σ(x) read elsewhere too, the two rules apart
+    Case("swish", [N("Sigmoid", ["x"], ["s"]), N("Mul", ["x", "s"], ["y"])], [2, 6]),
+    Case("swish_sigmoid_first", [N("Sigmoid", ["x"], ["s"]), N("Mul", ["s", "x"], ["y"])],
+         ["N", 3, 2, 2]),
+    Case("swish_sigmoid_shared", [N("Sigmoid", ["x"], ["s"]), N("Mul", ["x", "s"], ["m"]),
+                                  N("Add", ["m", "s"], ["y"])], [2, 6]),
     Case("tanh", [N("Tanh", ["x"], ["y"])], [2, 3]),
     Case("exp", [N("Exp", ["x"], ["y"])], [2, 3]),
     Case("log", [N("Log", ["x"], ["y"])], [2, 3], positive=True),

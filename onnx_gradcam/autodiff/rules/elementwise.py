@@ -190,6 +190,14 @@ for _op_type, _derivative in {
     unary_vjp(_op_type, _derivative)
 
 
+def swish_vjp(op: Emitter, x: Value, s: Value, y: Value, dy: Value) -> Value:
+    """y = x·s with s = σ(x) (one unit: :func:`~onnx_gradcam.autodiff.builder.swish_units`):
+    dx = dy·s·(1 + x·(1 − s)) = t + t·(x − y) with t = dy·s, four passes over the tensor
+    where the Mul's and the Sigmoid's rules apart take six."""
+    t = op.Mul(dy, s)
+    return op.Add(t, op.Mul(t, op.Sub(x, y)))
+
+
 @vjp("HardSigmoid")
 def hard_sigmoid_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     """y = clip(αx + β, 0, 1); dx = α·dy where 0 < αx + β < 1"""
