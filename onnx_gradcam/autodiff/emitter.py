@@ -7,7 +7,6 @@ against the ONNX schema at the model's opset, so a misspelled op fails at once, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Union
@@ -104,10 +103,6 @@ class Emitter:
     #: tensors known to be one-hot rows (M, C) (flattened per row), each row possibly times a
     #: factor → :class:`OneHot`
     one_hot: dict[str, OneHot] = field(default_factory=dict)
-    #: masks made by :meth:`between` as 0/1 float factors (the others are boolean)
-    _factors: set[str] = field(default_factory=set)
-    #: emitted tensors → the forward tensor whose shape (symbolic sizes too) they have
-    shaped_like: dict[str, str] = field(default_factory=dict)
 
     # ---- naming and constants -------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -317,42 +312,15 @@ class Emitter:
                 self.one_hot[dst] = entry
         return dst
 
-    def between(self, y: Value, low: float | None, high: float | None) -> Value:
-        """The mask ``1[low < y < high]`` (a bound of None: no test) of a clipped output ``y``
-        in ``[low, high]``, for :meth:`masked`. In float32 with ``low`` 0 and ``high`` positive
-        (ReLU6) it is a 0/1 float factor of HardSigmoids and a product, ops ONNX Runtime runs
-        in the blocked (NCHWc) layout of the convolution that made ``y``, where a comparison
-        would have both ``y`` and the cotangent reordered to plain NCHW; as many passes over
-        the tensor as the comparisons take, so a one-sided test (ReLU) stays a comparison.
-        Each clip is exact: ``min(1, 2^100·y)`` is at least 2^-49 for the smallest positive
-        float32 (2^-149), so ``min(1, 2^49·…)`` is 1 for every ``y > 0`` and 0 at 0;
-        ``min(1, B·(high − y))`` with B = 2^(24 − ⌊log2 high⌋) is 1 for every float32
-        ``y < high`` (the gap to ``high`` is at least 2^(⌊log2 high⌋ − 24)) and 0 at ``high``."""
-        if (np.dtype(self.dtype) != np.float32 or low != 0.0 or high is None
-                or not 0.0 < high < 2.0 ** 100):
-            tests = [self.emit(compare, y, float(bound)) for bound, compare
-                     in ((low, "Greater"), (high, "Less")) if bound is not None]
-            return tests[0] if len(tests) == 1 else self.emit("And", *tests)
-        scale = 2.0 ** (24 - math.floor(math.log2(high)))
-        positive = self.emit("HardSigmoid", y, alpha=2.0 ** 100, beta=0.0)
-        below = self.emit("HardSigmoid", y, alpha=-scale, beta=scale * high)
-        factor = self.emit("HardSigmoid", self.emit("Mul", positive, below), alpha=2.0 ** 49,
-                           beta=0.0)
-        self._factors.add(factor)
-        return factor
-
     def masked(self, mask: Value, x: Value, like: str) -> Value:
-        """``x`` where the boolean ``mask`` (or :meth:`between`'s factor) holds, 0 elsewhere
-        (``mask`` and ``x`` shaped like the forward tensor ``like``), as the product
-        ``x · mask``: ONNX Runtime's CPU Where runs several times slower than a Mul (a
-        cotangent is finite, so the product is exact; a non-finite one stays non-finite where
-        masked out, which the explainer reports). Where ``x`` is one-hot rows, so is the
-        result, each row times its mask value at its class: a product with it stays a gather
-        of rows."""
-        factor = mask if mask in self._factors else self.emit("Cast", mask, to=self.float_type)
+        """``x`` where the boolean ``mask`` holds, 0 elsewhere (``mask`` and ``x`` shaped like
+        the forward tensor ``like``), as the product ``x · mask``: ONNX Runtime's CPU Where runs
+        several times slower than a Mul (a cotangent is finite, so the product is exact; a
+        non-finite one stays non-finite where masked out, which the explainer reports). Where
+        ``x`` is one-hot rows, so is the result, each row times its mask value at its class: a
+        product with it stays a gather of rows."""
+        factor = self.emit("Cast", mask, to=self.float_type)
         out = self.emit("Mul", x, factor)
-        if isinstance(x, str):
-            self.shaped_like.update({x: like, out: like})
         entry = self.one_hot.get(x)
         if entry is not None:
             hit = self.emit("GatherElements", self.rows(factor, None),

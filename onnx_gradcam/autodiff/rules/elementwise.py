@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import unary_vjp, vjp
 from onnx_gradcam.autodiff.rules._common import Dys, unbroadcast
@@ -105,16 +103,14 @@ def clip_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
         low, high = node.input(1), node.input(2)
     else:
         low, high = node.attr("min"), node.attr("max")
-    known = [b if b is None or isinstance(b, float) else op.value_of(b) for b in (low, high)]
-    if all(k is not None and np.size(k) == 1 for k, b in zip(known, (low, high)) if b is not None):
-        bounds = [None if k is None else float(np.asarray(k).reshape(())) for k in known]
-        inside = None if bounds == [None, None] else op.between(y, *bounds)
-    else:  # computed bounds
-        tests = [op.emit(compare, y, bound) for bound, compare
-                 in ((low, "Greater"), (high, "Less")) if bound is not None]
-        inside = tests[0] if len(tests) == 1 else op.And(*tests)
+    inside = None
+    for bound, compare in ((low, "Greater"), (high, "Less")):
+        if bound is None:
+            continue
+        test = op.emit(compare, y, float(bound) if isinstance(bound, float) else bound)
+        inside = test if inside is None else op.And(inside, test)
     dy = dys[0]
-    dx = dy if inside is None else op.masked(inside, dy, y)
+    dx = dy if inside is None else op.masked(inside, dy, node.outputs[0])
     return [dx] + [None] * (len(node.inputs) - 1)
 
 
