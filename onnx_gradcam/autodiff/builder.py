@@ -43,6 +43,8 @@ class GradientGraph:
     #: the total cotangent of each head tensor the walk reached (for shortcuts that need the
     #: cotangent of a later tensor, e.g. :func:`onnx_gradcam.autodiff.summed.gradient_mean`)
     cotangents: dict[str, str] = field(default_factory=dict)
+    #: declared types of emitted tensors shaped like forward ones (:func:`shaped_values`)
+    value_info: list[onnx.ValueInfoProto] = field(default_factory=list)
 
 
 def head_nodes(info: GraphInfo, activation: str, score: str) -> list[int]:
@@ -146,11 +148,32 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     read = {i for n in nodes for i in n.input}
     inits = [t for t in op.initializers if t.name in read]
     kept = {o for n in nodes for o in n.output} | {seed}
+    values = shaped_values(op, info, kept)
     if wide:  # the shortcuts' tensors are float32; their fp16 consumers do without them
-        return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head])
+        return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
+                             value_info=values)
     return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
                          op.broadcasts.get(total),
-                         {t: dy for t, dy in totals.items() if dy in kept})
+                         {t: dy for t, dy in totals.items() if dy in kept}, values)
+
+
+def shaped_values(op: Emitter, info: GraphInfo, kept: set[str]) -> list[onnx.ValueInfoProto]:
+    """Value infos of the emitted tensors in ``kept`` known to have a forward tensor's shape
+    (:attr:`Emitter.shaped_like`), with that tensor's inferred sizes, symbolic names included.
+    ONNX Runtime's own inference names a cotangent's batch size anew (it comes from the
+    seed, not from the input); where it knows that a cotangent and the forward activation it
+    is multiplied with have equal shapes, it runs the product in the blocked (NCHWc) layout
+    of the convolutions around it instead of reordering both to plain NCHW."""
+    out = []
+    for name, like in op.shaped_like.items():
+        value = info.values.get(like)
+        if name in kept and value is not None and value.type.tensor_type.HasField("shape"):
+            declared = onnx.ValueInfoProto()
+            declared.CopyFrom(value)
+            declared.name = name
+            declared.type.tensor_type.elem_type = op.float_type
+            out.append(declared)
+    return out
 
 
 def _weight(op: Emitter, info: GraphInfo, name: str, weights: dict[str, str],
