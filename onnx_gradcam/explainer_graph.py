@@ -10,7 +10,7 @@ normalisation, so a caller that wants only the map fetches h·w numbers, not 2·
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import NamedTuple
@@ -112,14 +112,15 @@ def _symbolic(shape: Shape | None, name: str) -> list:
 
 
 def _assemble(info: GraphInfo, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto],
-              inputs: list[onnx.ValueInfoProto], outputs: list[tuple[str, np.dtype, Shape | None]]
-              ) -> onnx.ModelProto:
+              inputs: list[onnx.ValueInfoProto], outputs: list[tuple[str, np.dtype, Shape | None]],
+              value_info: Sequence[onnx.ValueInfoProto] = ()) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(info.model)
     graph = model.graph
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     graph.input.extend(inputs)
+    graph.value_info.extend(value_info)
     existing = {o.name for o in graph.output}
     for name, dtype, shape in outputs:
         if name not in existing:
@@ -146,7 +147,8 @@ def gradient_model(info: GraphInfo, activation: str, score: str,
     ident = helper.make_node("Identity", [grad.gradient], [GRADIENT], name="ogc_gradient_out")
     return _assemble(info, [*grad.nodes, ident], grad.initializers,
                      [_value(SEED, dtype, _symbolic(info.shapes.get(score), SEED))],
-                     [(GRADIENT, info.dtype(activation), info.shapes.get(activation))])
+                     [(GRADIENT, info.dtype(activation), info.shapes.get(activation))],
+                     grad.value_info)
 
 
 def replicate_head(info: GraphInfo, activation: str, score: str, rows: str, tag: str
@@ -285,10 +287,13 @@ class _Parts:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.outputs: list[tuple[str, np.dtype, Shape | None]] = []
+        self.value_info: list[onnx.ValueInfoProto] = []
 
     def add(self, op: Emitter | GradientGraph, *nodes: onnx.NodeProto) -> None:
         self.nodes += [*op.nodes, *nodes]
         self.inits += op.initializers
+        if isinstance(op, GradientGraph):
+            self.value_info += op.value_info
 
 
 def _identity(source: str, name: str) -> onnx.NodeProto:
@@ -328,7 +333,8 @@ def explainer_model(info: GraphInfo, spec: GraphSpec) -> ExplainerModel:
     parts.nodes += [_identity(start.score or score2d, SCORES),
                     _identity(start.targets, TARGETS)]
     cams = _heatmap(info, spec, coarse, parts) if coarse else None
-    model = _assemble(info, parts.nodes, parts.inits, [*start.inputs, *row_inputs], parts.outputs)
+    model = _assemble(info, parts.nodes, parts.inits, [*start.inputs, *row_inputs], parts.outputs,
+                      parts.value_info)
     takes_target = any(i.name == TARGET for i in start.inputs)
     return ExplainerModel(model, list(spec.layers), gradients, head, coarse, cams, takes_target,
                           spec, [i.name for i in start.inputs if i.name != TARGET])

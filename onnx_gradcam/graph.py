@@ -112,7 +112,10 @@ class GraphInfo:
                           1)
         self.shapes: dict[str, Shape] = {}
         self.elem_types: dict[str, int] = {}
+        #: the inferred type of each tensor, its unknown sizes as shape inference names them
+        self.values: dict[str, onnx.ValueInfoProto] = {}
         for value in [*graph.input, *graph.value_info, *graph.output]:
+            self.values[value.name] = value
             shape = _dims(value.type)
             if shape is not None:
                 self.shapes[value.name] = shape

@@ -277,6 +277,14 @@ CASES = [
     Case("where", [N("Greater", ["x", "z"], ["c"]), N("Where", ["c", "x", "b"], ["y"])], [2, 3],
          {"z": np.array(0.0), "b": w(3)}, away_from=0.0),
     Case("sigmoid", [N("Sigmoid", ["x"], ["y"])], [2, 3]),
+    # x·σ(x) is one unit (swish_vjp); with σ(x) read elsewhere too, the two rules apart
+    Case("swish", [N("Sigmoid", ["x"], ["s"]), N("Mul", ["x", "s"], ["y"])], [2, 6]),
+    Case("swish_sigmoid_first", [N("Sigmoid", ["x"], ["s"]), N("Mul", ["s", "x"], ["y"])],
+         ["N", 3, 2, 2]),
+    Case("swish_float32", [N("Sigmoid", ["x"], ["s"]), N("Mul", ["x", "s"], ["y"])],
+         ["N", 3, 2, 2], dtype=F32),
+    Case("swish_sigmoid_shared", [N("Sigmoid", ["x"], ["s"]), N("Mul", ["x", "s"], ["m"]),
+                                  N("Add", ["m", "s"], ["y"])], [2, 6]),
     Case("tanh", [N("Tanh", ["x"], ["y"])], [2, 3]),
     Case("exp", [N("Exp", ["x"], ["y"])], [2, 3]),
     Case("log", [N("Log", ["x"], ["y"])], [2, 3], positive=True),
@@ -668,3 +676,48 @@ def test_a_quantized_tensor_from_an_op_without_a_quantized_rule_is_refused() -> 
     model = make_model(nodes, [("x", [1, 2, 4, 4])], inits=X_QUANT, opset=13, dtype=F32)
     with pytest.raises(UnsupportedOpError, match="'p' is a quantized tensor made by Neg"):
         gradient_model(GraphInfo(model), "x", "y")
+
+
+def test_swish_cotangents_stay_in_the_blocked_layout(tmp_path) -> None:
+    """Between 1×1 convs with x·σ(x), the swish gradient runs on the convs' blocked (NCHWc)
+    tensors: its ops are ones ONNX Runtime keeps blocked, and the cotangents are declared with
+    their forward tensors' shapes (symbolic batch included; without them nothing feeding the
+    gradient's products is blocked), so no ReorderOutput feeds them. Values: the chain rule in
+    numpy."""
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+
+    c = 32
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((c, c, 1, 1)).astype(np.float32) * 0.2 for _ in range(3)]
+    inits = [onnx.numpy_helper.from_array(v, f"W{i}") for i, v in enumerate(weights)]
+    nodes = [N("Conv", ["x", "W0"], ["a"]), N("Conv", ["a", "W1"], ["b"]),
+             N("Sigmoid", ["b"], ["s"]), N("Mul", ["b", "s"], ["r"]),
+             N("Conv", ["r", "W2"], ["e"]),
+             N("GlobalAveragePool", ["e"], ["g"]), N("Flatten", ["g"], ["y"])]
+    graph = helper.make_graph(nodes, "swish", [helper.make_tensor_value_info(
+        "x", onnx.TensorProto.FLOAT, ["N", c, 8, 8])], [helper.make_tensor_value_info(
+            "y", onnx.TensorProto.FLOAT, ["N", c])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8)
+    grad = gradient_model(GraphInfo(model), "a", "y")
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "swish.onnx")
+    session = ort.InferenceSession(grad.SerializeToString(), opts,
+                                   providers=["CPUExecutionProvider"])
+    optimized = onnx.load(opts.optimized_model_filepath).graph.node
+    made = {o: n for n in optimized for o in n.output}
+    ours = [n for n in optimized if n.op_type in ("Mul", "Add", "HardSigmoid")
+            and n.name.startswith("ogc")]
+    assert len(ours) == 4, [n.op_type for n in optimized]
+    assert all(made[i].op_type != "ReorderOutput" for n in ours for i in n.input if i in made)
+    x = rng.standard_normal((2, c, 8, 8)).astype(np.float32)
+    seed = rng.standard_normal((2, c)).astype(np.float32)
+    got = session.run(["ogc_gradient"], {"x": x, "ogc_seed": seed})[0]
+    w = [v[:, :, 0, 0].astype(np.float64) for v in weights]
+    b = np.einsum("oi,nihw->nohw", w[1], np.einsum("oi,nihw->nohw", w[0], x.astype(np.float64)))
+    s = 1 / (1 + np.exp(-b))
+    de = np.broadcast_to(seed[:, :, None, None] / 64.0, b.shape)
+    db = np.einsum("oi,nohw->nihw", w[2], de) * s * (1 + b * (1 - s))
+    want = np.einsum("oi,nohw->nihw", w[1], db)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

@@ -21,6 +21,7 @@ from onnx_gradcam.autodiff.registry import (
     QUANTIZING,
     VJP_RULES,
 )
+from onnx_gradcam.autodiff.rules.elementwise import swish_vjp
 from onnx_gradcam.autodiff.rules.quant import dequantize
 from onnx_gradcam.errors import OnnxGradCamError, UnsupportedOpError
 from onnx_gradcam.graph import GraphInfo
@@ -42,6 +43,8 @@ class GradientGraph:
     #: the total cotangent of each head tensor the walk reached (for shortcuts that need the
     #: cotangent of a later tensor, e.g. :func:`onnx_gradcam.autodiff.summed.gradient_mean`)
     cotangents: dict[str, str] = field(default_factory=dict)
+    #: declared types of emitted tensors shaped like forward ones (:func:`shaped_values`)
+    value_info: list[onnx.ValueInfoProto] = field(default_factory=list)
 
 
 def head_nodes(info: GraphInfo, activation: str, score: str) -> list[int]:
@@ -85,12 +88,17 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
         if info.elem_types.get(o) in SMALL_INTEGERS and o not in differentiable}
     cotangents: dict[str, list[str]] = {score: [seed]}
     totals: dict[str, str] = {}
+    swish = {} if wide else swish_units(info, head)
 
     for index in reversed(head):
         proto = info.nodes[index]
         dys = [_total(op, cotangents.get(o)) for o in proto.output]
         totals.update((o, dy) for o, dy in zip(proto.output, dys) if dy is not None)
         if all(dy is None for dy in dys) or proto.op_type in NON_DIFFERENTIABLE:
+            continue
+        if index in swish:  # its Sigmoid then gets no cotangent and is passed over
+            x, s = swish[index]
+            cotangents.setdefault(x, []).append(swish_vjp(op, x, s, proto.output[0], dys[0]))
             continue
         node = Node.from_proto(proto)
         node.inputs = [_weight(op, info, x, weights, wide) for x in node.inputs]
@@ -140,11 +148,32 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
     read = {i for n in nodes for i in n.input}
     inits = [t for t in op.initializers if t.name in read]
     kept = {o for n in nodes for o in n.output} | {seed}
+    values = shaped_values(op, info, kept)
     if wide:  # the shortcuts' tensors are float32; their fp16 consumers do without them
-        return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head])
+        return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
+                             value_info=values)
     return GradientGraph(nodes, inits, gradient, [info.nodes[i].op_type for i in head],
                          op.broadcasts.get(total),
-                         {t: dy for t, dy in totals.items() if dy in kept})
+                         {t: dy for t, dy in totals.items() if dy in kept}, values)
+
+
+def shaped_values(op: Emitter, info: GraphInfo, kept: set[str]) -> list[onnx.ValueInfoProto]:
+    """Value infos of the emitted tensors in ``kept`` known to have a forward tensor's shape
+    (:attr:`Emitter.shaped_like`), with that tensor's inferred sizes, symbolic names included.
+    ONNX Runtime's own inference names a cotangent's batch size anew (it comes from the
+    seed, not from the input); where it knows that a cotangent and the forward activation it
+    is multiplied with have equal shapes, it runs the product in the blocked (NCHWc) layout
+    of the convolutions around it instead of reordering both to plain NCHW."""
+    out = []
+    for name, like in op.shaped_like.items():
+        value = info.values.get(like)
+        if name in kept and value is not None and value.type.tensor_type.HasField("shape"):
+            declared = onnx.ValueInfoProto()
+            declared.CopyFrom(value)
+            declared.name = name
+            declared.type.tensor_type.elem_type = op.float_type
+            out.append(declared)
+    return out
 
 
 def _weight(op: Emitter, info: GraphInfo, name: str, weights: dict[str, str],
@@ -210,6 +239,27 @@ def _float32(op: Emitter, info: GraphInfo, name: str, widened: dict[str, str]) -
                          else op.Cast(name, to=op.float_type))
         op.know_shape(widened[name], info.shapes.get(name))
     return widened[name]
+
+
+def swish_units(info: GraphInfo, head: list[int]) -> dict[int, tuple[str, str]]:
+    """{index of Mul: (x, s)} for the head's x·σ(x) units (SiLU/Swish as exporters write it)
+    whose s = Sigmoid(x) feeds only that Mul, for :func:`swish_vjp`; float tensors only."""
+    units = {}
+    for index in head:
+        node = info.nodes[index]
+        if node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        for x, s in (tuple(node.input), tuple(reversed(node.input))):
+            made = info.producer.get(s)
+            sigmoid = info.nodes[made] if made is not None else None
+            if (sigmoid is not None and sigmoid.op_type == "Sigmoid" and x != s
+                    and sigmoid.domain in ("", "ai.onnx") and list(sigmoid.input) == [x]
+                    and info.consumers.get(s) == [index]
+                    and info.elem_types.get(x) in (onnx.TensorProto.FLOAT,
+                                                   onnx.TensorProto.DOUBLE)):
+                units[index] = (x, s)
+                break
+    return units
 
 
 def _differentiable(info: GraphInfo, activation: str, head: list[int]) -> set[str]:

@@ -103,6 +103,10 @@ class Emitter:
     #: tensors known to be one-hot rows (M, C) (flattened per row), each row possibly times a
     #: factor → :class:`OneHot`
     one_hot: dict[str, OneHot] = field(default_factory=dict)
+    #: emitted tensors → the forward tensor whose shape (symbolic sizes too) they have, for
+    #: products ONNX Runtime can run in a convolution's blocked layout (see
+    #: :func:`~onnx_gradcam.autodiff.builder.shaped_values`)
+    shaped_like: dict[str, str] = field(default_factory=dict)
 
     # ---- naming and constants -------------------------------------------------------------
     def fresh(self, hint: str) -> str:

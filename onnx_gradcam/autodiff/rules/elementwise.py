@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import unary_vjp, vjp
 from onnx_gradcam.autodiff.rules._common import Dys, unbroadcast
@@ -184,6 +186,23 @@ for _op_type, _derivative in {
     "Sin": _sin, "Cos": _cos,
 }.items():
     unary_vjp(_op_type, _derivative)
+
+
+def swish_vjp(op: Emitter, x: Value, s: Value, y: Value, dy: Value) -> Value:
+    """y = x·s with s = σ(x) (one unit: :func:`~onnx_gradcam.autodiff.builder.swish_units`):
+    dx = dy·(s + y·(1 − s)), four passes over the tensor where the Mul's and the Sigmoid's
+    rules apart take six. In float32, 1 − s is HardSigmoid(s; −1, 1) (s is in [0, 1]; ONNX
+    Runtime's HardSigmoid is float32 only): with the other ops, products and sums of
+    same-shaped tensors, ONNX Runtime runs it in the blocked (NCHWc) layout of the
+    convolution that made x, where a Sub would reorder x, s and y to plain NCHW (dy and dx
+    are declared shaped like y and x for that)."""
+    complement = (op.HardSigmoid(s, alpha=-1.0, beta=1.0) if np.dtype(op.dtype) == np.float32
+                  else op.Sub(1.0, s))
+    grad = op.Add(s, op.Mul(y, complement))
+    dx = op.Mul(dy, grad)
+    if isinstance(dy, str):
+        op.shaped_like.update({dy: y, grad: x, dx: x})
+    return dx
 
 
 @vjp("HardSigmoid")
