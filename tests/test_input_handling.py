@@ -199,3 +199,33 @@ def test_weights_stored_as_constant_nodes_are_not_candidate_layers():
         graph.initializer.remove(tensor)
     names = [layer.name for layer in candidate_layers(og.load_model(model))]
     assert names == ["c1", "r1", "c2", "act"]
+
+
+@pytest.mark.parametrize("layout, color, scale, mean, std", [
+    ("NCHW", "RGB", 1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    ("NCHW", "BGR", 1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ("NHWC", "RGB", 1.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),
+    ("NHWC", "BGR", 1 / 127.5, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),
+    ("NCHW", "GRAY", 1 / 255, (0.5,), (0.5,)),
+])
+def test_preprocess_is_the_formula_to_the_bit(layout, color, scale, mean, std):
+    """x = (pixels · scale − mean) / std in float32, in the model's colour order and layout,
+    after the resize: written out here, compared bit for bit (preprocess works in place)."""
+
+    from onnx_gradcam.images import preprocess
+    from onnx_gradcam.metadata import Preprocessing
+
+    rgb = np.random.default_rng(7).integers(0, 256, (61, 47, 3), dtype=np.uint8)
+    pre = Preprocessing(size=(32, 40), layout=layout, color=color, scale=scale, mean=mean,
+                        std=std)
+    pixels = cv2.resize(rgb, (40, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    if color == "BGR":
+        pixels = pixels[..., ::-1]
+    if color == "GRAY":
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)[..., None]
+    want = (pixels * np.float32(scale) - np.float32(mean)) / np.float32(std)
+    if layout == "NCHW":
+        want = want.transpose(2, 0, 1)
+    got = preprocess(rgb, pre, pre.size)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, want)
