@@ -102,15 +102,16 @@ def build_gradient(info: GraphInfo, activation: str, score: str, seed: str,
             continue
         node = Node.from_proto(proto)
         node.inputs = [_weight(op, info, x, weights, wide) for x in node.inputs]
-        if not wide:
-            node.outputs = _unfused_outputs(op, info, proto)
         if wide:
             node.inputs = [_float32(op, info, x, widened) for x in node.inputs]
             node.outputs = [_float32(op, info, y, widened) for y in node.outputs]
-        elif node.op_type not in QUANTIZING:  # float rules see the integers' float copies
-            node.inputs = [_real(op, info, x, differentiable, widened, node.op_type == "Cast")
-                           for x in node.inputs]
-            node.outputs = [_real(op, info, y, differentiable, widened) for y in node.outputs]
+        else:
+            node.outputs = _unfused_outputs(op, info, proto)
+            if node.op_type not in QUANTIZING:  # float rules see the integers' float copies
+                node.inputs = [_real(op, info, x, differentiable, widened,
+                                     node.op_type == "Cast") for x in node.inputs]
+                node.outputs = [_real(op, info, y, differentiable, widened)
+                                for y in node.outputs]
         rule = VJP_RULES.get(node.op_type)
         if rule is None or proto.domain not in ("", "ai.onnx") and not (
                 proto.domain == "com.microsoft" and node.op_type in QUANTIZING):
