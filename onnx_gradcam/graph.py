@@ -73,8 +73,9 @@ def readable(shape: Shape | None) -> list | None:
 def _subgraph_values(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
     """The typed values declared inside ``graph``'s subgraphs (recursively)."""
     for node in graph.node:
-        for attr in node.attribute:
-            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH
+                        else attribute.graphs):
                 yield from (*sub.input, *sub.value_info, *sub.output)
                 yield from _subgraph_values(sub)
 
@@ -82,8 +83,9 @@ def _subgraph_values(graph: onnx.GraphProto) -> Iterator[onnx.ValueInfoProto]:
 def _captured(node: onnx.NodeProto) -> list[str]:
     """The names ``node``'s subgraphs read from outside themselves (recursively)."""
     out: list[str] = []
-    for attr in node.attribute:
-        for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+    for attribute in node.attribute:
+        for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH
+                    else attribute.graphs):
             local = {i.name for i in sub.input} | {t.name for t in sub.initializer}
             for inner in sub.node:
                 for name in [*inner.input, *_captured(inner)]:
@@ -98,6 +100,12 @@ def _dims(type_proto: onnx.TypeProto) -> Shape | None:
     if not tensor.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+
+
+def attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
+    """``node``'s attribute ``name`` as a Python value, or ``default``."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
+                default)
 
 
 class GraphInfo:
@@ -128,9 +136,9 @@ class GraphInfo:
         tensors = {t.name: t for t in model.graph.initializer}
         for node in self.nodes:
             if node.op_type == "Constant" and node.output:
-                attr = next((a for a in node.attribute if a.name == "value"), None)
-                if attr is not None:
-                    tensors[node.output[0]] = attr.t
+                value = next((a for a in node.attribute if a.name == "value"), None)
+                if value is not None:
+                    tensors[node.output[0]] = value.t
         for name, tensor in tensors.items():
             self.shapes[name] = tuple(int(d) for d in tensor.dims)
             self.elem_types[name] = tensor.data_type
@@ -215,12 +223,20 @@ class GraphInfo:
                 return True
             if node.op_type == "Clip":
                 low = (self.constants.get(node.input[1]) if len(node.input) > 1 and node.input[1]
-                       else next((helper.get_attribute_value(a) for a in node.attribute
-                                  if a.name == "min"), None))
+                       else attr(node, "min"))
                 return low is not None and float(np.min(low)) >= 0
             if node.op_type not in _MOVES_VALUES:
                 return False
             name = node.input[0]
+
+    def axes(self, node: onnx.NodeProto) -> list[int] | None:
+        """A reduction's (or Squeeze's, Unsqueeze's) ``axes``: its attribute (older opsets) or
+        its constant second input; None where neither gives them."""
+        axes = attr(node, "axes")
+        if axes is None and len(node.input) > 1 and node.input[1]:
+            value = self.constants.get(node.input[1])
+            axes = None if value is None else value.reshape(-1).tolist()
+        return None if axes is None else list(axes)
 
     def spatial_mean(self, name: str, layout: str) -> str | None:
         """A forward tensor that is the 4-D tensor ``name`` averaged over its positions (a
@@ -235,11 +251,7 @@ class GraphInfo:
                 return node.output[0]
             if node.op_type != "ReduceMean":
                 continue
-            axes = next((helper.get_attribute_value(a) for a in node.attribute
-                         if a.name == "axes"), None)
-            if axes is None and len(node.input) > 1 and node.input[1]:
-                value = self.constants.get(node.input[1])
-                axes = None if value is None else value.reshape(-1).tolist()
+            axes = self.axes(node)
             if axes is not None and sorted(int(a) % 4 for a in axes) == spatial:
                 return node.output[0]
         return None

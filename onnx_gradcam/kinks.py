@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from onnx_gradcam.graph import GraphInfo
+from onnx_gradcam.graph import GraphInfo, attr
 
 #: "Within float32 rounding" of a threshold: |margin| ≤ ROUNDING · depth · scale, where scale is
 #: the largest |operand| of that sample's tensor (a cheap stand-in for the magnitudes the operand
@@ -73,20 +72,15 @@ def _top_two(values: np.ndarray, sign: float, scale: np.ndarray) -> Decisions:
     return Decisions(np.argmax(v, axis=-1), top[..., 1] - top[..., 0], scale)
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
-                default)
-
-
 def _pool_windows(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     """MaxPool's windows of ``x`` (N, C, *spatial): (N, C, *out, kernel size), −inf padded."""
-    kernel = [int(k) for k in _attr(node, "kernel_shape", [])]  # type: ignore[union-attr]
+    kernel = [int(k) for k in attr(node, "kernel_shape", [])]  # type: ignore[union-attr]
     r = len(kernel)
-    strides = [int(s) for s in _attr(node, "strides", [1] * r)]  # type: ignore[union-attr]
-    dilations = [int(d) for d in _attr(node, "dilations", [1] * r)]  # type: ignore[union-attr]
+    strides = [int(s) for s in attr(node, "strides", [1] * r)]  # type: ignore[union-attr]
+    dilations = [int(d) for d in attr(node, "dilations", [1] * r)]  # type: ignore[union-attr]
     size = x.shape[2:]
     span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = attr(node, "auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         total = [max((-(-n // s) - 1) * s + k - n, 0) for n, s, k in zip(size, strides, span)]
@@ -95,8 +89,8 @@ def _pool_windows(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     elif auto_pad == "VALID":
         pads = [0] * 2 * r
     else:
-        pads = [int(p) for p in _attr(node, "pads", [0] * 2 * r)]  # type: ignore[union-attr]
-    ceil = int(_attr(node, "ceil_mode", 0))  # type: ignore[arg-type]
+        pads = [int(p) for p in attr(node, "pads", [0] * 2 * r)]  # type: ignore[union-attr]
+    ceil = int(attr(node, "ceil_mode", 0))  # type: ignore[arg-type]
     out, extra = [], []
     for n, s, k, b, e in zip(size, strides, span, pads[:r], pads[r:]):
         length = n + b + e - k
@@ -117,18 +111,18 @@ def _pool_windows(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
 def _reduced(x: np.ndarray, node: onnx.NodeProto, inputs: Sequence[np.ndarray]) -> np.ndarray:
     """The values each output of a ReduceMax/ReduceMin takes its extreme over, on the last axis,
     laid out like the output."""
-    axes = _attr(node, "axes", None)
+    axes = attr(node, "axes", None)
     if axes is None and len(inputs) > 1 and inputs[1] is not None and np.size(inputs[1]):
         axes = np.asarray(inputs[1]).reshape(-1).tolist()
     if axes is None or not len(axes):  # type: ignore[arg-type]
-        if int(_attr(node, "noop_with_empty_axes", 0)):  # type: ignore[arg-type]
+        if int(attr(node, "noop_with_empty_axes", 0)):  # type: ignore[arg-type]
             return x[..., None]
         axes = list(range(x.ndim))
     axes = sorted(int(a) % x.ndim for a in axes)  # type: ignore[union-attr]
     keep = [a for a in range(x.ndim) if a not in axes]
     moved = np.transpose(x, keep + axes)
     values = moved.reshape(*moved.shape[:len(keep)], -1)
-    if int(_attr(node, "keepdims", 1)):  # type: ignore[arg-type]
+    if int(attr(node, "keepdims", 1)):  # type: ignore[arg-type]
         shape = [1 if a in axes else x.shape[a] for a in range(x.ndim)]
         values = values.reshape(*shape, values.shape[-1])
     return values
@@ -136,8 +130,8 @@ def _reduced(x: np.ndarray, node: onnx.NodeProto, inputs: Sequence[np.ndarray]) 
 
 def _clip(node: onnx.NodeProto, inputs: Sequence[np.ndarray]) -> Decisions:
     x = inputs[0]
-    low = inputs[1] if len(inputs) > 1 and inputs[1] is not None else _attr(node, "min", None)
-    high = inputs[2] if len(inputs) > 2 and inputs[2] is not None else _attr(node, "max", None)
+    low = inputs[1] if len(inputs) > 1 and inputs[1] is not None else attr(node, "min", None)
+    high = inputs[2] if len(inputs) > 2 and inputs[2] is not None else attr(node, "max", None)
     return _thresholds(x, *[np.asarray(b, np.float64) for b in (low, high) if b is not None])
 
 
@@ -161,13 +155,13 @@ def _comparison(node: onnx.NodeProto, inputs: Sequence[np.ndarray]) -> Decisions
 
 
 def _hard_sigmoid(node: onnx.NodeProto, inputs: Sequence[np.ndarray]) -> Decisions:
-    alpha = float(_attr(node, "alpha", 0.2))  # type: ignore[arg-type]
-    beta = float(_attr(node, "beta", 0.5))  # type: ignore[arg-type]
+    alpha = float(attr(node, "alpha", 0.2))  # type: ignore[arg-type]
+    beta = float(attr(node, "beta", 0.5))  # type: ignore[arg-type]
     return _thresholds(inputs[0], -beta / alpha, (1 - beta) / alpha)
 
 
 def _shrink(node: onnx.NodeProto, inputs: Sequence[np.ndarray]) -> Decisions:
-    lambd = float(_attr(node, "lambd", 0.5))  # type: ignore[arg-type]
+    lambd = float(attr(node, "lambd", 0.5))  # type: ignore[arg-type]
     return _thresholds(inputs[0], -lambd, lambd)
 
 
@@ -182,7 +176,7 @@ KinkRule = Callable[[onnx.NodeProto, Sequence[np.ndarray]], Decisions]
 KINKS: dict[str, KinkRule] = {
     **dict.fromkeys(["Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Abs"], _at_zero),
     "ThresholdedRelu": lambda node, inputs: _thresholds(
-        inputs[0], float(_attr(node, "alpha", 1.0))),  # type: ignore[arg-type]
+        inputs[0], float(attr(node, "alpha", 1.0))),  # type: ignore[arg-type]
     "HardSwish": lambda node, inputs: _thresholds(inputs[0], -3.0, 3.0),
     "HardSigmoid": _hard_sigmoid,
     "Shrink": _shrink,

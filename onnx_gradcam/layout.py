@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import onnx
-from onnx import helper
 
 from onnx_gradcam.autodiff.rules.qoperator import QUANTIZED_OPS, float_op_of
-from onnx_gradcam.graph import GraphInfo, readable
+from onnx_gradcam.graph import GraphInfo, attr, readable
 
 LAYOUTS = ("NCHW", "NHWC")
 #: Ops whose data input and output are NCHW by the ONNX spec.
@@ -88,19 +87,14 @@ class Verdict:
                 "(Python: layer='NAME:NHWC')")
 
 
-def _attr(node: onnx.NodeProto, name: str, default: object = None) -> object:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name),
-                default)
-
-
 def _walk(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """``graph``'s nodes and, after each node, those of its subgraphs (If branches, Loop body)."""
     for node in graph.node:
         yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _walk(attr.g)
-            for sub in attr.graphs:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _walk(attribute.g)
+            for sub in attribute.graphs:
                 yield from _walk(sub)
 
 
@@ -161,7 +155,7 @@ class Layouts:
             self._say(ins[0], "NCHW", f"input of {op} {at}")
             self._say(outs[0], "NCHW", f"output of {op} {at}")
         elif op == "Transpose":
-            perm = [int(p) for p in _attr(node, "perm", [])]
+            perm = [int(p) for p in attr(node, "perm", [])]
             if perm in (TO_NHWC, TO_NCHW):
                 to = "NHWC" if perm == TO_NHWC else "NCHW"
                 self._say(ins[0], flip(to), f"input of Transpose perm {perm} {at}")
@@ -186,11 +180,11 @@ class Layouts:
             self._reshape(node, at)
         elif op == "If":
             for branch in ("then_branch", "else_branch"):
-                graph = _attr(node, branch)
+                graph = attr(node, branch)
                 for out, inner in zip(outs, graph.output):
                     self._join(out, inner.name)
         elif op == "Loop":
-            body = _attr(node, "body")
+            body = attr(node, "body")
             carried = len(ins) - 2
             for k in range(carried):
                 names = [ins[2 + k], body.input[2 + k].name, body.output[1 + k].name]
@@ -204,7 +198,7 @@ class Layouts:
     def _quantized(self, node: onnx.NodeProto, at: str) -> None:
         """ONNX Runtime's QOperator contrib ops say what their float op says."""
         float_op, data = float_op_of(node)
-        if float_op in CHANNELS_FIRST and not _attr(node, "channels_last", 0):
+        if float_op in CHANNELS_FIRST and not attr(node, "channels_last", 0):
             self._say(data[0], "NCHW", f"input of {node.op_type} {at}")
             self._say(node.output[0], "NCHW", f"output of {node.op_type} {at}")
         elif float_op in SAME_LAYOUT:
@@ -225,10 +219,7 @@ class Layouts:
                     self._join(out, name)
 
     def _axes(self, node: onnx.NodeProto) -> list[int] | None:
-        axes = _attr(node, "axes")
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            value = self.info.constants.get(node.input[1])
-            axes = None if value is None else value.reshape(-1).tolist()
+        axes = self.info.axes(node)
         return None if axes is None else sorted(int(a) % 4 for a in axes)
 
     def _reduction(self, node: onnx.NodeProto, at: str) -> None:
@@ -240,13 +231,13 @@ class Layouts:
         if axes in ([1, 2], [2, 3]):
             layout = "NHWC" if axes == [1, 2] else "NCHW"
             self._say(x, layout, f"{node.op_type} axes {axes} {at}")
-        if _attr(node, "keepdims", 1):
+        if attr(node, "keepdims", 1):
             self._join(x, y)  # an NHWC mean with keepdims is (N, 1, 1, C): still NHWC
 
     def _layer_norm(self, node: onnx.NodeProto, at: str) -> None:
         shape = self.info.shapes.get(node.input[0])
         scale = self.info.shapes.get(node.input[1]) if len(node.input) > 1 else None
-        if shape is None or len(shape) != 4 or int(_attr(node, "axis", -1)) % 4 != 3:
+        if shape is None or len(shape) != 4 or int(attr(node, "axis", -1)) % 4 != 3:
             return
         if scale is not None and tuple(d for d in scale if d != 1) == (shape[3],) != (1,):
             reason = f"LayerNormalization over the last axis (weight of size {shape[3]}) {at}"

@@ -24,7 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnx_gradcam.autodiff.builder import head_nodes
-from onnx_gradcam.graph import GraphInfo
+from onnx_gradcam.graph import GraphInfo, attr
 
 #: element-wise ops of one input: each output row is its input's row
 UNARY = frozenset({"Erf", "Gelu", "Relu", "Sigmoid", "Tanh", "Sqrt", "Reciprocal", "Neg",
@@ -40,11 +40,13 @@ def narrow_head(info: GraphInfo, activation: str, score: str, tag: str
                 ) -> tuple[list[onnx.NodeProto], str] | None:
     """(nodes of the narrowed copy, its score) for the head ``activation`` → ``score``, or None
     where the graph gives no token-wise region above one constant token pick."""
+    if info.opset < 13:  # the copy's Squeeze takes its axes as an input
+        return None
     head = head_nodes(info, activation, score)
-    picks = [i for i in head if _pick(info, info.nodes[i]) is not None]
+    picks = [(i, found) for i in head if (found := _pick(info, info.nodes[i])) is not None]
     if len(picks) != 1:
         return None
-    pick = picks[0]
+    [(pick, (kind, rows))] = picks
     in_head = set(head)
     region: set[int] = set()
     for i in reversed(head[:head.index(pick)]):  # consumers come first, in reverse order
@@ -57,7 +59,6 @@ def narrow_head(info: GraphInfo, activation: str, score: str, tag: str
     producer_in_region = {o for i in region for o in info.nodes[i].output}
     if info.nodes[pick].input[0] not in producer_in_region:
         return None
-    kind, rows = _pick(info, info.nodes[pick])
     nodes: list[onnx.NodeProto] = []
     rename: dict[str, str] = {}
     rows_name = f"ogc_narrow_rows{tag}"
@@ -113,7 +114,7 @@ def narrow_head(info: GraphInfo, activation: str, score: str, tag: str
             if name:
                 rename[name] = node.output[j] = f"{name}{tag}"
         nodes.append(node)
-    if score not in rename or info.opset < 13:  # Squeeze takes its axes as an input from 13
+    if score not in rename:
         return None
     return nodes, rename[score]
 
@@ -123,7 +124,7 @@ def _pick(info: GraphInfo, node: onnx.NodeProto) -> tuple[str, onnx.TensorProto 
     rank-3 tensor; None otherwise."""
     if not node.input or _rank(info, node.input[0]) != 3:
         return None
-    if node.op_type == "Gather" and _attr(node, "axis", 0) == 1:
+    if node.op_type == "Gather" and attr(node, "axis", 0) == 1:
         index = _constant(info, node.input[1])
         if index is not None and index.ndim <= 1:
             return "gather", numpy_helper.from_array(np.atleast_1d(index).astype(np.int64))
@@ -149,19 +150,16 @@ def _tokenwise(info: GraphInfo, node: onnx.NodeProto) -> bool:
         return all(_rank(info, x) is not None and (_rank(info, x) <= 1 or _rank(info, x) == 3)
                    for x in node.input)
     if op == "LayerNormalization":
-        return _attr(node, "axis", -1) in (-1, 2) and all(
+        return attr(node, "axis", -1) in (-1, 2) and all(
             _rank(info, x) == 1 for x in node.input[1:] if x)
     if op == "Softmax":
-        return info.opset >= 13 and _attr(node, "axis", -1) in (-1, 2)
+        return info.opset >= 13 and attr(node, "axis", -1) in (-1, 2)
     if op == "MatMul":
         return _rank(info, node.input[1]) == 2
     if op in REDUCE:
-        axes = _attr(node, "axes", None)
-        if axes is None and len(node.input) > 1 and node.input[1]:
-            value = _constant(info, node.input[1])
-            axes = None if value is None else list(value)
+        axes = info.axes(node)
         return (axes is not None and [int(a) % 3 for a in axes] == [2]
-                and _attr(node, "keepdims", 1) == 1)
+                and attr(node, "keepdims", 1) == 1)
     return False
 
 
@@ -177,8 +175,3 @@ def _constant(info: GraphInfo, name: str) -> np.ndarray | None:
     return None if value is None else np.asarray(value)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
