@@ -3,7 +3,7 @@
 the model's own nodes and ours (names starting ``ogc``).
 
     PYTHONPATH=$PWD .venv/bin/python bench/profile_nodes.py MODEL.onnx [--batch 16] [--runs 5]
-        [--threads N] [--top 15]
+        [--threads N] [--top 15] [--layer NAME]
 
 Prints one table: op type, ms per run in the plain model, in the explainer graph's model part and
 in its gradient/CAM part. Per-node times on a shared machine are noisy; compare within one run.
@@ -59,11 +59,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--layer", default=None, help="the activation to explain (default: auto)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import onnx_gradcam as og
 
-    ex = og.Explainer(args.model, providers="cpu")
+    ex = og.Explainer(args.model, layer=args.layer, providers="cpu")
     maps = ex.sessions.graph().maps_model()
     shape = [args.batch, *[d or 224 for d in ex.model.input_shape[1:]]]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
