@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import onnx_gradcam as og
 from onnx_gradcam.cli import app
+from tests.oracle import NOISE_FACTOR
 
 HERE = Path(__file__).parent / "fixtures" / "tokens"
 MANIFEST = json.loads((HERE / "manifest.json").read_text())["models"]
@@ -296,8 +297,17 @@ def test_a_head_that_reads_one_token_is_differentiated_on_that_token(file, narro
     scores = ex.outputs(x)
     seed = np.zeros_like(scores)
     seed[0, 2] = 1
-    expected = whole.run([GRADIENT], {ex.model.info.graph_inputs[0]: x, SEED: seed})[0]
+    feeds = {ex.model.info.graph_inputs[0]: x, SEED: seed}
+    expected = whole.run([GRADIENT], feeds)[0]
+    # the bound: the whole head's own float32 rounding, measured against the same graph in
+    # float64; the narrowed gradient rounds the same products on one row instead of all
+    from onnx_gradcam.reference import evaluator, to_double
+
+    graph64 = to_double(gradient_model(info, layer, ex.score))
+    exact = evaluator(graph64).run([GRADIENT],
+                                   {k: v.astype(np.float64) for k, v in feeds.items()})[0]
+    noise = np.abs(expected - exact).max()
     n, c, h, w = result.gradients[0].shape  # the grid the explainer folded the tokens into
     expected = expected[:, -h * w:].reshape(n, h, w, c).transpose(0, 3, 1, 2)
-    scale = np.abs(expected).max()
-    assert np.abs(result.gradients[0] - expected).max() <= 1e-5 * scale
+    assert noise > 0
+    assert np.abs(result.gradients[0] - expected).max() <= NOISE_FACTOR * noise
