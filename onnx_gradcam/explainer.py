@@ -51,7 +51,7 @@ from onnx_gradcam.model import (
     score_like,
 )
 from onnx_gradcam.runtime import Provider, make_session
-from onnx_gradcam.sessions import Batch, Sessions
+from onnx_gradcam.sessions import Batch, Sessions, run_chunked
 
 if TYPE_CHECKING:
     from onnx_gradcam.verify import VerifyReport
@@ -334,10 +334,8 @@ class Explainer:
         a segmentation map, an embedding, class scores (``run --segment`` reads its pixels'
         classes from it, ``--similar-to`` its concept vector)."""
         x = self._check_input(x)
-        names = [self.score]
-        step = self.batch_size
-        return np.concatenate([self._output_session.run(names, {
-            self.model.input_name: x[i:i + step]})[0] for i in range(0, len(x), step)])
+        return run_chunked(self._output_session, [self.score], {self.model.input_name: x},
+                           self.batch_size)[0]
 
     @cached_property
     def _output_session(self) -> ort.InferenceSession:
@@ -504,13 +502,8 @@ class Explainer:
                                    self.exact)
             self._probes[key] = (kinks, list(dict.fromkeys(names)), session, gradient)
         kinks, names, session, gradient = self._probes[key]
-        values: dict[str, np.ndarray] = {}
-        for i in range(0, len(x), self.batch_size):
-            outs = session.run(names, {self.model.input_name: x[i:i + self.batch_size],
-                                       TARGET: np.asarray(targets[i:i + self.batch_size],
-                                                          np.int64)})
-            for name, out in zip(names, outs):
-                values[name] = out if name not in values else np.concatenate([values[name], out])
+        feeds = {self.model.input_name: x, TARGET: np.asarray(targets, np.int64)}
+        values = dict(zip(names, run_chunked(session, names, feeds, self.batch_size)))
         values[GRADIENT] = values[gradient]
         return knife_edges(kinks, values, len(x)), values
 

@@ -120,9 +120,16 @@ class Batch:
         return self._run(self.sessions.session(self.graph, tensors=True), names)
 
     def _run(self, session: ort.InferenceSession, names: list[str]) -> list[np.ndarray]:
-        if self.chunk is None:
-            return session.run(names, self.feeds)
-        n = len(next(iter(self.feeds.values())))
-        chunks = [session.run(names, {k: v[i:i + self.chunk] for k, v in self.feeds.items()})
-                  for i in range(0, n, self.chunk)]
-        return [np.concatenate(parts) for parts in zip(*chunks)]
+        return run_chunked(session, names, self.feeds, self.chunk)
+
+
+def run_chunked(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray],
+                chunk: int | None) -> list[np.ndarray]:
+    """``names`` of ``session`` for ``feeds`` whose arrays share their first axis, run in
+    chunks of ``chunk`` rows (None: in one run) and concatenated."""
+    n = len(next(iter(feeds.values())))
+    if chunk is None or n <= chunk:
+        return session.run(names, feeds)
+    parts = [session.run(names, {k: v[i:i + chunk] for k, v in feeds.items()})
+             for i in range(0, n, chunk)]
+    return [np.concatenate(outs) for outs in zip(*parts)]
