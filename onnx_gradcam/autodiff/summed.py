@@ -145,3 +145,190 @@ def _product(op: Emitter, info: GraphInfo, node: Node, axes: list[Factors], chan
     factor = np.asarray(scale / positions, dtype=info.dtype(weight))
     return op.MatMul(dy, op.Mul(q, op.const(factor)))
 
+
+
+# ---- the consumers of the layer: Σ_positions ∂s/∂A from their output cotangents ------------
+#: where A's values lie in a tensor on the way to its consumers, per axis after the batch: "c"
+#: (A's channel axis) or (k, start): A's spatial axis k, from ``start`` on (a Pad's border
+#: before it)
+Place = tuple[str | tuple[int, int], ...]
+
+
+def consumer_gradient_mean(op: Emitter, info: GraphInfo, activation: str, channel_axis: int,
+                           head: list[int], cotangents: dict[str, str]) -> Value | None:
+    """(N, K): the mean over the positions of ∂score/∂``activation`` per channel, from the
+    output cotangents (``cotangents``, by forward tensor) of the head nodes that read it,
+    where each is a Conv with a constant weight or a same-shape Add/Sub, reached directly or
+    through Identity, Transpose and constant Pad; otherwise None.
+
+    A Conv y = conv(x, W) sends Σ_positions ∂s/∂x[n, cin] = Σ_taps Σ_cout W[cout, cin, t] ·
+    R_t[n, cout], R_t the sum of dy over the output positions whose input at tap t lies inside
+    A: a rectangle per tap, all of them the sums of one product of dy (N, C, positions) with
+    a constant 0/1 matrix (positions, rectangles), whose few distinct rectangles the weight,
+    summed per rectangle, then weighs: elementwise for a depthwise conv, one small MatMul for a
+    dense one. An Add or Sub passes dy through: its mean over A's positions. The full-size
+    gradient at A, and the transposed conv that forms it, are never needed."""
+    shape = info.shapes.get(activation)
+    if shape is None or len(shape) != 4 or None in shape[1:]:
+        return None
+    sizes = [d for i, d in enumerate(shape[1:], 1) if i != channel_axis]
+    spatial = iter(range(2))
+    place: Place = tuple("c" if i == channel_axis else (next(spatial), 0) for i in range(1, 4))
+    steps = {i for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE}
+    parts: list[Value] = []
+    pending = [(activation, place)]
+    while pending:
+        tensor, place = pending.pop()
+        for index in info.consumers.get(tensor, []):
+            if index not in steps:
+                continue
+            node = Node.from_proto(info.nodes[index])
+            uses = [j for j, x in enumerate(node.inputs) if x == tensor]
+            if uses == [0] and node.op_type in ("Identity", "Transpose", "Pad"):
+                moved = _moved(info, node, place)
+                if moved is None:
+                    return None
+                pending.append((node.outputs[0], moved))
+                continue
+            if node.op_type in ("Add", "Sub"):
+                part = _passed_mean(op, info, node, uses, place, sizes, cotangents)
+            elif uses == [0] and node.op_type == "Conv":
+                part = _conv_mean(op, info, node, place, sizes, cotangents)
+            else:
+                return None
+            if part is None:
+                return None
+            parts.append(part)
+    if not parts:
+        return None
+    total = parts[0]
+    for part in parts[1:]:
+        total = op.Add(total, part)
+    return total
+
+
+def _moved(info: GraphInfo, node: Node, place: Place) -> Place | None:
+    """Where A's values lie in the output of ``node`` (Identity, Transpose or a constant Pad
+    of spatial axes only) when they lie at ``place`` in its input; None where unknown."""
+    if node.op_type == "Identity":
+        return place
+    if node.op_type == "Transpose":
+        perm = node.attr("perm")
+        return tuple(place[p - 1] for p in perm[1:]) if perm and perm[0] == 0 else None
+    pads = _constant(info, node.input(1))
+    if (node.attr("mode", "constant") != "constant" or info.opset < 11 or node.input(3)
+            or pads is None or pads.size != 8 or (pads < 0).any()):
+        return None  # the fill value does not matter: the border is no function of A
+    moved = []
+    for axis, where in enumerate(place, 1):
+        if where == "c":
+            if pads[axis] or pads[axis + 4]:
+                return None
+            moved.append(where)
+        else:
+            moved.append((where[0], where[1] + int(pads[axis])))
+    return None if pads[0] or pads[4] else tuple(moved)
+
+
+def _constant(info: GraphInfo, name: str | None) -> np.ndarray | None:
+    if name is None or name not in info.constants or name in info.overridable:
+        return None
+    return info.constants[name]
+
+
+def _passed_mean(op: Emitter, info: GraphInfo, node: Node, uses: list[int], place: Place,
+                 sizes: list[int], cotangents: dict[str, str]) -> Value | None:
+    """An Add/Sub without broadcasting that reads A (at ``place``) as its inputs ``uses``:
+    its output cotangent's mean over A's positions, once per use, negated for Sub's second
+    input."""
+    y = node.outputs[0]
+    dy = cotangents.get(y)
+    shape = info.shapes.get(y)
+    if dy is None or shape is None or any(info.shapes.get(x) != shape for x in node.inputs):
+        return None
+    axes = [a for a, where in enumerate(place, 1) if where != "c"]
+    starts = [place[a - 1][1] for a in axes]
+    ends = [s + sizes[place[a - 1][0]] for s, a in zip(starts, axes)]
+    if any(s or e != shape[a] for s, e, a in zip(starts, ends, axes)):
+        dy = op.Slice(dy, op.const(starts), op.const(ends), op.const(axes))
+    mean = op.reduce("ReduceMean", dy, axes, keepdims=0)
+    sign = sum(-1 if node.op_type == "Sub" and j == 1 else 1 for j in uses)
+    return mean if sign == 1 else op.Mul(mean, float(sign))
+
+
+def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: list[int],
+               cotangents: dict[str, str]) -> Value | None:
+    """The part of the mean (N, K) that the Conv ``node`` sends back to A, which lies at
+    ``place`` in its input (see :func:`consumer_gradient_mean`)."""
+    x, y = node.inputs[0], node.outputs[0]
+    weight = _constant(info, node.input(1))
+    dy = cotangents.get(y)
+    x_shape, y_shape = info.shapes.get(x), info.shapes.get(y)
+    if (dy is None or weight is None or weight.ndim != 4 or place[0] != "c"
+            or x_shape is None or y_shape is None or None in x_shape[1:] + y_shape[1:]):
+        return None
+    group = int(node.attr("group", 1))
+    outs, ins = weight.shape[:2]
+    if not (ins == 1 and group == x_shape[1] or group == 1):
+        return None  # grouped convs other than depthwise: the full gradient
+    begin = _begin_pads(node, x_shape[2:], weight.shape[2:])
+    if begin is None:
+        return None
+    strides = [int(v) for v in node.attr("strides", [1, 1])]
+    dilations = [int(v) for v in node.attr("dilations", [1, 1])]
+    # per spatial axis: each tap's range [lo, hi) of outputs whose input lies inside A
+    ranges = []
+    for a in range(2):
+        k, start = place[1 + a]
+        ranges.append([_inside(start + begin[a] - t * dilations[a], sizes[k], strides[a],
+                               int(y_shape[2 + a])) for t in range(weight.shape[2 + a])])
+    rows, cols = (sorted(set(r)) for r in ranges)
+    height, width = int(y_shape[2]), int(y_shape[3])
+    rectangles = np.zeros((height, width, len(rows), len(cols)), dtype=op.dtype)
+    for i, (lo, hi) in enumerate(rows):
+        for j, (left, right) in enumerate(cols):
+            rectangles[lo:hi, left:right, i, j] = 1
+    # W summed per rectangle: (C_out, C_in per group, rectangles), scaled by 1 / positions
+    summed = np.zeros((outs, ins, len(rows), len(cols)))
+    for th, r in enumerate(ranges[0]):
+        for tw, c in enumerate(ranges[1]):
+            summed[:, :, rows.index(r), cols.index(c)] += weight[:, :, th, tw]
+    summed = (summed / math.prod(sizes)).reshape(outs, ins, -1)
+    if rectangles.all():  # one rectangle, all of dy (no border: a 1×1 conv)
+        sums = op.reduce("ReduceSum", dy, [2, 3])
+    else:  # (N, C_out, rectangles)
+        sums = op.MatMul(op.Reshape(dy, op.const([0, outs, -1])),
+                         op.const(rectangles.reshape(height * width, -1)))
+    if group == 1:  # Σ_cout,r sums[n, cout, r] · W_r[cout, cin, r]
+        q = summed.transpose(0, 2, 1).reshape(-1, ins).astype(op.dtype)
+        return op.MatMul(op.Reshape(sums, op.const([0, -1])), op.const(q))
+    # depthwise: C_out = C_in · multiplier, output channel c·m + i reads input channel c
+    channels = int(x_shape[1])
+    product = op.Mul(op.Reshape(sums, op.const([0, outs, -1])),
+                     op.const(summed[:, 0].astype(op.dtype)))
+    return op.reduce("ReduceSum", op.Reshape(product, op.const([0, channels, -1])), [2],
+                     keepdims=0)
+
+
+def _inside(offset: int, size: int, stride: int, count: int) -> tuple[int, int]:
+    """[lo, hi): the outputs o < ``count`` with 0 ≤ o·stride − offset < size."""
+    lo = min(max(-(-offset // stride), 0), count)
+    hi = min(max((offset + size - 1) // stride + 1, lo), count)
+    return lo, hi
+
+
+def _begin_pads(node: Node, x_sizes: tuple[int, ...], kernel: tuple[int, ...]
+                ) -> list[int] | None:
+    """The Conv's padding before each spatial axis (SAME_* from the static input sizes)."""
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad == "VALID":
+        return [0, 0]
+    if auto_pad == "NOTSET":
+        return [int(p) for p in node.attr("pads", [0] * 4)[:2]]
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        return None
+    strides = node.attr("strides", [1, 1])
+    dilations = node.attr("dilations", [1, 1])
+    total = [max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+             for n, s, k, d in zip(x_sizes, strides, kernel, dilations)]
+    return [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
