@@ -288,26 +288,24 @@ def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: li
     for i, (lo, hi) in enumerate(rows):
         for j, (left, right) in enumerate(cols):
             rectangles[lo:hi, left:right, i, j] = 1
-    # W summed per rectangle: (C_out, C_in per group, rectangles), scaled by 1 / positions
-    summed = np.zeros((outs, ins, len(rows), len(cols)))
-    for th, r in enumerate(ranges[0]):
-        for tw, c in enumerate(ranges[1]):
-            summed[:, :, rows.index(r), cols.index(c)] += weight[:, :, th, tw]
-    summed = (summed / math.prod(sizes)).reshape(outs, ins, -1)
     if rectangles.all():  # one rectangle, all of dy (no border: a 1×1 conv)
         sums = op.reduce("ReduceSum", dy, [2, 3])
-    else:  # (N, C_out, rectangles)
+    else:
         sums = op.MatMul(op.Reshape(dy, op.const([0, outs, -1])),
                          op.const(rectangles.reshape(height * width, -1)))
-    if group == 1:  # Σ_cout,r sums[n, cout, r] · W_r[cout, cin, r]
-        q = summed.transpose(0, 2, 1).reshape(-1, ins).astype(op.dtype)
-        return op.MatMul(op.Reshape(sums, op.const([0, -1])), op.const(q))
-    # depthwise: C_out = C_in · multiplier, output channel c·m + i reads input channel c
-    channels = int(x_shape[1])
-    product = op.Mul(op.Reshape(sums, op.const([0, outs, -1])),
-                     op.const(summed[:, 0].astype(op.dtype)))
-    return op.reduce("ReduceSum", op.Reshape(product, op.const([0, channels, -1])), [2],
-                     keepdims=0)
+    # R_t (N, C_out, taps): each tap's rectangle; then the products with W and the sums in
+    # float32 as the transposed conv has them, no sums of weights rounded into constants
+    taps = [rows.index(r) * len(cols) + cols.index(c) for r in ranges[0] for c in ranges[1]]
+    per_tap = op.Gather(op.Reshape(sums, op.const([0, outs, -1])), op.const(taps), axis=2)
+    w = node.inputs[1]
+    if group == 1:  # Σ_cout,t R_t[n, cout] · W[cout, cin, t]: (N, C_out·taps) × (C_out·taps, C_in)
+        flat = op.Reshape(op.Transpose(w, perm=[0, 2, 3, 1]), op.const([-1, ins]))
+        total = op.MatMul(op.Reshape(per_tap, op.const([0, -1])), flat)
+    else:  # depthwise: C_out = C_in · multiplier, output channel c·m + i reads input c
+        product = op.Mul(per_tap, op.Reshape(w, op.const([outs, -1])))
+        total = op.reduce("ReduceSum", op.Reshape(product, op.const([0, int(x_shape[1]), -1])),
+                          [2], keepdims=0)
+    return op.Div(total, float(math.prod(sizes)))
 
 
 def _inside(offset: int, size: int, stride: int, count: int) -> tuple[int, int]:
