@@ -14,6 +14,12 @@ ops in between:
 so Σ_positions g_A = Σ_positions reshape(g_y·Wᵀ) = g_y·Q, with Q (J, K) = W's rows summed over
 the positions each row stands for: a constant ONNX Runtime folds when the session loads, and
 one (N, J) × (J, K) product per run instead of (N, J) × (J, h·w·K).
+
+At an early layer the expensive step is the other end: the last backward op, which forms
+∂s/∂A at A's full resolution (a stride-2 depthwise conv's transposed conv). The sums commute
+with the layer's consumers too (:func:`consumer_gradient_mean`): each channel's sum over A's
+positions is a few border-aware sums of the consumers' output cotangents, weighed by their
+constant weights.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE
-from onnx_gradcam.autodiff.rules._common import has_pads
+from onnx_gradcam.autodiff.rules._common import has_pads, static_begin_pads, strides_dilations
 from onnx_gradcam.graph import GraphInfo
 
 #: an axis of a tensor on the way, as the (size, role) factors it is made of, in row-major
@@ -163,11 +169,12 @@ def consumer_gradient_mean(op: Emitter, info: GraphInfo, activation: str, channe
 
     A Conv y = conv(x, W) sends Σ_positions ∂s/∂x[n, cin] = Σ_taps Σ_cout W[cout, cin, t] ·
     R_t[n, cout], R_t the sum of dy over the output positions whose input at tap t lies inside
-    A: a rectangle per tap, all of them the sums of one product of dy (N, C, positions) with
-    a constant 0/1 matrix (positions, rectangles), whose few distinct rectangles the weight,
-    summed per rectangle, then weighs: elementwise for a depthwise conv, one small MatMul for a
-    dense one. An Add or Sub passes dy through: its mean over A's positions. The full-size
-    gradient at A, and the transposed conv that forms it, are never needed."""
+    A (not in a pad): a rectangle per tap, the few distinct ones summed in one product of dy
+    (N, C, positions) with a constant 0/1 matrix (positions, rectangles); the products with W
+    are then elementwise for a depthwise conv, one small MatMul for a dense one. An Add or Sub
+    passes dy on: its mean over A's positions. The full-size gradient at A, and the
+    transposed conv that forms it, are never needed; the sums are those of the same float32
+    products, in another order."""
     shape = info.shapes.get(activation)
     if shape is None or len(shape) != 4 or None in shape[1:]:
         return None
@@ -269,13 +276,10 @@ def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: li
         return None
     group = int(node.attr("group", 1))
     outs, ins = weight.shape[:2]
-    if not (ins == 1 and group == x_shape[1] or group == 1):
+    if group != 1 and ins != 1:
         return None  # grouped convs other than depthwise: the full gradient
-    begin = _begin_pads(node, x_shape[2:], weight.shape[2:])
-    if begin is None:
-        return None
-    strides = [int(v) for v in node.attr("strides", [1, 1])]
-    dilations = [int(v) for v in node.attr("dilations", [1, 1])]
+    begin = static_begin_pads(node, x_shape[2:], weight.shape[2:])
+    strides, dilations = strides_dilations(node, 2)
     # per spatial axis: each tap's range [lo, hi) of outputs whose input lies inside A
     ranges = []
     for a in range(2):
@@ -313,20 +317,3 @@ def _inside(offset: int, size: int, stride: int, count: int) -> tuple[int, int]:
     lo = min(max(-(-offset // stride), 0), count)
     hi = min(max((offset + size - 1) // stride + 1, lo), count)
     return lo, hi
-
-
-def _begin_pads(node: Node, x_sizes: tuple[int, ...], kernel: tuple[int, ...]
-                ) -> list[int] | None:
-    """The Conv's padding before each spatial axis (SAME_* from the static input sizes)."""
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    if auto_pad == "VALID":
-        return [0, 0]
-    if auto_pad == "NOTSET":
-        return [int(p) for p in node.attr("pads", [0] * 4)[:2]]
-    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
-        return None
-    strides = node.attr("strides", [1, 1])
-    dilations = node.attr("dilations", [1, 1])
-    total = [max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
-             for n, s, k, d in zip(x_sizes, strides, kernel, dilations)]
-    return [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
