@@ -149,6 +149,10 @@ UNSUPPORTED_CASES = {
         [helper.make_node("Relu", ["act"], ["r"]), _conv("r", "y1", "wd", group=K)],
         {"wd": (K, 1, 3, 3)}, False),
     "grouped_conv": ([_conv("act", "y1", "w", group=2)], {"w": (6, K // 2, 3, 3)}, False),
+    "conv_and_maxpool": (  # a consumer it knows, then one it does not
+        [_conv("act", "y1", "wd", group=K),
+         helper.make_node("MaxPool", ["act"], ["y2"], kernel_shape=[2, 2])],
+        {"wd": (K, 1, 3, 3)}, False),
     "broadcasting_add": ([helper.make_node("Add", ["act", "bias"], ["y1"])],
                          {"bias": (1, K, 1, 1)}, False),
     "edge_pad": ([_pad("act", "p", "pads", mode="edge"), _conv("p", "y1", "wd", group=K)],
@@ -204,6 +208,7 @@ def _mean_graph(model: onnx.ModelProto, outs: list[str], nhwc: bool
     mean = consumer_gradient_mean(op, info, "act", 3 if nhwc else 1,
                                   head_nodes(info, "act", "logits"), grad.cotangents)
     if mean is None:
+        assert not op.nodes, "a shortcut that gave up left nodes behind"
         return None, []
     old = op.reduce("ReduceMean", grad.gradient, [1, 2] if nhwc else [2, 3], keepdims=0)
     names = [mean, old, *(grad.cotangents[y] for y in outs)]

@@ -25,6 +25,7 @@ constant weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -182,7 +183,7 @@ def consumer_gradient_mean(op: Emitter, info: GraphInfo, activation: str, channe
     spatial = iter(range(2))
     place: Place = tuple("c" if i == channel_axis else (next(spatial), 0) for i in range(1, 4))
     steps = {i for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE}
-    parts: list[Value] = []
+    parts: list[Callable[[], Value]] = []  # emitted once every consumer is known
     pending = [(activation, place)]
     while pending:
         tensor, place = pending.pop()
@@ -208,9 +209,9 @@ def consumer_gradient_mean(op: Emitter, info: GraphInfo, activation: str, channe
             parts.append(part)
     if not parts:
         return None
-    total = parts[0]
+    total = parts[0]()
     for part in parts[1:]:
-        total = op.Add(total, part)
+        total = op.Add(total, part())
     return total
 
 
@@ -244,10 +245,10 @@ def _constant(info: GraphInfo, name: str | None) -> np.ndarray | None:
 
 
 def _passed_mean(op: Emitter, info: GraphInfo, node: Node, uses: list[int], place: Place,
-                 sizes: list[int], cotangents: dict[str, str]) -> Value | None:
-    """An Add/Sub without broadcasting that reads A (at ``place``) as its inputs ``uses``:
-    its output cotangent's mean over A's positions, once per use, negated for Sub's second
-    input."""
+                 sizes: list[int], cotangents: dict[str, str]) -> Callable[[], Value] | None:
+    """For an Add/Sub without broadcasting that reads A (at ``place``) as its inputs ``uses``,
+    what emits its output cotangent's mean over A's positions, once per use, negated for
+    Sub's second input; None where it cannot."""
     y = node.outputs[0]
     dy = cotangents.get(y)
     shape = info.shapes.get(y)
@@ -256,17 +257,22 @@ def _passed_mean(op: Emitter, info: GraphInfo, node: Node, uses: list[int], plac
     axes = [a for a, where in enumerate(place, 1) if where != "c"]
     starts = [place[a - 1][1] for a in axes]
     ends = [s + sizes[place[a - 1][0]] for s, a in zip(starts, axes)]
-    if any(s or e != shape[a] for s, e, a in zip(starts, ends, axes)):
-        dy = op.Slice(dy, op.const(starts), op.const(ends), op.const(axes))
-    mean = op.reduce("ReduceMean", dy, axes, keepdims=0)
     sign = sum(-1 if node.op_type == "Sub" and j == 1 else 1 for j in uses)
-    return mean if sign == 1 else op.Mul(mean, float(sign))
+
+    def emit() -> Value:
+        inside = dy
+        if any(s or e != shape[a] for s, e, a in zip(starts, ends, axes)):
+            inside = op.Slice(dy, op.const(starts), op.const(ends), op.const(axes))
+        mean = op.reduce("ReduceMean", inside, axes, keepdims=0)
+        return mean if sign == 1 else op.Mul(mean, float(sign))
+    return emit
 
 
 def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: list[int],
-               cotangents: dict[str, str]) -> Value | None:
-    """The part of the mean (N, K) that the Conv ``node`` sends back to A, which lies at
-    ``place`` in its input (see :func:`consumer_gradient_mean`)."""
+               cotangents: dict[str, str]) -> Callable[[], Value] | None:
+    """What emits the part of the mean (N, K) that the Conv ``node`` sends back to A, which
+    lies at ``place`` in its input (see :func:`consumer_gradient_mean`); None where it
+    cannot."""
     x, y = node.inputs[0], node.outputs[0]
     weight = _constant(info, node.input(1))
     dy = cotangents.get(y)
@@ -292,24 +298,27 @@ def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: li
     for i, (lo, hi) in enumerate(rows):
         for j, (left, right) in enumerate(cols):
             rectangles[lo:hi, left:right, i, j] = 1
-    if rectangles.all():  # one rectangle, all of dy (no border: a 1×1 conv)
-        sums = op.reduce("ReduceSum", dy, [2, 3])
-    else:
-        sums = op.MatMul(op.Reshape(dy, op.const([0, outs, -1])),
-                         op.const(rectangles.reshape(height * width, -1)))
-    # R_t (N, C_out, taps): each tap's rectangle; then the products with W and the sums in
-    # float32 as the transposed conv has them, no sums of weights rounded into constants
     taps = [rows.index(r) * len(cols) + cols.index(c) for r in ranges[0] for c in ranges[1]]
-    per_tap = op.Gather(op.Reshape(sums, op.const([0, outs, -1])), op.const(taps), axis=2)
-    w = node.inputs[1]
-    if group == 1:  # Σ_cout,t R_t[n, cout] · W[cout, cin, t]: (N, C_out·taps) × (C_out·taps, C_in)
-        flat = op.Reshape(op.Transpose(w, perm=[0, 2, 3, 1]), op.const([-1, ins]))
-        total = op.MatMul(op.Reshape(per_tap, op.const([0, -1])), flat)
-    else:  # depthwise: C_out = C_in · multiplier, output channel c·m + i reads input c
-        product = op.Mul(per_tap, op.Reshape(w, op.const([outs, -1])))
-        total = op.reduce("ReduceSum", op.Reshape(product, op.const([0, int(x_shape[1]), -1])),
-                          [2], keepdims=0)
-    return op.Div(total, float(math.prod(sizes)))
+    w, channels = node.inputs[1], int(x_shape[1])
+
+    def emit() -> Value:
+        if rectangles.all():  # one rectangle, all of dy (no border: a 1×1 conv)
+            sums = op.reduce("ReduceSum", dy, [2, 3])
+        else:
+            sums = op.MatMul(op.Reshape(dy, op.const([0, outs, -1])),
+                             op.const(rectangles.reshape(height * width, -1)))
+        # R_t (N, C_out, taps), then the products with W itself and their sums in float32,
+        # as the transposed conv has them (no sums of weights rounded into constants)
+        per_tap = op.Gather(op.Reshape(sums, op.const([0, outs, -1])), op.const(taps), axis=2)
+        if group == 1:  # Σ_cout,t R_t[n, cout]·W[cout, cin, t]: one (C_out·taps, C_in) MatMul
+            flat = op.Reshape(op.Transpose(w, perm=[0, 2, 3, 1]), op.const([-1, ins]))
+            total = op.MatMul(op.Reshape(per_tap, op.const([0, -1])), flat)
+        else:  # depthwise: C_out = C_in · multiplier, output channel c·m + i reads input c
+            product = op.Mul(per_tap, op.Reshape(w, op.const([outs, -1])))
+            total = op.reduce("ReduceSum", op.Reshape(product, op.const([0, channels, -1])),
+                              [2], keepdims=0)
+        return op.Div(total, float(math.prod(sizes)))
+    return emit
 
 
 def _inside(offset: int, size: int, stride: int, count: int) -> tuple[int, int]:
