@@ -27,7 +27,7 @@ from onnx_gradcam.autodiff.builder import (
     seed_one_hot,
 )
 from onnx_gradcam.autodiff.emitter import Emitter
-from onnx_gradcam.autodiff.summed import gradient_mean
+from onnx_gradcam.autodiff.summed import consumer_gradient_mean, gradient_mean
 from onnx_gradcam.cams import Method
 from onnx_gradcam.cams.graph import Facts, heatmap, layer_coarse
 from onnx_gradcam.errors import OnnxGradCamError
@@ -403,10 +403,12 @@ def _layer_map(info: GraphInfo, spec: GraphSpec, index: int, head: Head, grad: G
     else:
         mean = None
         if method.mean_weights and grad.pooled is None:
-            mean = gradient_mean(cam_op, head_info, head_activation,
-                                 1 if layout == "NCHW" else 3,
-                                 head_nodes(head_info, head_activation, head.score),
-                                 grad.cotangents)
+            # the head's matrix product, else the layer's own consumers (an early layer)
+            args = (cam_op, head_info, head_activation, 1 if layout == "NCHW" else 3,
+                    head_nodes(head_info, head_activation, head.score), grad.cotangents)
+            mean = gradient_mean(*args)
+            if mean is None:
+                mean = consumer_gradient_mean(*args)
         facts = Facts(grad.pooled, mean, head_info.nonnegative(head_activation),
                       head_info.spatial_mean(head_activation, layout))
         layer_map = layer_coarse(cam_op, method, head_activation, grad.gradient, layout, facts)

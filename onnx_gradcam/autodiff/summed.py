@@ -14,17 +14,24 @@ ops in between:
 so Σ_positions g_A = Σ_positions reshape(g_y·Wᵀ) = g_y·Q, with Q (J, K) = W's rows summed over
 the positions each row stands for: a constant ONNX Runtime folds when the session loads, and
 one (N, J) × (J, K) product per run instead of (N, J) × (J, h·w·K).
+
+At an early layer the expensive step is the other end: the last backward op, which forms
+∂s/∂A at A's full resolution (a stride-2 depthwise conv's transposed conv). The sums commute
+with the layer's consumers too (:func:`consumer_gradient_mean`): each channel's sum over A's
+positions is a few border-aware sums of the consumers' output cotangents, weighed by their
+constant weights.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE
-from onnx_gradcam.autodiff.rules._common import has_pads
+from onnx_gradcam.autodiff.rules._common import has_pads, static_begin_pads, strides_dilations
 from onnx_gradcam.graph import GraphInfo
 
 #: an axis of a tensor on the way, as the (size, role) factors it is made of, in row-major
@@ -145,3 +152,177 @@ def _product(op: Emitter, info: GraphInfo, node: Node, axes: list[Factors], chan
     factor = np.asarray(scale / positions, dtype=info.dtype(weight))
     return op.MatMul(dy, op.Mul(q, op.const(factor)))
 
+
+
+# ---- the consumers of the layer: Σ_positions ∂s/∂A from their output cotangents ------------
+#: where A's values lie in a tensor on the way to its consumers, per axis after the batch: "c"
+#: (A's channel axis) or (k, start): A's spatial axis k, from ``start`` on (a Pad's border
+#: before it)
+Place = tuple[str | tuple[int, int], ...]
+
+
+def consumer_gradient_mean(op: Emitter, info: GraphInfo, activation: str, channel_axis: int,
+                           head: list[int], cotangents: dict[str, str]) -> Value | None:
+    """(N, K): the mean over the positions of ∂score/∂``activation`` per channel, from the
+    output cotangents (``cotangents``, by forward tensor) of the head nodes that read it,
+    where each is a Conv with a constant weight or a same-shape Add/Sub, reached directly or
+    through Identity, Transpose and constant Pad; otherwise None.
+
+    A Conv y = conv(x, W) sends Σ_positions ∂s/∂x[n, cin] = Σ_taps Σ_cout W[cout, cin, t] ·
+    R_t[n, cout], R_t the sum of dy over the output positions whose input at tap t lies inside
+    A (not in a pad): a rectangle per tap, the few distinct ones summed in one product of dy
+    (N, C, positions) with a constant 0/1 matrix (positions, rectangles); the products with W
+    are then elementwise for a depthwise conv, one small MatMul for a dense one. An Add or Sub
+    passes dy on: its mean over A's positions. The full-size gradient at A, and the
+    transposed conv that forms it, are never needed; the sums are those of the same float32
+    products, in another order."""
+    shape = info.shapes.get(activation)
+    if shape is None or len(shape) != 4 or None in shape[1:]:
+        return None
+    sizes = [d for i, d in enumerate(shape[1:], 1) if i != channel_axis]
+    spatial = iter(range(2))
+    place: Place = tuple("c" if i == channel_axis else (next(spatial), 0) for i in range(1, 4))
+    steps = {i for i in head if info.nodes[i].op_type not in NON_DIFFERENTIABLE}
+    parts: list[Callable[[], Value]] = []  # emitted once every consumer is known
+    pending = [(activation, place)]
+    while pending:
+        tensor, place = pending.pop()
+        for index in info.consumers.get(tensor, []):
+            if index not in steps:
+                continue
+            node = Node.from_proto(info.nodes[index])
+            uses = [j for j, x in enumerate(node.inputs) if x == tensor]
+            if uses == [0] and node.op_type in ("Identity", "Transpose", "Pad"):
+                moved = _moved(info, node, place)
+                if moved is None:
+                    return None
+                pending.append((node.outputs[0], moved))
+                continue
+            if node.op_type in ("Add", "Sub"):
+                part = _passed_mean(op, info, node, uses, place, sizes, cotangents)
+            elif uses == [0] and node.op_type == "Conv":
+                part = _conv_mean(op, info, node, place, sizes, cotangents)
+            else:
+                return None
+            if part is None:
+                return None
+            parts.append(part)
+    if not parts:
+        return None
+    total = parts[0]()
+    for part in parts[1:]:
+        total = op.Add(total, part())
+    return total
+
+
+def _moved(info: GraphInfo, node: Node, place: Place) -> Place | None:
+    """Where A's values lie in the output of ``node`` (Identity, Transpose or a constant Pad
+    of spatial axes only) when they lie at ``place`` in its input; None where unknown."""
+    if node.op_type == "Identity":
+        return place
+    if node.op_type == "Transpose":
+        perm = node.attr("perm")
+        return tuple(place[p - 1] for p in perm[1:]) if perm and perm[0] == 0 else None
+    pads = _constant(info, node.input(1))
+    if (node.attr("mode", "constant") != "constant" or info.opset < 11 or node.input(3)
+            or pads is None or pads.size != 8 or (pads < 0).any()):
+        return None  # the fill value does not matter: the border is no function of A
+    moved = []
+    for axis, where in enumerate(place, 1):
+        if where == "c":
+            if pads[axis] or pads[axis + 4]:
+                return None
+            moved.append(where)
+        else:
+            moved.append((where[0], where[1] + int(pads[axis])))
+    return None if pads[0] or pads[4] else tuple(moved)
+
+
+def _constant(info: GraphInfo, name: str | None) -> np.ndarray | None:
+    if name is None or name not in info.constants or name in info.overridable:
+        return None
+    return info.constants[name]
+
+
+def _passed_mean(op: Emitter, info: GraphInfo, node: Node, uses: list[int], place: Place,
+                 sizes: list[int], cotangents: dict[str, str]) -> Callable[[], Value] | None:
+    """For an Add/Sub without broadcasting that reads A (at ``place``) as its inputs ``uses``,
+    what emits its output cotangent's mean over A's positions, once per use, negated for
+    Sub's second input; None where it cannot."""
+    y = node.outputs[0]
+    dy = cotangents.get(y)
+    shape = info.shapes.get(y)
+    if dy is None or shape is None or any(info.shapes.get(x) != shape for x in node.inputs):
+        return None
+    axes = [a for a, where in enumerate(place, 1) if where != "c"]
+    starts = [place[a - 1][1] for a in axes]
+    ends = [s + sizes[place[a - 1][0]] for s, a in zip(starts, axes)]
+    sign = sum(-1 if node.op_type == "Sub" and j == 1 else 1 for j in uses)
+
+    def emit() -> Value:
+        inside = dy
+        if any(s or e != shape[a] for s, e, a in zip(starts, ends, axes)):
+            inside = op.Slice(dy, op.const(starts), op.const(ends), op.const(axes))
+        mean = op.reduce("ReduceMean", inside, axes, keepdims=0)
+        return mean if sign == 1 else op.Mul(mean, float(sign))
+    return emit
+
+
+def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: list[int],
+               cotangents: dict[str, str]) -> Callable[[], Value] | None:
+    """What emits the part of the mean (N, K) that the Conv ``node`` sends back to A, which
+    lies at ``place`` in its input (see :func:`consumer_gradient_mean`); None where it
+    cannot."""
+    x, y = node.inputs[0], node.outputs[0]
+    weight = _constant(info, node.input(1))
+    dy = cotangents.get(y)
+    x_shape, y_shape = info.shapes.get(x), info.shapes.get(y)
+    if (dy is None or weight is None or weight.ndim != 4 or place[0] != "c"
+            or x_shape is None or y_shape is None or None in x_shape[1:] + y_shape[1:]):
+        return None
+    group = int(node.attr("group", 1))
+    outs, ins = weight.shape[:2]
+    if group != 1 and ins != 1:
+        return None  # grouped convs other than depthwise: the full gradient
+    begin = static_begin_pads(node, x_shape[2:], weight.shape[2:])
+    strides, dilations = strides_dilations(node, 2)
+    # per spatial axis: each tap's range [lo, hi) of outputs whose input lies inside A
+    ranges = []
+    for a in range(2):
+        k, start = place[1 + a]
+        ranges.append([_inside(start + begin[a] - t * dilations[a], sizes[k], strides[a],
+                               int(y_shape[2 + a])) for t in range(weight.shape[2 + a])])
+    rows, cols = (sorted(set(r)) for r in ranges)
+    height, width = int(y_shape[2]), int(y_shape[3])
+    rectangles = np.zeros((height, width, len(rows), len(cols)), dtype=op.dtype)
+    for i, (lo, hi) in enumerate(rows):
+        for j, (left, right) in enumerate(cols):
+            rectangles[lo:hi, left:right, i, j] = 1
+    taps = [rows.index(r) * len(cols) + cols.index(c) for r in ranges[0] for c in ranges[1]]
+    w, channels = node.inputs[1], int(x_shape[1])
+
+    def emit() -> Value:
+        if rectangles.all():  # one rectangle, all of dy (no border: a 1×1 conv)
+            sums = op.reduce("ReduceSum", dy, [2, 3])
+        else:
+            sums = op.MatMul(op.Reshape(dy, op.const([0, outs, -1])),
+                             op.const(rectangles.reshape(height * width, -1)))
+        # R_t (N, C_out, taps), then the products with W itself and their sums in float32,
+        # as the transposed conv has them (no sums of weights rounded into constants)
+        per_tap = op.Gather(op.Reshape(sums, op.const([0, outs, -1])), op.const(taps), axis=2)
+        if group == 1:  # Σ_cout,t R_t[n, cout]·W[cout, cin, t]: one (C_out·taps, C_in) MatMul
+            flat = op.Reshape(op.Transpose(w, perm=[0, 2, 3, 1]), op.const([-1, ins]))
+            total = op.MatMul(op.Reshape(per_tap, op.const([0, -1])), flat)
+        else:  # depthwise: C_out = C_in · multiplier, output channel c·m + i reads input c
+            product = op.Mul(per_tap, op.Reshape(w, op.const([outs, -1])))
+            total = op.reduce("ReduceSum", op.Reshape(product, op.const([0, channels, -1])),
+                              [2], keepdims=0)
+        return op.Div(total, float(math.prod(sizes)))
+    return emit
+
+
+def _inside(offset: int, size: int, stride: int, count: int) -> tuple[int, int]:
+    """[lo, hi): the outputs o < ``count`` with 0 ≤ o·stride − offset < size."""
+    lo = min(max(-(-offset // stride), 0), count)
+    hi = min(max((offset + size - 1) // stride + 1, lo), count)
+    return lo, hi

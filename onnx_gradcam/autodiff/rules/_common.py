@@ -159,6 +159,19 @@ def spatial_begin_pads(op: Emitter, node: Node, x: str, kernel: Sequence[int]) -
     return op.Div(total, 2)
 
 
+def static_begin_pads(node: Node, sizes: Sequence[int], kernel: Sequence[int]) -> list[int]:
+    """:func:`spatial_begin_pads` for the static spatial ``sizes`` of the input, as numbers."""
+    r = len(kernel)
+    auto_pad = node.attr("auto_pad", "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        strides, dilations = strides_dilations(node, r)
+        total = [max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+                 for n, s, k, d in zip(sizes, strides, kernel, dilations)]
+        return [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+    return [int(p) for p in node.attr("pads", [0] * 2 * r)[:r]] if auto_pad == "NOTSET" \
+        else [0] * r
+
+
 def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
                      kernel: Sequence[int], group: int, y: str | None = None) -> Value:
     """Scatter ``dy`` back through sliding windows: ``ConvTranspose(dy, w)`` cropped to ``x``.
@@ -199,13 +212,7 @@ def _static_crop(op: Emitter, node: Node, x: str, y: str | None, kernel: Sequenc
     strides, dilations = strides_dilations(node, r)
     sizes_x, sizes_y = [int(d) for d in x_shape[2:]], [int(d) for d in y_shape[2:]]
     reach = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    auto_pad = node.attr("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total = [max((-(-n // s) - 1) * s + k - n, 0) for n, s, k in zip(sizes_x, strides, reach)]
-        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
-    else:
-        begin = [int(p) for p in node.attr("pads", [0] * 2 * r)[:r]] if auto_pad == "NOTSET" \
-            else [0] * r
+    begin = static_begin_pads(node, sizes_x, kernel)
     rest = [(m - 1) * s + k - b - n
             for m, s, k, b, n in zip(sizes_y, strides, reach, begin, sizes_x)]
     extra = [max(-e, 0) for e in rest]
