@@ -329,6 +329,14 @@ CASES = [
     Case("reduce_min", [N("ReduceMin", ["x"], ["y"], axes=[1])], [2, 4]),
     Case("global_average_pool", [N("GlobalAveragePool", ["x"], ["y"])], ["N", 3, 5, 4], dtype=F32),
     Case("global_max_pool", [N("GlobalMaxPool", ["x"], ["y"])], ["N", 3, 5, 4], dtype=F32),
+    # squeeze-excite: x feeds the pooling and the excite product (cotangents: a broadcast
+    # and a full tensor, added without writing the broadcast out)
+    Case("squeeze_excite", [N("ReduceMean", ["x", "ax"], ["m"]), N("Sigmoid", ["m"], ["s"]),
+                            N("Mul", ["x", "s"], ["y"])], ["N", 3, 4, 5],
+         {"ax": np.array([2, 3])}, opset=18),
+    Case("squeeze_excite_pool", [N("GlobalAveragePool", ["x"], ["m"]),
+                                 N("HardSigmoid", ["m"], ["s"]), N("Mul", ["s", "x"], ["y"])],
+         ["N", 3, 4, 5], dtype=F32),
     Case("max_pool", [N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
          ["N", 2, 6, 6], dtype=F32),
     Case("max_pool_overlap", [N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
@@ -660,6 +668,20 @@ def test_window_gradients_run_one_window_op_per_call(tmp_path, case_id, window_o
     model = gradient_model(GraphInfo(_model(case)), "x", "y")
     ops = _gradient_ops_after_folding(model, tmp_path)
     assert ops == window_ops, ops
+
+
+def test_squeeze_excite_gradient_adds_the_pooled_cotangent_unexpanded(tmp_path) -> None:
+    """x's two cotangents in a squeeze-excite block (values: the finite-difference cases
+    above): the pooling's (N, C, 1, 1) one is added by a broadcasting Add, never expanded to
+    x's size first."""
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+
+    for case_id in ("squeeze_excite", "squeeze_excite_pool"):
+        case = next(c for c in CASES if c.id == case_id)
+        ops = _gradient_ops_after_folding(
+            gradient_model(GraphInfo(_model(case)), "x", "y"), tmp_path)
+        assert "Add" in ops and not {"Expand", "Sum"} & set(ops), ops
 
 
 def test_a_quantized_tensor_from_an_op_without_a_quantized_rule_is_refused() -> None:
