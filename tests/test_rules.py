@@ -89,6 +89,13 @@ def _conv_cases():
                                  N("Conv", ["xp", "W"], ["y"], group=4, strides=[2, 2])],
                           shape, {"W": w(4, 1, 3, 3, dtype=F32),
                                   "p": np.array([0, 0, 0, 1, 0, 0, 1, 1])}, dtype=F32))
+    # tf2onnx pads the NHWC tensor, then transposes it to the conv's NCHW
+    cases.append(Case("pad_nhwc_then_conv_stride2",
+                      [N("Pad", ["x", "p"], ["xp"]),
+                       N("Transpose", ["xp"], ["xt"], perm=[0, 3, 1, 2]),
+                       N("Conv", ["xt", "W"], ["y"], group=4, strides=[2, 2])],
+                      ["N", 8, 7, 4], {"W": w(4, 1, 3, 3, dtype=F32),
+                                       "p": np.array([0, 0, 1, 0, 0, 1, 1, 0])}, dtype=F32))
     cases.append(Case("conv_pointwise_dense", [N("Conv", ["x", "W"], ["y"])], ["N", 6, 1, 1],
                       {"W": w(4, 6, 1, 1, dtype=F32)}, dtype=F32))  # a 1×1 map: one GEMM
     cases.append(Case("nhwc_pooled_dense_head", POOLED_DENSE_HEAD, ["N", 4, 4, 6],
@@ -656,11 +663,12 @@ def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
     ("conv3d_depthwise", ["Conv"]),
     ("conv_pads_past_kernel", ["ConvTranspose"]),
     ("pad_then_conv_stride2", ["ConvTranspose"]),  # the Pad's crop is in its pads
+    ("pad_nhwc_then_conv_stride2", ["ConvTranspose", "Transpose"]),
 ])
 def test_window_gradients_run_one_window_op_per_call(tmp_path, case_id, window_ops) -> None:
     """What ONNX Runtime runs per call (after its constant folding) for these windows' input
-    gradients (values: the finite-difference cases above): one Conv or ConvTranspose and no
-    Slice or Pad that crops its result."""
+    gradients (values: the finite-difference cases above): one Conv or ConvTranspose (and the
+    layout's Transpose back) and no Slice or Pad that crops its result."""
     from onnx_gradcam.explainer_graph import gradient_model
     from onnx_gradcam.graph import GraphInfo
 
