@@ -96,6 +96,16 @@ def _conv_cases():
                        N("Conv", ["xt", "W"], ["y"], group=4, strides=[2, 2])],
                       ["N", 8, 7, 4], {"W": w(4, 1, 3, 3, dtype=F32),
                                        "p": np.array([0, 0, 1, 0, 0, 1, 1, 0])}, dtype=F32))
+    # a batch norm's scale after a conv (tf2onnx: a Mul, also behind the NHWC Transpose)
+    cases.append(Case("conv_then_channel_scale",
+                      [N("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+                       N("Mul", ["c", "s"], ["y"])], ["N", 3, 5, 5],
+                      {"W": w(4, 3, 3, 3, dtype=F32), "s": w(1, 4, 1, 1, dtype=F32)}, dtype=F32))
+    cases.append(Case("conv_nhwc_channel_scale",
+                      [N("Conv", ["x", "W"], ["c"], group=4, strides=[2, 2], pads=[1, 1, 1, 1]),
+                       N("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+                       N("Mul", ["s", "t"], ["y"])], ["N", 4, 7, 6],
+                      {"W": w(4, 1, 3, 3, dtype=F32), "s": w(4, dtype=F32)}, dtype=F32))
     cases.append(Case("conv_pointwise_dense", [N("Conv", ["x", "W"], ["y"])], ["N", 6, 1, 1],
                       {"W": w(4, 6, 1, 1, dtype=F32)}, dtype=F32))  # a 1×1 map: one GEMM
     cases.append(Case("nhwc_pooled_dense_head", POOLED_DENSE_HEAD, ["N", 4, 4, 6],
@@ -664,11 +674,14 @@ def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
     ("conv_pads_past_kernel", ["ConvTranspose"]),
     ("pad_then_conv_stride2", ["ConvTranspose"]),  # the Pad's crop is in its pads
     ("pad_nhwc_then_conv_stride2", ["ConvTranspose", "Transpose"]),
+    ("conv_then_channel_scale", ["Conv"]),  # the scale is in the (flipped) weight
+    ("conv_nhwc_channel_scale", ["ConvTranspose", "Transpose"]),
 ])
 def test_window_gradients_run_one_window_op_per_call(tmp_path, case_id, window_ops) -> None:
     """What ONNX Runtime runs per call (after its constant folding) for these windows' input
     gradients (values: the finite-difference cases above): one Conv or ConvTranspose (and the
-    layout's Transpose back) and no Slice or Pad that crops its result."""
+    layout's Transpose back), no Slice or Pad that crops its result and no Mul by a channel
+    scale after it."""
     from onnx_gradcam.explainer_graph import gradient_model
     from onnx_gradcam.graph import GraphInfo
 
