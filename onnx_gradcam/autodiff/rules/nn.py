@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
-from onnx_gradcam.autodiff.folding import channel_scale
+from onnx_gradcam.autodiff.folding import FOLD_LIMIT, channel_scale
 from onnx_gradcam.autodiff.registry import vjp
 from onnx_gradcam.autodiff.rules._common import Dys, strides_dilations, transpose_window
 
@@ -44,11 +44,10 @@ def conv_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     if not kernel or any(k is None for k in kernel):
         raise ValueError(f"Conv {node.name!r}: kernel shape unknown")
     group = int(node.attr("group", 1))
-    dy, w = _scale_folded(op, dy, w, len(kernel) + 2)
-    dx = dense_pointwise(op, node, dy, w, x, kernel, group)
+    d, scaled = _scale_folded(op, dy, w, len(kernel) + 2)
+    dx = dense_pointwise(op, node, d, scaled, x, kernel, group)
     if dx is None:
-        dx = transpose_window(op, node, dy, w, x, kernel, group, node.outputs[0])
-    dy = dys[0]
+        dx = transpose_window(op, node, d, scaled, x, kernel, group, node.outputs[0])
     db = None
     if node.input(2) is not None:
         db = op.reduce("ReduceSum", dy, [0] + list(range(2, 2 + len(kernel))), keepdims=0)
@@ -60,8 +59,8 @@ def _scale_folded(op: Emitter, dy: Value, w: str, rank: int) -> tuple[Value, str
     (:func:`~onnx_gradcam.autodiff.folding.channel_scale`) and w is a constant, (d, w·c):
     ConvTranspose(d·c, w) = ConvTranspose(d, w·c), and the product with w is made once."""
     weight = op.value_of(w)
-    scaled = channel_scale(op, dy, rank) if weight is not None and w not in op.overridable \
-        else None
+    scaled = channel_scale(op, dy, rank) if (
+        weight is not None and w not in op.overridable and weight.size <= FOLD_LIMIT) else None
     if scaled is None or scaled[1].size not in (1, weight.shape[0]):
         return dy, w
     d, c = scaled
