@@ -89,6 +89,23 @@ def _conv_cases():
                                  N("Conv", ["xp", "W"], ["y"], group=4, strides=[2, 2])],
                           shape, {"W": w(4, 1, 3, 3, dtype=F32),
                                   "p": np.array([0, 0, 0, 1, 0, 0, 1, 1])}, dtype=F32))
+    # tf2onnx pads the NHWC tensor, then transposes it to the conv's NCHW
+    cases.append(Case("pad_nhwc_then_conv_stride2",
+                      [N("Pad", ["x", "p"], ["xp"]),
+                       N("Transpose", ["xp"], ["xt"], perm=[0, 3, 1, 2]),
+                       N("Conv", ["xt", "W"], ["y"], group=4, strides=[2, 2])],
+                      ["N", 8, 7, 4], {"W": w(4, 1, 3, 3, dtype=F32),
+                                       "p": np.array([0, 0, 1, 0, 0, 1, 1, 0])}, dtype=F32))
+    # a batch norm's scale after a conv (tf2onnx: a Mul, also behind the NHWC Transpose)
+    cases.append(Case("conv_then_channel_scale",
+                      [N("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+                       N("Mul", ["c", "s"], ["y"])], ["N", 3, 5, 5],
+                      {"W": w(4, 3, 3, 3, dtype=F32), "s": w(1, 4, 1, 1, dtype=F32)}, dtype=F32))
+    cases.append(Case("conv_nhwc_channel_scale",
+                      [N("Conv", ["x", "W"], ["c"], group=4, strides=[2, 2], pads=[1, 1, 1, 1]),
+                       N("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+                       N("Mul", ["s", "t"], ["y"])], ["N", 4, 7, 6],
+                      {"W": w(4, 1, 3, 3, dtype=F32), "s": w(4, dtype=F32)}, dtype=F32))
     cases.append(Case("conv_pointwise_dense", [N("Conv", ["x", "W"], ["y"])], ["N", 6, 1, 1],
                       {"W": w(4, 6, 1, 1, dtype=F32)}, dtype=F32))  # a 1×1 map: one GEMM
     cases.append(Case("nhwc_pooled_dense_head", POOLED_DENSE_HEAD, ["N", 4, 4, 6],
@@ -329,6 +346,14 @@ CASES = [
     Case("reduce_min", [N("ReduceMin", ["x"], ["y"], axes=[1])], [2, 4]),
     Case("global_average_pool", [N("GlobalAveragePool", ["x"], ["y"])], ["N", 3, 5, 4], dtype=F32),
     Case("global_max_pool", [N("GlobalMaxPool", ["x"], ["y"])], ["N", 3, 5, 4], dtype=F32),
+    # squeeze-excite: x feeds the pooling and the excite product (cotangents: a broadcast
+    # and a full tensor, added without writing the broadcast out)
+    Case("squeeze_excite", [N("ReduceMean", ["x", "ax"], ["m"]), N("Sigmoid", ["m"], ["s"]),
+                            N("Mul", ["x", "s"], ["y"])], ["N", 3, 4, 5],
+         {"ax": np.array([2, 3])}, opset=18),
+    Case("squeeze_excite_pool", [N("GlobalAveragePool", ["x"], ["m"]),
+                                 N("HardSigmoid", ["m"], ["s"]), N("Mul", ["s", "x"], ["y"])],
+         ["N", 3, 4, 5], dtype=F32),
     Case("max_pool", [N("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
          ["N", 2, 6, 6], dtype=F32),
     Case("max_pool_overlap", [N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
@@ -648,11 +673,15 @@ def test_pooled_dense_head_gradient_runs_no_transpose_shape_or_scaling_per_call(
     ("conv3d_depthwise", ["Conv"]),
     ("conv_pads_past_kernel", ["ConvTranspose"]),
     ("pad_then_conv_stride2", ["ConvTranspose"]),  # the Pad's crop is in its pads
+    ("pad_nhwc_then_conv_stride2", ["ConvTranspose", "Transpose"]),
+    ("conv_then_channel_scale", ["Conv"]),  # the scale is in the (flipped) weight
+    ("conv_nhwc_channel_scale", ["ConvTranspose", "Transpose"]),
 ])
 def test_window_gradients_run_one_window_op_per_call(tmp_path, case_id, window_ops) -> None:
     """What ONNX Runtime runs per call (after its constant folding) for these windows' input
-    gradients (values: the finite-difference cases above): one Conv or ConvTranspose and no
-    Slice or Pad that crops its result."""
+    gradients (values: the finite-difference cases above): one Conv or ConvTranspose (and the
+    layout's Transpose back), no Slice or Pad that crops its result and no Mul by a channel
+    scale after it."""
     from onnx_gradcam.explainer_graph import gradient_model
     from onnx_gradcam.graph import GraphInfo
 
@@ -660,6 +689,20 @@ def test_window_gradients_run_one_window_op_per_call(tmp_path, case_id, window_o
     model = gradient_model(GraphInfo(_model(case)), "x", "y")
     ops = _gradient_ops_after_folding(model, tmp_path)
     assert ops == window_ops, ops
+
+
+def test_squeeze_excite_gradient_adds_the_pooled_cotangent_unexpanded(tmp_path) -> None:
+    """x's two cotangents in a squeeze-excite block (values: the finite-difference cases
+    above): the pooling's (N, C, 1, 1) one is added by a broadcasting Add, never expanded to
+    x's size first."""
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+
+    for case_id in ("squeeze_excite", "squeeze_excite_pool"):
+        case = next(c for c in CASES if c.id == case_id)
+        ops = _gradient_ops_after_folding(
+            gradient_model(GraphInfo(_model(case)), "x", "y"), tmp_path)
+        assert "Add" in ops and not {"Expand", "Sum"} & set(ops), ops
 
 
 def test_a_quantized_tensor_from_an_op_without_a_quantized_rule_is_refused() -> None:

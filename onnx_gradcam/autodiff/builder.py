@@ -314,9 +314,22 @@ INTEGERS = SMALL_INTEGERS | {onnx.TensorProto.INT32}
 
 
 def _total(op: Emitter, parts: list[str] | None) -> str | None:
+    """The sum of a tensor's cotangents. A part that broadcasts a smaller tensor
+    (:meth:`Emitter.broadcast`: a squeeze-excite block's pooling VJP) is added as that tensor,
+    the Add broadcasting it, where another part has the full shape: the broadcast is then
+    never written out and read back."""
     if not parts:
         return None
-    return parts[0] if len(parts) == 1 else op.Sum(*parts)
+    if len(parts) == 1:
+        return parts[0]
+    full = [p for p in parts if p not in op.broadcasts]
+    if not full:
+        return op.Sum(*parts)
+    total = full[0] if len(full) == 1 else op.Sum(*full)
+    for part in parts:
+        if part in op.broadcasts:
+            total = op.Add(total, op.broadcasts[part][0])
+    return total
 
 
 def resolve_targets(op: Emitter, score2d: str, target: str | None, classes: int | None = None,

@@ -67,3 +67,26 @@ def producer(op: Emitter, name: str) -> onnx.NodeProto | None:
 
 def _axis(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "axis"), 0)
+
+
+def channel_scale(op: Emitter, dy: Value, rank: int) -> tuple[Value, np.ndarray] | None:
+    """(d, c) where ``dy`` (rank ``rank``, channels on axis 1) is d times a forward constant
+    that scales each channel alike, c (C,) or (1,): the cotangent of a conv's output that
+    feeds a batch norm's scale (tf2onnx writes it as a Mul, also on the NHWC side of a
+    Transpose). A conv's backward can take c into its weight, a constant ONNX Runtime folds
+    once, instead of a pass over dy per call. None where ``dy`` is no such product."""
+    source, perm = producer(op, dy), None
+    if source is not None and source.op_type == "Transpose":
+        perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), None)
+        source = producer(op, source.input[0]) if perm and len(perm) == rank else None
+    if source is None or source.op_type != "Mul" or len(source.input) != 2:
+        return None
+    axis = perm[1] if perm else 1  # the Mul's axis that becomes dy's channels
+    for d, c in (source.input, reversed(source.input)):
+        value = op.value_of(c) if c not in op.overridable else None
+        if value is None or value.ndim > rank or np.dtype(value.dtype) != np.dtype(op.dtype):
+            continue
+        shape = (1,) * (rank - value.ndim) + value.shape
+        if all(s == 1 for i, s in enumerate(shape) if i != axis):
+            return (op.Transpose(d, perm=perm) if perm else d), value.reshape(-1)
+    return None

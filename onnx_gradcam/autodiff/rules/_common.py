@@ -225,17 +225,13 @@ def crop(op: Emitter, dy: Value, pads: np.ndarray) -> Value:
     """The cotangent of a constant Pad's input: the border the Pad added (``pads`` in Pad's
     layout, begins then ends over every axis) cut off ``dy`` with a Slice, and zeros where a
     negative pad had cropped the input. Where ``dy`` is a transposed conv's output
-    (:func:`transpose_window`) and only spatial borders were added, that conv's own pads
-    grow instead: one node computes the cropped gradient."""
+    (:func:`transpose_window`), also through a Transpose, and only spatial borders were
+    added, that conv's own pads grow instead: one node computes the cropped gradient."""
     rank = len(pads) // 2
     begin, end = pads[:rank], pads[rank:]
-    source = producer(op, dy)
-    if (source is not None and source.op_type == "ConvTranspose" and (pads >= 0).all()
-            and not pads[[0, 1, rank, rank + 1]].any()):
-        attrs = {a.name: helper.get_attribute_value(a) for a in source.attribute}
-        spatial = [int(p) for p in np.concatenate([begin[2:], end[2:]])]
-        attrs["pads"] = [a + b for a, b in zip(attrs.get("pads", [0] * len(spatial)), spatial)]
-        return op.emit("ConvTranspose", *source.input, **attrs)
+    grown = _grown_conv_transpose(op, dy, pads)
+    if grown is not None:
+        return grown
     axes = [a for a in range(rank) if begin[a] > 0 or end[a] > 0]
     if axes:  # the added border
         stop = [-int(end[a]) if end[a] > 0 else np.iinfo(np.int64).max for a in axes]
@@ -244,6 +240,33 @@ def crop(op: Emitter, dy: Value, pads: np.ndarray) -> Value:
     if (pads < 0).any():  # the cropped input: zeros
         dy = op.Pad(dy, op.const(np.maximum(-pads, 0).astype(np.int64)))
     return dy
+
+
+def _grown_conv_transpose(op: Emitter, dy: Value, pads: np.ndarray) -> Value | None:
+    """:func:`crop`'s border cut by the pads of the transposed conv that made ``dy``, also
+    where a Transpose lies between (tf2onnx pads NHWC tensors before the Transpose to a
+    conv's NCHW): the conv is emitted again with larger pads, and the Transpose after it.
+    None where ``dy`` comes from no such conv or the border is not only spatial."""
+    if (pads < 0).any():
+        return None
+    rank = len(pads) // 2
+    source, perm = producer(op, dy), list(range(rank))
+    if source is not None and source.op_type == "Transpose":
+        perm = next((list(a.ints) for a in source.attribute if a.name == "perm"),
+                    list(reversed(range(rank))))
+        source = producer(op, source.input[0])
+    if source is None or source.op_type != "ConvTranspose" or len(perm) != rank:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in source.attribute}
+    inverse = np.argsort(perm)  # the conv's axis a is dy's axis inverse[a]
+    begin, end = pads[:rank][inverse], pads[rank:][inverse]
+    if (begin[:2].any() or end[:2].any() or "output_shape" in attrs
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET")):
+        return None
+    spatial = [int(p) for p in np.concatenate([begin[2:], end[2:]])]
+    attrs["pads"] = [a + b for a, b in zip(attrs.get("pads", [0] * len(spatial)), spatial)]
+    out = op.emit("ConvTranspose", *source.input, **attrs)
+    return out if perm == list(range(rank)) else op.Transpose(out, perm=perm)
 
 
 def flipped_window(op: Emitter, node: Node, dy: Value, w: Value, kernel: Sequence[int],

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.folding import FOLD_LIMIT, channel_scale
 from onnx_gradcam.autodiff.registry import vjp
 from onnx_gradcam.autodiff.rules._common import Dys, strides_dilations, transpose_window
 
@@ -43,13 +44,29 @@ def conv_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     if not kernel or any(k is None for k in kernel):
         raise ValueError(f"Conv {node.name!r}: kernel shape unknown")
     group = int(node.attr("group", 1))
-    dx = dense_pointwise(op, node, dy, w, x, kernel, group)
+    d, scaled = _scale_folded(op, dy, w, len(kernel) + 2)
+    dx = dense_pointwise(op, node, d, scaled, x, kernel, group)
     if dx is None:
-        dx = transpose_window(op, node, dy, w, x, kernel, group, node.outputs[0])
+        dx = transpose_window(op, node, d, scaled, x, kernel, group, node.outputs[0])
     db = None
     if node.input(2) is not None:
         db = op.reduce("ReduceSum", dy, [0] + list(range(2, 2 + len(kernel))), keepdims=0)
     return [dx, None, db]
+
+
+def _scale_folded(op: Emitter, dy: Value, w: str, rank: int) -> tuple[Value, str]:
+    """(dy, w), or where dy = d·c scales each output channel by a constant
+    (:func:`~onnx_gradcam.autodiff.folding.channel_scale`) and w is a constant, (d, w·c):
+    ConvTranspose(d·c, w) = ConvTranspose(d, w·c), and the product with w is made once."""
+    weight = op.value_of(w)
+    scaled = channel_scale(op, dy, rank) if (
+        weight is not None and w not in op.overridable and weight.size <= FOLD_LIMIT) else None
+    if scaled is None or scaled[1].size not in (1, weight.shape[0]):
+        return dy, w
+    d, c = scaled
+    folded = op.const((weight * c.reshape((-1,) + (1,) * (weight.ndim - 1))).astype(weight.dtype))
+    op.know_shape(folded, weight.shape)
+    return d, folded
 
 
 def _channel_factor(op: Emitter, factor: Value | np.ndarray, x: str) -> Value:
