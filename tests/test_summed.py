@@ -141,7 +141,21 @@ CONSUMER_CASES = {
          _conv("at", "y3", "w", strides=[1, 2], auto_pad="SAME_LOWER")],
         {"wd": (K, 1, 3, 3), "w": (3, K, 3, 3), "pads": np.array([0, 0, 1, 0, 0, 1, 0, 0])},
         True),
+    # a batch norm's scale after the conv, as tf2onnx writes it (NCHW, and behind the NHWC
+    # Transpose): the conv's backward takes it into its weight, so the conv output c1 has no
+    # cotangent of its own and the shortcut reads the product's
+    "conv_then_channel_scale": (
+        [_conv("act", "c1", "wd", group=K, strides=[2, 2], pads=[0, 0, 1, 1]),
+         helper.make_node("Mul", ["c1", "scale"], ["y1"])],
+        {"wd": (K, 1, 3, 3), "scale": (K, 1, 1)}, False),
+    "nhwc_conv_then_channel_scale": (
+        [helper.make_node("Transpose", ["act"], ["at"], perm=[0, 3, 1, 2]),
+         _conv("at", "c1", "w", pads=[1, 1, 1, 1]),
+         helper.make_node("Transpose", ["c1"], ["ct"], perm=[0, 2, 3, 1]),
+         helper.make_node("Mul", ["ct", "scale"], ["y1"])],
+        {"w": (6, K, 3, 3), "scale": (6,)}, True),
 }
+SCALED_CASES = ["conv_then_channel_scale", "nhwc_conv_then_channel_scale"]
 
 #: consumers whose sums the shortcut does not know: the full gradient is formed and averaged
 UNSUPPORTED_CASES = {
@@ -288,6 +302,16 @@ def test_consumer_mean_equals_the_mean_of_the_full_gradient(name: str) -> None:
     last_row[(slice(None), slice(None), H - 1) if nhwc else (Ellipsis, H - 1, slice(None))] = 0
     assert np.abs(exact - mean_along(_linear_parts(case, weights, outs, last_row))).max() \
         > 10 * bound.max()
+
+
+@pytest.mark.parametrize("name", SCALED_CASES)
+def test_a_scaled_conv_output_has_no_cotangent_of_its_own(name: str) -> None:
+    """The scaled cases above reach the shortcut's reading of the product's cotangent: the
+    conv's backward took the scale into its weight and never formed c1's."""
+    case = CONSUMER_CASES[name]
+    model, _ = consumer_model(case, _consumer_weights(case, np.random.default_rng(11)))
+    cotangents = build_gradient(GraphInfo(model), "act", "logits", "seed").cotangents
+    assert "y1" in cotangents and "c1" not in cotangents
 
 
 def maps_compute_the_gradient(explainer: og.Explainer) -> bool:

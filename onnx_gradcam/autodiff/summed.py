@@ -32,7 +32,7 @@ import numpy as np
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE
 from onnx_gradcam.autodiff.rules._common import has_pads, static_begin_pads, strides_dilations
-from onnx_gradcam.graph import GraphInfo
+from onnx_gradcam.graph import GraphInfo, attr
 
 #: an axis of a tensor on the way, as the (size, role) factors it is made of, in row-major
 #: order; role "c" is A's channel axis, "s" a position axis
@@ -275,7 +275,13 @@ def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: li
     cannot."""
     x, y = node.inputs[0], node.outputs[0]
     weight = _constant(info, node.input(1))
-    dy = cotangents.get(y)
+    dy, perm, scaled = cotangents.get(y), None, None
+    if dy is None and weight is not None:
+        scaled = _scaled_output(info, y, cotangents)
+        if scaled is not None and scaled[2].size in (1, weight.shape[0]):
+            # the conv's backward took the scale into its weight: the same constant here
+            dy, perm, scale = scaled
+            weight = (weight * scale.reshape(-1, 1, 1, 1)).astype(weight.dtype)
     x_shape, y_shape = info.shapes.get(x), info.shapes.get(y)
     if (dy is None or weight is None or weight.ndim != 4 or place[0] != "c"
             or x_shape is None or y_shape is None or None in x_shape[1:] + y_shape[1:]):
@@ -300,8 +306,13 @@ def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: li
             rectangles[lo:hi, left:right, i, j] = 1
     taps = [rows.index(r) * len(cols) + cols.index(c) for r in ranges[0] for c in ranges[1]]
     w, channels = node.inputs[1], int(x_shape[1])
+    if scaled is not None:
+        w = op.const(weight)
 
     def emit() -> Value:
+        nonlocal dy
+        if perm is not None:  # d is on the NHWC side of tf2onnx's Transpose
+            dy = op.Transpose(dy, perm=[perm.index(a) for a in range(4)])
         if rectangles.all():  # one rectangle, all of dy (no border: a 1×1 conv)
             sums = op.reduce("ReduceSum", dy, [2, 3])
         else:
@@ -319,6 +330,32 @@ def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: li
                               [2], keepdims=0)
         return op.Div(total, float(math.prod(sizes)))
     return emit
+
+
+def _scaled_output(info: GraphInfo, y: str, cotangents: dict[str, str]
+                   ) -> tuple[str, list[int] | None, np.ndarray] | None:
+    """(d, perm, c) where the conv output ``y`` only feeds a per-channel constant scale c
+    (a batch norm's Mul, also behind tf2onnx's Transpose ``perm``) and d is that product's
+    cotangent: the conv's backward then reads d with c taken into its weight
+    (:func:`~onnx_gradcam.autodiff.folding.channel_scale`), and y's own cotangent is never
+    formed. None otherwise."""
+    users, perm = info.consumers.get(y, []), None
+    if len(users) == 1 and info.nodes[users[0]].op_type == "Transpose":
+        perm = [int(a) for a in attr(info.nodes[users[0]], "perm", [])]
+        users = info.consumers.get(info.nodes[users[0]].output[0], []) if len(perm) == 4 else []
+    if len(users) != 1 or info.nodes[users[0]].op_type != "Mul":
+        return None
+    mul = info.nodes[users[0]]
+    d = cotangents.get(mul.output[0])
+    axis = perm.index(1) if perm else 1  # y's channels in the Mul's tensor
+    for c in mul.input:
+        value = _constant(info, c)
+        if d is None or value is None or value.ndim > 4:
+            continue
+        shape = (1,) * (4 - value.ndim) + value.shape
+        if all(n == 1 for i, n in enumerate(shape) if i != axis):
+            return d, perm, value.reshape(-1)
+    return None
 
 
 def _inside(offset: int, size: int, stride: int, count: int) -> tuple[int, int]:
