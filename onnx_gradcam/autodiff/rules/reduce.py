@@ -141,7 +141,7 @@ def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     if channels is None:
         raise ValueError(f"MaxPool {node.name!r}: channel count unknown")
     offsets = list(np.ndindex(*kernel))
-    hits = _first_hits(op, node, y, _offset_windows(op, node, x, y, kernel, offsets))
+    hits = _first_hits(op, y, _offset_windows(op, node, x, y, kernel, offsets))
     stacked = op.Concat(*[op.unsqueeze(h, [2]) for h in hits], axis=2)  # (N, C, k·k, h, w)
     routed = op.Mul(op.Cast(stacked, to=op.float_type), op.unsqueeze(dy, [2]))
     flat = op.Reshape(routed, op.Concat(op.dims(y, 0, 1), op.const([channels * len(offsets)]),
@@ -153,43 +153,20 @@ def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
 def _offset_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[int],
                     offsets: list[tuple[int, ...]]) -> list[Value]:
     """Per kernel offset, the values of ``x`` that offset reads for every output (shaped like
-    ``y``), from ``x`` padded with −inf (which never equals a window's max) so that every
-    window lies inside it, whatever the padding or ceil mode.
-
-    A slice with a step on the last axis copies element by element; so where that stride s
-    exceeds 1 the padded last axis (a multiple of s long) is split once into its s phases,
-    (…, M, s) → (…, s, M), and each offset slices its phase with step 1."""
+    ``y``), sliced from :func:`_padded_for_windows`: with step 1 on the last axis, from its
+    phase, where that axis was split into phases."""
     r = len(kernel)
     strides, dilations = strides_dilations(node, r)
-    size_x, size_y = op.dims(x, 2, 2 + r), op.dims(y, 2, 2 + r)
-    begin = spatial_begin_pads(op, node, x, kernel)
-    reach = op.Add(op.Mul(op.Sub(size_y, 1), strides),  # last index any window reads, + 1
-                   [(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
-    end = op.Max(op.Sub(reach, op.Add(begin, size_x)), op.const([0] * r))
-    s = strides[-1]
-    if s > 1:  # the last axis padded up to a multiple of s
-        length = op.Add(op.Add(begin, size_x), end)
-        step = [1] * (r - 1) + [s]
-        end = op.Add(end, op.Sub(op.Mul(op.Div(op.Add(length, [t - 1 for t in step]), step),
-                                        step), length))
-    zeros = op.const([0, 0])
-    padded = op.Pad(x, op.Concat(zeros, begin, zeros, end, axis=0), op.const(-np.inf))
-    if s > 1:  # as rows of (M, s): ONNX Runtime moves a Transpose of more axes past the Slices
-        lengths = op.Add(op.Add(begin, size_x), end)
-        columns = op.Div(op.Slice(lengths, op.const([r - 1]), op.const([r])), s)
-        rows = op.Reshape(padded, op.Concat(op.const([-1]), columns, op.const([s]), axis=0))
-        padded = op.Reshape(op.Transpose(rows, perm=[0, 2, 1]), op.Concat(
-            op.dims(x, 0, 2), op.Slice(lengths, op.const([0]), op.const([r - 1])),
-            op.const([s]), columns, axis=0))
+    padded, s = _padded_for_windows(op, node, x, y, kernel), strides[-1]
     windows = []
     for offset in offsets:
         start = [o * d for o, d in zip(offset, dilations)]
-        stop = op.Add(start, op.Add(op.Mul(op.Sub(size_y, 1), strides), 1))
+        stop = op.Add(start, op.Add(op.Mul(op.Sub(op.dims(y, 2, 2 + r), 1), strides), 1))
         if s == 1:
             windows.append(op.Slice(padded, op.const(start), stop,
                                     op.const(list(range(2, 2 + r))), op.const(strides)))
             continue
-        phase, first = start[-1] % s, start[-1] // s  # the last axis: its phase, step 1
+        phase, first = start[-1] % s, start[-1] // s
         stop = op.Concat(op.Slice(stop, op.const([0]), op.const([r - 1])),
                          op.const([phase + 1]), op.Add(op.dims(y, 1 + r, 2 + r), first), axis=0)
         window = op.Slice(padded, op.const(start[:-1] + [phase, first]), stop,
@@ -198,7 +175,38 @@ def _offset_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[int],
     return windows
 
 
-def _first_hits(op: Emitter, node: Node, y: str, windows: list[Value]) -> list[Value]:
+def _padded_for_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[int]) -> Value:
+    """``x`` padded with −inf (which never equals a window's max) so that every window of
+    every output lies inside it, whatever the padding or ceil mode.
+
+    Where the last axis has a stride s > 1 it is padded to a multiple of s, M·s, and split
+    into its phases, (…, M, s) → (…, s, M): a slice with a step on the last axis copies
+    element by element, one with step 1 copies runs. The split is a Transpose of rows
+    (−1, M, s) between Reshapes, which ONNX Runtime cannot move past the Slices after it."""
+    r = len(kernel)
+    strides, dilations = strides_dilations(node, r)
+    size_x, size_y = op.dims(x, 2, 2 + r), op.dims(y, 2, 2 + r)
+    begin = spatial_begin_pads(op, node, x, kernel)
+    reach = op.Add(op.Mul(op.Sub(size_y, 1), strides),  # last index any window reads, + 1
+                   [(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
+    length = op.Max(reach, op.Add(begin, size_x))
+    s = strides[-1]
+    if s > 1:
+        step = [1] * (r - 1) + [s]
+        length = op.Mul(op.Div(op.Add(length, [t - 1 for t in step]), step), step)
+    zeros = op.const([0, 0])
+    end = op.Sub(length, op.Add(begin, size_x))
+    padded = op.Pad(x, op.Concat(zeros, begin, zeros, end, axis=0), op.const(-np.inf))
+    if s == 1:
+        return padded
+    columns = op.Div(op.Slice(length, op.const([r - 1]), op.const([r])), s)
+    rows = op.Reshape(padded, op.Concat(op.const([-1]), columns, op.const([s]), axis=0))
+    return op.Reshape(op.Transpose(rows, perm=[0, 2, 1]), op.Concat(
+        op.dims(x, 0, 2), op.Slice(length, op.const([0]), op.const([r - 1])), op.const([s]),
+        columns, axis=0))
+
+
+def _first_hits(op: Emitter, y: str, windows: list[Value]) -> list[Value]:
     """Per kernel offset, whether that offset holds the window's first maximum (row-major):
     exactly one offset of each window does."""
     claimed, hits = None, []
