@@ -208,18 +208,16 @@ def _padded_for_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[in
 
 def _first_hits(op: Emitter, y: str, windows: list[Value]) -> list[Value]:
     """Per kernel offset, whether that offset holds the window's first maximum (row-major):
-    exactly one offset of each window does."""
-    claimed, hits = None, []
-    for n, window in enumerate(windows):
-        if n == len(windows) - 1 and claimed is not None:
-            hits.append(op.Not(claimed))
-            break
-        hit = op.Equal(window, y)
-        if claimed is not None:
-            hit = op.And(hit, op.Not(claimed))
-        claimed = hit if claimed is None else op.Or(claimed, hit)
-        hits.append(hit)
-    return hits
+    exactly one offset of each window does. ``unclaimed`` marks the windows no earlier offset
+    has claimed; a hit lies inside it, so Xor takes it out."""
+    hits = [op.Equal(windows[0], y)]
+    if len(windows) == 1:
+        return hits
+    unclaimed = op.Not(hits[0])
+    for window in windows[1:-1]:
+        hits.append(op.And(op.Equal(window, y), unclaimed))
+        unclaimed = op.Xor(unclaimed, hits[-1])
+    return hits + [unclaimed]  # y is one of its window's values: the last offset takes the rest
 
 
 def _offset_kernels(channels: int, kernel: list[int], offsets: list[tuple[int, ...]],
