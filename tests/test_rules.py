@@ -367,6 +367,22 @@ CASES = [
     Case("max_pool_symbolic_hw", [N("MaxPool", ["x"], ["y"], kernel_shape=[3, 3],
                                     strides=[2, 2], auto_pad="SAME_UPPER")], ["N", 2, "H", "W"],
          dtype=F32),
+    # MaxPool: the last axis's phase split (its stride > 1) and plain strided slices (1)
+    *[Case(f"max_pool_{name}", [N("MaxPool", ["x"], ["y"], **attrs)], shape, dtype=F32)
+      for name, shape, attrs in [
+          ("stride3", ["N", 2, 9, 10], dict(kernel_shape=[3, 3], strides=[3, 3])),
+          ("k2_stride3_ceil", [2, 2, 8, 8], dict(kernel_shape=[2, 2], strides=[3, 3],
+                                                 ceil_mode=1)),
+          ("stride1_padded", ["N", 2, 6, 5], dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
+          ("dilated_stride2", [2, 2, 9, 9], dict(kernel_shape=[3, 3], strides=[2, 2],
+                                                 dilations=[2, 2], pads=[2, 1, 1, 2])),
+          ("same_lower_stride2", ["N", 2, 7, 7], dict(kernel_shape=[3, 2], strides=[2, 2],
+                                                      auto_pad="SAME_LOWER")),
+          ("1d_stride2", ["N", 3, 11], dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+          ("1d_stride1", [2, 3, 7], dict(kernel_shape=[2])),
+          ("3d", [1, 2, 4, 5, 6], dict(kernel_shape=[2, 2, 3], strides=[1, 2, 2],
+                                       pads=[0, 1, 1, 1, 0, 1])),
+      ]],
     # Resize: linear in x, so finite differences are exact up to rounding
     Case("resize_nearest_scales", [N("Resize", ["x", "", "s"], ["y"], mode="nearest")],
          ["N", 2, 3, 4], {"s": np.array([1, 1, 2, 1.5], np.float32)}, dtype=F32),
@@ -764,3 +780,64 @@ def test_swish_cotangents_stay_in_the_blocked_layout(tmp_path) -> None:
     db = np.einsum("oi,nohw->nihw", w[2], de) * s * (1 + b * (1 - s))
     want = np.einsum("oi,nohw->nihw", w[1], db)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def _first_max_routing(x: np.ndarray, y: np.ndarray, dy: np.ndarray, kernel, strides,
+                       dilations, begin) -> np.ndarray:
+    """The oracle of MaxPool's gradient where windows tie: each output's cotangent added at
+    the first position (row-major over the kernel offsets, pads skipped) holding its max."""
+    dx = np.zeros_like(x)
+    for index in np.ndindex(*y.shape):
+        out = np.array(index[2:])
+        for offset in np.ndindex(*kernel):
+            at = out * strides + np.array(offset) * dilations - begin
+            if (at >= 0).all() and (at < x.shape[2:]).all() and x[index[:2] + tuple(at)] == y[
+                    index]:
+                dx[index[:2] + tuple(at)] += dy[index]
+                break
+        else:
+            raise AssertionError(f"output {index}: no input equals its max")
+    return dx
+
+
+@pytest.mark.parametrize("shape, attrs, begin", [
+    ([2, 3, 9, 9], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), [1, 1]),
+    ([2, 3, 8, 8], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]), [0, 0]),
+    ([2, 2, 6, 7], dict(kernel_shape=[2, 2], strides=[2, 2]), [0, 0]),
+    ([2, 2, 6, 6], dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), [1, 1]),
+    ([2, 2, 9, 10], dict(kernel_shape=[3, 3], strides=[3, 3]), [0, 0]),
+    ([2, 2, 8, 8], dict(kernel_shape=[2, 2], strides=[3, 3], ceil_mode=1), [0, 0]),
+    ([2, 2, 8, 8], dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), [0, 0]),
+    ([2, 2, 9, 9], dict(kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2],
+                        pads=[2, 1, 1, 2]), [2, 1]),
+    ([2, 2, 8, 7], dict(kernel_shape=[2, 3], strides=[2, 1], dilations=[2, 1],
+                        pads=[0, 1, 1, 0], ceil_mode=1), [0, 1]),
+    ([2, 2, 7, 8], dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"), [1, 0]),
+    ([2, 2, 7, 8], dict(kernel_shape=[3, 2], strides=[2, 2], auto_pad="SAME_LOWER"), [1, 0]),
+    ([2, 3, 11], dict(kernel_shape=[3], strides=[2], pads=[1, 1]), [1]),
+    ([2, 3, 7], dict(kernel_shape=[2]), [0]),
+    ([1, 2, 4, 5, 6], dict(kernel_shape=[2, 2, 3], strides=[1, 2, 2], pads=[0, 1, 1, 1, 0, 1]),
+     [0, 1, 1]),
+], ids=["k3s2_pads", "k3s2_end_pads", "k2s2", "k3s1", "k3s3", "k2s3_ceil", "k3s2_ceil",
+        "dilated", "mixed_ceil", "same_upper", "same_lower", "1d", "1d_s1", "3d"])
+def test_max_pool_routes_each_cotangent_to_its_windows_first_max(shape, attrs, begin) -> None:
+    """Windows full of ties, within a window and across overlapping ones (x drawn from three
+    integers; the cotangents are integers too, so every sum is exact): the gradient equals
+    :func:`_first_max_routing` exactly, with the batch and spatial sizes symbolic."""
+    from onnx_gradcam.explainer_graph import gradient_model
+    from onnx_gradcam.graph import GraphInfo
+    from tests.gradcheck import session
+
+    r = len(shape) - 2
+    symbolic = ["N", shape[1], *[f"S{i}" for i in range(r)]]
+    model = make_model([N("MaxPool", ["x"], ["y"], **attrs)], [("x", symbolic)], dtype=F32)
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, shape).astype(F32)
+    y = session(model).run(["y"], {"x": x})[0]
+    dy = rng.integers(1, 9, y.shape).astype(F32)
+    grad = session(gradient_model(GraphInfo(model), "x", "y"))
+    got = grad.run(["ogc_gradient"], {"x": x, "ogc_seed": dy})[0]
+    strides = attrs.get("strides", [1] * r)
+    dilations = attrs.get("dilations", [1] * r)
+    want = _first_max_routing(x, y, dy, attrs["kernel_shape"], strides, dilations, begin)
+    np.testing.assert_array_equal(got, want)

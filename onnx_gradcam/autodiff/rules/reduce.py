@@ -129,60 +129,95 @@ def max_pool_vjp(op: Emitter, node: Node, dys: Dys) -> list[Value | None]:
     window's max y — without MaxPool's Indices output, whose CUDA kernel in ONNX Runtime places
     indices differently from the CPU one.
 
-    For each kernel offset (i, j): x_ij = the strided slice of x (padded with −inf) that offset
-    reads for every output; hit_ij = (x_ij = y) and no earlier offset hit; z_ij = dy·hit_ij.
-    One grouped ConvTranspose with one-hot kernels puts every z_ij back at its offset, and the
-    result is cropped to x as for any sliding window.
+    For each kernel offset n: x_n = what that offset reads of x (padded with −inf) for every
+    output; hit_n = (x_n = y) and no earlier offset hit (the last offset takes what is left:
+    y is one of its window's values). The hits are stacked, z = dy·hit, and one grouped
+    ConvTranspose with one-hot kernels puts every z_n back at its offset, cropped to x as for
+    any sliding window.
     """
     x, y, dy = node.inputs[0], node.outputs[0], dys[0]
     kernel = [int(k) for k in node.attr("kernel_shape")]
     channels = (op.shape(x) or (None, None))[1]
     if channels is None:
         raise ValueError(f"MaxPool {node.name!r}: channel count unknown")
-    padded, size_y = _padded_for_windows(op, node, x, y, kernel)
     offsets = list(np.ndindex(*kernel))
-    parts = _first_hits(op, node, padded, y, dy, size_y, offsets)
-    stacked = op.Concat(*parts, axis=2)  # (N, C, k·k, h, w)
-    flat_shape = op.Concat(op.dims(y, 0, 1),
-                           op.const([channels * len(offsets)]), size_y, axis=0)
-    routed = op.Reshape(stacked, flat_shape)
+    hits = _first_hits(op, y, _offset_windows(op, node, x, y, kernel, offsets))
+    stacked = op.Concat(*[op.unsqueeze(h, [2]) for h in hits], axis=2)  # (N, C, k·k, h, w)
+    routed = op.Mul(op.Cast(stacked, to=op.float_type), op.unsqueeze(dy, [2]))
+    flat = op.Reshape(routed, op.Concat(op.dims(y, 0, 1), op.const([channels * len(offsets)]),
+                                        op.dims(y, 2, 2 + len(kernel)), axis=0))
     kernels = op.const(_offset_kernels(channels, kernel, offsets, op.dtype))
-    return [transpose_window(op, node, routed, kernels, x, kernel, channels, y)]
+    return [transpose_window(op, node, flat, kernels, x, kernel, channels, y)]
 
 
-def _padded_for_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[int]
-                        ) -> tuple[Value, Value]:
+def _offset_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[int],
+                    offsets: list[tuple[int, ...]]) -> list[Value]:
+    """Per kernel offset, the values of ``x`` that offset reads for every output (shaped like
+    ``y``), sliced from :func:`_padded_for_windows`: with step 1 on the last axis, from its
+    phase, where that axis was split into phases."""
+    r = len(kernel)
+    strides, dilations = strides_dilations(node, r)
+    padded, s = _padded_for_windows(op, node, x, y, kernel), strides[-1]
+    windows = []
+    for offset in offsets:
+        start = [o * d for o, d in zip(offset, dilations)]
+        stop = op.Add(start, op.Add(op.Mul(op.Sub(op.dims(y, 2, 2 + r), 1), strides), 1))
+        if s == 1:
+            windows.append(op.Slice(padded, op.const(start), stop,
+                                    op.const(list(range(2, 2 + r))), op.const(strides)))
+            continue
+        phase, first = start[-1] % s, start[-1] // s
+        stop = op.Concat(op.Slice(stop, op.const([0]), op.const([r - 1])),
+                         op.const([phase + 1]), op.Add(op.dims(y, 1 + r, 2 + r), first), axis=0)
+        window = op.Slice(padded, op.const(start[:-1] + [phase, first]), stop,
+                          op.const(list(range(2, 3 + r))), op.const(strides[:-1] + [1, 1]))
+        windows.append(op.Reshape(window, op.const([0] * (1 + r) + [-1])))
+    return windows
+
+
+def _padded_for_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[int]) -> Value:
     """``x`` padded with −inf (which never equals a window's max) so that every window of
-    every output lies inside it, whatever the padding or ceil mode; and y's spatial size."""
+    every output lies inside it, whatever the padding or ceil mode.
+
+    Where the last axis has a stride s > 1 it is padded to a multiple of s, M·s, and split
+    into its phases, (…, M, s) → (…, s, M): a slice with a step on the last axis copies
+    element by element, one with step 1 copies runs. The split is a Transpose of rows
+    (−1, M, s) between Reshapes, which ONNX Runtime cannot move past the Slices after it."""
     r = len(kernel)
     strides, dilations = strides_dilations(node, r)
     size_x, size_y = op.dims(x, 2, 2 + r), op.dims(y, 2, 2 + r)
     begin = spatial_begin_pads(op, node, x, kernel)
     reach = op.Add(op.Mul(op.Sub(size_y, 1), strides),  # last index any window reads, + 1
                    [(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
-    end = op.Max(op.Sub(reach, op.Add(begin, size_x)), op.const([0] * r))
+    length = op.Max(reach, op.Add(begin, size_x))
+    s = strides[-1]
+    if s > 1:
+        step = [1] * (r - 1) + [s]
+        length = op.Mul(op.Div(op.Add(length, [t - 1 for t in step]), step), step)
     zeros = op.const([0, 0])
-    return op.Pad(x, op.Concat(zeros, begin, zeros, end, axis=0), op.const(-np.inf)), size_y
+    end = op.Sub(length, op.Add(begin, size_x))
+    padded = op.Pad(x, op.Concat(zeros, begin, zeros, end, axis=0), op.const(-np.inf))
+    if s == 1:
+        return padded
+    columns = op.Div(op.Slice(length, op.const([r - 1]), op.const([r])), s)
+    rows = op.Reshape(padded, op.Concat(op.const([-1]), columns, op.const([s]), axis=0))
+    return op.Reshape(op.Transpose(rows, perm=[0, 2, 1]), op.Concat(
+        op.dims(x, 0, 2), op.Slice(length, op.const([0]), op.const([r - 1])), op.const([s]),
+        columns, axis=0))
 
 
-def _first_hits(op: Emitter, node: Node, padded: Value, y: str, dy: Value, size_y: Value,
-                offsets: list[tuple[int, ...]]) -> list[Value]:
-    """Per kernel offset, dy where that offset is the window's first maximum (row-major), else
-    0, with a unit axis at 2 for stacking: each output's cotangent goes to exactly one offset."""
-    r = len(offsets[0])
-    strides, dilations = strides_dilations(node, r)
-    spatial = op.const(list(range(2, 2 + r)))
-    claimed, parts = None, []
-    for offset in offsets:
-        start = [o * d for o, d in zip(offset, dilations)]
-        stop = op.Add(start, op.Add(op.Mul(op.Sub(size_y, 1), strides), 1))
-        window = op.Slice(padded, op.const(start), stop, spatial, op.const(strides))
-        hit = op.Equal(window, y)
-        if claimed is not None:
-            hit = op.And(hit, op.Not(claimed))
-        claimed = hit if claimed is None else op.Or(claimed, hit)
-        parts.append(op.unsqueeze(op.Where(hit, dy, 0.0), [2]))
-    return parts
+def _first_hits(op: Emitter, y: str, windows: list[Value]) -> list[Value]:
+    """Per kernel offset, whether that offset holds the window's first maximum (row-major):
+    exactly one offset of each window does. ``unclaimed`` marks the windows no earlier offset
+    has claimed; a hit lies inside it, so Xor takes it out."""
+    hits = [op.Equal(windows[0], y)]
+    if len(windows) == 1:
+        return hits
+    unclaimed = op.Not(hits[0])
+    for window in windows[1:-1]:
+        hits.append(op.And(op.Equal(window, y), unclaimed))
+        unclaimed = op.Xor(unclaimed, hits[-1])
+    return hits + [unclaimed]  # y is one of its window's values: the last offset takes the rest
 
 
 def _offset_kernels(channels: int, kernel: list[int], offsets: list[tuple[int, ...]],
