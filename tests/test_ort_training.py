@@ -36,7 +36,7 @@ GAP_CASES = {"add_self", "dropout", "prelu", "softplus", "elu", "hard_sigmoid", 
              "global_max_pool", "max_pool_symbolic_hw", "batch_norm", "instance_norm",
              "layer_norm", "layer_norm_axis1", "split_unused_output", "pad_reflect", "pad_edge",
              "pad_constant_axes",
-             "max_pool_uint8",
+             "max_pool_uint8", "squeeze_excite_pool",  # its gate is a HardSigmoid
              *(c.id for c in CASES if c.id.startswith(("resize_", "einsum_", "qdq_", "qlinear",
                                                        "qgemm", "dynamic_")))}
 RULE_CASES = [c for c in CASES if c.id not in GAP_CASES]
