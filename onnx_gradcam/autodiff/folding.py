@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 
 from onnx_gradcam.autodiff.emitter import Emitter, Value
+from onnx_gradcam.graph import attr
 
 #: the most values a constant is copied for (scaled once at load, :func:`scale`): a head's
 #: 1×1-conv weight, not a VGG fc layer
@@ -77,16 +78,23 @@ def channel_scale(op: Emitter, dy: Value, rank: int) -> tuple[Value, np.ndarray]
     once, instead of a pass over dy per call. None where ``dy`` is no such product."""
     source, perm = producer(op, dy), None
     if source is not None and source.op_type == "Transpose":
-        perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), None)
+        perm = attr(source, "perm")
         source = producer(op, source.input[0]) if perm and len(perm) == rank else None
     if source is None or source.op_type != "Mul" or len(source.input) != 2:
         return None
     axis = perm[1] if perm else 1  # the Mul's axis that becomes dy's channels
     for d, c in (source.input, reversed(source.input)):
         value = op.value_of(c) if c not in op.overridable else None
-        if value is None or value.ndim > rank or np.dtype(value.dtype) != np.dtype(op.dtype):
-            continue
-        shape = (1,) * (rank - value.ndim) + value.shape
-        if all(s == 1 for i, s in enumerate(shape) if i != axis):
-            return (op.Transpose(d, perm=perm) if perm else d), value.reshape(-1)
+        scale = per_channel(value, rank, axis)
+        if scale is not None and np.dtype(value.dtype) == np.dtype(op.dtype):
+            return (op.Transpose(d, perm=perm) if perm else d), scale
     return None
+
+
+def per_channel(value: np.ndarray | None, rank: int, axis: int) -> np.ndarray | None:
+    """``value`` flattened, (C,) or (1,), where it broadcasts against a rank-``rank`` tensor
+    as one factor per index of ``axis`` (a batch norm's scale); None otherwise."""
+    if value is None or value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + value.shape
+    return value.reshape(-1) if all(s == 1 for i, s in enumerate(shape) if i != axis) else None

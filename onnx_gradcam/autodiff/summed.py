@@ -30,6 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
+from onnx_gradcam.autodiff.folding import per_channel
 from onnx_gradcam.autodiff.registry import NON_DIFFERENTIABLE
 from onnx_gradcam.autodiff.rules._common import has_pads, static_begin_pads, strides_dilations
 from onnx_gradcam.graph import GraphInfo, attr
@@ -151,7 +152,6 @@ def _product(op: Emitter, info: GraphInfo, node: Node, axes: list[Factors], chan
                                    summed, keepdims=0), perm=[1, 0])
     factor = np.asarray(scale / positions, dtype=info.dtype(weight))
     return op.MatMul(dy, op.Mul(q, op.const(factor)))
-
 
 
 # ---- the consumers of the layer: Σ_positions ∂s/∂A from their output cotangents ------------
@@ -310,13 +310,12 @@ def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: li
         w = op.const(weight)
 
     def emit() -> Value:
-        nonlocal dy
-        if perm is not None:  # d is on the NHWC side of tf2onnx's Transpose
-            dy = op.Transpose(dy, perm=[perm.index(a) for a in range(4)])
+        # d is on the NHWC side of tf2onnx's Transpose where the scale was behind it
+        g = dy if perm is None else op.Transpose(dy, perm=[perm.index(a) for a in range(4)])
         if rectangles.all():  # one rectangle, all of dy (no border: a 1×1 conv)
-            sums = op.reduce("ReduceSum", dy, [2, 3])
+            sums = op.reduce("ReduceSum", g, [2, 3])
         else:
-            sums = op.MatMul(op.Reshape(dy, op.const([0, outs, -1])),
+            sums = op.MatMul(op.Reshape(g, op.const([0, outs, -1])),
                              op.const(rectangles.reshape(height * width, -1)))
         # R_t (N, C_out, taps), then the products with W itself and their sums in float32,
         # as the transposed conv has them (no sums of weights rounded into constants)
@@ -349,12 +348,9 @@ def _scaled_output(info: GraphInfo, y: str, cotangents: dict[str, str]
     d = cotangents.get(mul.output[0])
     axis = perm.index(1) if perm else 1  # y's channels in the Mul's tensor
     for c in mul.input:
-        value = _constant(info, c)
-        if d is None or value is None or value.ndim > 4:
-            continue
-        shape = (1,) * (4 - value.ndim) + value.shape
-        if all(n == 1 for i, n in enumerate(shape) if i != axis):
-            return d, perm, value.reshape(-1)
+        scale = per_channel(_constant(info, c), 4, axis)
+        if d is not None and scale is not None:
+            return d, perm, scale
     return None
 
 
