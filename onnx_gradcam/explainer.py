@@ -326,7 +326,7 @@ class Explainer:
         """Scores (N, C) of a preprocessed batch (used by Score-CAM's masked passes)."""
         x = self._check_input(x)
         batch = Batch(self.sessions, self.class_graph, {self.model.input_name: x},
-                      self._chunk(x))
+                      self.batch_size)
         return batch.maps([SCORES])[0]  # the argmax graph: no targets
 
     def outputs(self, x: np.ndarray) -> np.ndarray:
@@ -404,7 +404,7 @@ class Explainer:
         feeds = {self.model.input_name: x}
         if graph.takes_target:
             feeds[TARGET] = checked
-        maps = self._maps(Batch(self.sessions, graph, feeds, self._chunk(x)), x)
+        maps = self._maps(Batch(self.sessions, graph, feeds, self.batch_size), x)
         result = self._result(start, maps, x)
         if self.method.needs_gradient:
             result.diagnose = partial(self.knife_edges, x, result.targets)
@@ -423,7 +423,7 @@ class Explainer:
                                        self.model.info.dtype(self.score))
         graph = self.sessions.graph(kind)
         self.provider = self.sessions.session(graph).get_providers()[0]
-        batch = Batch(self.sessions, graph, {self.model.input_name: x, **feeds}, self._chunk(x))
+        batch = Batch(self.sessions, graph, {self.model.input_name: x, **feeds}, self.batch_size)
         forwards = ([self._target_forward(graph, feeds, i) for i in range(len(x))]
                     if self.method.masked_scores else None)
         return self._result(start, self._maps(batch, x, forwards=forwards)._replace(
@@ -436,7 +436,7 @@ class Explainer:
         def forward(batch: np.ndarray) -> np.ndarray:
             own = {k: np.repeat(v[i:i + 1], len(batch), axis=0) for k, v in feeds.items()}
             return Batch(self.sessions, graph, {self.model.input_name: batch, **own},
-                         self._chunk(batch)).maps([SCORES])[0]
+                         self.batch_size).maps([SCORES])[0]
         return forward
 
     def _result(self, start: float, maps: Maps, x: np.ndarray, k: int | None = None
@@ -596,10 +596,6 @@ class Explainer:
     def rows_graph(self) -> ExplainerModel:
         """The many-targets explainer graph (:class:`GraphSpec` ``rows``)."""
         return self.sessions.graph("ranks", rows=True)
-
-    def _chunk(self, x: np.ndarray) -> int | None:
-        """How many rows of ``x`` one run takes: None where all of them fit."""
-        return None if len(x) <= self.batch_size else self.batch_size
 
     def _size(self, x: np.ndarray) -> tuple[int, int]:
         dims = x.shape[2:4] if self.model.input_layout == "NCHW" else x.shape[1:3]
