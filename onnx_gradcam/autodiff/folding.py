@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 
 from onnx_gradcam.autodiff.emitter import Emitter, Value
-from onnx_gradcam.graph import attr
 
 #: the most values a constant is copied for (scaled once at load, :func:`scale`): a head's
 #: 1×1-conv weight, not a VGG fc layer
@@ -78,7 +77,7 @@ def channel_scale(op: Emitter, dy: Value, rank: int) -> tuple[Value, np.ndarray]
     once, instead of a pass over dy per call. None where ``dy`` is no such product."""
     source, perm = producer(op, dy), None
     if source is not None and source.op_type == "Transpose":
-        perm = attr(source, "perm")
+        perm = next((list(a.ints) for a in source.attribute if a.name == "perm"), None)
         source = producer(op, source.input[0]) if perm and len(perm) == rank else None
     if source is None or source.op_type != "Mul" or len(source.input) != 2:
         return None

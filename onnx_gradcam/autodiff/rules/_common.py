@@ -10,7 +10,6 @@ from onnx import helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.folding import producer
-from onnx_gradcam.graph import attr
 
 #: one cotangent per forward node output (None where that output gets no gradient)
 Dys = Sequence[Value | None]
@@ -253,7 +252,8 @@ def _grown_conv_transpose(op: Emitter, dy: Value, pads: np.ndarray) -> Value | N
     rank = len(pads) // 2
     source, perm = producer(op, dy), list(range(rank))
     if source is not None and source.op_type == "Transpose":
-        perm = list(attr(source, "perm", reversed(range(rank))))
+        perm = next((list(a.ints) for a in source.attribute if a.name == "perm"),
+                    list(reversed(range(rank))))
         source = producer(op, source.input[0])
     if source is None or source.op_type != "ConvTranspose" or len(perm) != rank:
         return None
