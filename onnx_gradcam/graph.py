@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnx_gradcam.autodiff.registry import MOVES_VALUES
+
 Shape = tuple[int | None, ...]
 
 
@@ -225,7 +227,7 @@ class GraphInfo:
                 low = (self.constants.get(node.input[1]) if len(node.input) > 1 and node.input[1]
                        else attr(node, "min"))
                 return low is not None and float(np.min(low)) >= 0
-            if node.op_type not in _MOVES_VALUES:
+            if node.op_type not in MOVES_VALUES:
                 return False
             name = node.input[0]
 
@@ -258,8 +260,6 @@ class GraphInfo:
 
 
 _NONNEGATIVE = frozenset({"Relu", "Sigmoid", "Softplus", "Abs", "Exp"})
-_MOVES_VALUES = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
-                           "MaxPool", "Gather", "Dropout"})
 
 
 def shapes_at(model: onnx.ModelProto, sizes: dict[str, Shape]) -> dict[str, Shape]:

@@ -33,11 +33,19 @@ QUANTIZING: frozenset[str] = frozenset({
     "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearSigmoid", "QLinearLeakyRelu",
     "QLinearConcat", "QGemm", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"})
 
-#: Ops that move or pick integer values without changing them: an integer output stands for the
-#: same real numbers as its integer input (the quantization parameters pass through), so it
-#: carries a cotangent when its input does, and the float rule applies to float copies.
-INTEGER_PRESERVING: frozenset[str] = frozenset({
-    "MaxPool", "Identity", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"})
+#: Ops whose output holds some of their first input's values, unchanged (moved, picked or passed
+#: on): what is true of every input value (nonnegative, on a quantization grid) is true of the
+#: output's.
+MOVES_VALUES: frozenset[str] = frozenset({
+    "Identity", "Dropout", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "MaxPool",
+    "Gather"})
+
+#: Of those, the ones an integer tensor passes through with a cotangent: an integer output stands
+#: for the same real numbers as its integer input (the quantization parameters pass through), so
+#: it carries a cotangent when its input does, and the float rule applies to float copies.
+#: Dropout takes no integers; an integer Gather picks from a constant table (an embedding) in
+#: the quantizers' graphs, which needs none.
+INTEGER_PRESERVING: frozenset[str] = MOVES_VALUES - {"Dropout", "Gather"}
 
 
 def registrar(table: dict[str, F], what: str) -> Callable[..., Callable[[F], F]]:

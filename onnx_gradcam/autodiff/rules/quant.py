@@ -29,7 +29,7 @@ from onnx import TensorProto, helper
 
 from onnx_gradcam.autodiff.emitter import Emitter, Node, Value
 from onnx_gradcam.autodiff.folding import producer
-from onnx_gradcam.autodiff.registry import vjp
+from onnx_gradcam.autodiff.registry import MOVES_VALUES, vjp
 from onnx_gradcam.autodiff.rules._common import Dys
 
 #: (qmin, qmax) of each integer type QuantizeLinear may produce
@@ -118,19 +118,17 @@ def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
     return diff.astype(scale.dtype) * scale.reshape(shape)
 
 
-#: ops that move values without changing them
-MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
-
-
 def _on_grid(op: Emitter, node: Node) -> bool:
     """Whether ``node``'s input holds only values its output represents exactly: made by a
-    DequantizeLinear with the same per-tensor scale, zero point and integer type (moved by
-    shape ops only), as when a quantizer requantizes a Flatten's output, or a QOperator layer
-    is explained through a DequantizeLinear → QuantizeLinear pair. Nothing is clipped then, also
+    DequantizeLinear with the same per-tensor scale, zero point and integer type (then only
+    moved or picked, :data:`~onnx_gradcam.autodiff.registry.MOVES_VALUES`), as when a quantizer
+    requantizes a Flatten's output, or a QOperator layer is explained through a
+    DequantizeLinear → QuantizeLinear pair. Nothing is clipped then, also
     where an integer sits at an end of its range."""
     x = node.inputs[0]
     source = op.producers.get(x)
-    while source is not None and source.op_type in MOVES and source.domain in ("", "ai.onnx"):
+    while (source is not None and source.op_type in MOVES_VALUES
+           and source.domain in ("", "ai.onnx")):
         source = op.producers.get(source.input[0])
     if source is None or source.op_type != "DequantizeLinear" or len(source.input) < 2:
         return False
