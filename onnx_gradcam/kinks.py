@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnx_gradcam.autodiff.rules._common import same_pads
 from onnx_gradcam.graph import GraphInfo, attr
 
 #: "Within float32 rounding" of a threshold: |margin| ≤ ROUNDING · depth · scale, where scale is
@@ -83,9 +84,8 @@ def _pool_windows(x: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     auto_pad = attr(node, "auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        total = [max((-(-n // s) - 1) * s + k - n, 0) for n, s, k in zip(size, strides, span)]
-        begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
-        pads = begin + [t - b for t, b in zip(total, begin)]
+        begin, end = same_pads(auto_pad, size, strides, span)
+        pads = begin + end
     elif auto_pad == "VALID":
         pads = [0] * 2 * r
     else:

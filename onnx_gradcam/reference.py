@@ -46,7 +46,9 @@ def _double(tensor: onnx.TensorProto) -> onnx.TensorProto:
 
 
 def _pads_2d(auto_pad, pads, size, kernel, strides, dilations):
-    """(top, left, bottom, right) for a forward conv, resolving SAME_* from the input size."""
+    """(top, left, bottom, right) for a forward conv, resolving SAME_* from the input size.
+    Written apart from ``rules/_common.same_pads`` on purpose: this runtime is the oracle the
+    gradient rules are checked against, so it shares none of their arithmetic."""
     if auto_pad in (None, "", "NOTSET"):
         return list(pads) if pads is not None else [0, 0, 0, 0]
     if auto_pad == "VALID":

@@ -165,11 +165,20 @@ def static_begin_pads(node: Node, sizes: Sequence[int], kernel: Sequence[int]) -
     auto_pad = node.attr("auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         strides, dilations = strides_dilations(node, r)
-        total = [max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
-                 for n, s, k, d in zip(sizes, strides, kernel, dilations)]
-        return [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+        spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+        return same_pads(auto_pad, sizes, strides, spans)[0]
     return [int(p) for p in node.attr("pads", [0] * 2 * r)[:r]] if auto_pad == "NOTSET" \
         else [0] * r
+
+
+def same_pads(auto_pad: str, sizes: Sequence[int], strides: Sequence[int],
+              spans: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(begin, end) pads of ``SAME_UPPER`` / ``SAME_LOWER`` windows of ``spans`` = (k − 1)·d + 1
+    over ``sizes``: ⌈n / s⌉ outputs; an odd total puts its extra pad at the end (UPPER) or at
+    the beginning (LOWER)."""
+    total = [max((-(-n // s) - 1) * s + k - n, 0) for n, s, k in zip(sizes, strides, spans)]
+    begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
+    return begin, [t - b for t, b in zip(total, begin)]
 
 
 def transpose_window(op: Emitter, node: Node, dy: Value, w: Value, x: str,
