@@ -2,6 +2,7 @@
 
     /work/venvs/zoo/bin/python bench/architectures.py [--size 224] [--archs ResNet50,VGG16]
         [--repeats 5] [--batches 1,16] [--threads N] [--no-memory] [--cold]
+        [--early ARCH=TENSOR,...]
 
 Needs TensorFlow + tf2onnx only to build the models (``weights=None``, calibrated BN, as in
 ``tests/zoo/zoo.py``); they are cached under ``.cache/zoo/<versions>/bench-<arch>-<size>.*``.
@@ -9,7 +10,9 @@ Needs TensorFlow + tf2onnx only to build the models (``weights=None``, calibrate
 For each architecture and batch size, interleaved so load drift hits all alike, with the same
 threads and provider: the median wall time of a plain ``InferenceSession.run`` of the converted
 model, of ``Explainer.explain`` at the last conv activation (forward + head gradient + Grad-CAM
-post-processing) and at an early layer (the gradient runs back through most of the backbone).
+post-processing) and at an early layer (the gradient runs back through most of the backbone):
+the zoo's earliest tap (a stem or first-block activation), or the ONNX tensor ``--early`` names
+for that architecture (e.g. a block 2-3 deep).
 Calls run in blocks (:func:`timing`); ``--cold`` times single calls in rotation instead, each
 starting with caches another model filled (MobileNetV3Small at batch 1 on 2026-11-27: 1.16
 cold, 1.08 in blocks; bench/results/architectures.txt). ``--repeats`` is a minimum: fast calls
@@ -151,10 +154,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--early", default="",
+                        help="ARCH=TENSOR,...: the early layer's ONNX tensor for those archs")
     parser.add_argument("--cold", action="store_true",
                         help="single calls in rotation (cold caches) instead of blocks")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    early_layers = dict(item.split("=", 1) for item in args.early.split(",") if item)
     import onnxruntime as ort
 
     how = "single calls in rotation (cold caches)" if args.cold else "calls in interleaved blocks"
@@ -168,6 +174,7 @@ def main() -> None:
     for name in args.archs.split(","):
         arch = zoo.ARCHS[name]
         path, layers = bench_model(arch, args.size)
+        layers = {**layers, "early": early_layers.get(name, layers.get("early"))}
         for batch in batches:
             t = timing(path, layers, arch, args.size, batch, args.repeats, args.threads,
                        args.cold)
