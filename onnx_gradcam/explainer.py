@@ -361,8 +361,29 @@ class Explainer:
         """Explain a preprocessed float batch in the model's own layout (NCHW or NHWC) for
         ``targets``: None (each sample's best class), class indices (an int for all), or
         :mod:`onnx_gradcam.targets` objects (one per sample, or one for all)."""
+        empty = None
+        if self.aug_smooth or self.method.masked_scores:
+            targets, empty = self._fixed_masks(x, targets)
         result = (self._explain_augmented if self.aug_smooth else self._explain)(x, targets)
+        if empty is not None:
+            result.targets[empty] = -1
         return check_finite_result(result)
+
+    def _fixed_masks(self, x: np.ndarray, targets: Targets) -> tuple[Targets, np.ndarray | None]:
+        """Segmentation targets without a mask given the mask the model predicts for ``x``
+        (and which of those masks are empty), for the methods that run the model on other
+        inputs than ``x`` (Score-CAM's masked inputs, aug_smooth's augmentations): there, as in
+        pytorch-grad-cam, every pass scores ``x``'s mask, not its own input's prediction."""
+        given = [targets] if isinstance(targets, targets_.Segmentation) else targets
+        if (not isinstance(given, Sequence) or isinstance(given, str)
+                or targets_.kind_of(given) != targets_.PREDICTED
+                or len(given) not in (1, len(x))):
+            return targets, None
+        category = np.array([t.category for t in given], dtype=np.int64)
+        masks = self.outputs(x).argmax(axis=1) == category[:, None, None]
+        return ([targets_.Segmentation(int(c), m.astype(np.float32))
+                 for c, m in zip(np.broadcast_to(category, len(x)), masks)],
+                ~masks.any(axis=(1, 2)))
 
     #: aug_smooth's test-time augmentations (as pytorch-grad-cam's ttach transforms): horizontal
     #: flip on/off × multiplying the input tensor by 0.9, 1.0, 1.1
@@ -426,8 +447,8 @@ class Explainer:
         batch = Batch(self.sessions, graph, {self.model.input_name: x, **feeds}, self.batch_size)
         forwards = ([self._target_forward(graph, feeds, i) for i in range(len(x))]
                     if self.method.masked_scores else None)
-        return self._result(start, self._maps(batch, x, forwards=forwards)._replace(
-            targets=labels), x)
+        maps = self._maps(batch, x, forwards=forwards)
+        return self._result(start, maps if labels is None else maps._replace(targets=labels), x)
 
     def _target_forward(self, graph: ExplainerModel, feeds: dict[str, np.ndarray], i: int
                         ) -> Callable[[np.ndarray], np.ndarray]:
@@ -621,8 +642,8 @@ class Explainer:
                ) -> onnx.ModelProto:
         """This explainer's model, target layers and method as one standard ONNX model (forward,
         gradient and CAM post-processing in the graph; see :mod:`onnx_gradcam.export`), for
-        classes or the targets of ``target_kind`` (``segmentation``, ``similarity``,
-        ``output``), written to ``path`` (atomically) if given."""
+        classes or the targets of ``target_kind`` (``segmentation``, ``predicted_segmentation``,
+        ``similarity``, ``output``), written to ``path`` (atomically) if given."""
         if path is not None:
             check_output_file(Path(path), self.model.files)
         spec = self._export_spec(upsample, target_required, target_kind)

@@ -34,7 +34,7 @@ from onnx_gradcam.errors import OnnxGradCamError
 from onnx_gradcam.graph import GraphInfo, Shape
 from onnx_gradcam.narrow import narrow_head
 from onnx_gradcam.passes import simplify
-from onnx_gradcam.targets import CATEGORY, KINDS, seed_inputs, seed_nodes
+from onnx_gradcam.targets import SEED_KINDS, seed_inputs, seed_nodes
 from onnx_gradcam.tokens import Grid
 
 TARGET = "ogc_target"
@@ -217,10 +217,10 @@ class GraphSpec:
     grids: tuple[Grid | None, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.seed not in SEEDS and self.seed not in KINDS.values():
+        if self.seed not in SEEDS and self.seed not in SEED_KINDS:
             raise ValueError(f"seed must be one of {', '.join(SEEDS)} or a target kind "
-                             f"({', '.join(KINDS.values())}), not {self.seed!r}")
-        if self.rows and self.seed in KINDS.values():
+                             f"({', '.join(SEED_KINDS)}), not {self.seed!r}")
+        if self.rows and self.seed in SEED_KINDS:
             raise ValueError(f"rows explain class targets only, not {self.seed!r} targets")
 
     def grid(self, index: int) -> Grid | None:
@@ -257,12 +257,9 @@ def seed(op: Emitter, spec: GraphSpec, scores: str, classes: int | None) -> Seed
     """The seed of ``spec`` on the (M, C) ``scores`` (``classes`` = C where static): the one
     place a kind of target turns into a cotangent. A target kind
     (:mod:`onnx_gradcam.targets`) reads its own inputs and ``spec.score`` as it is."""
-    if spec.seed in KINDS.values():
+    if spec.seed in SEED_KINDS:
         shape = op.shapes.get(spec.score)
-        value, score = seed_nodes(op, spec.seed, spec.score, shape)
-        label = (op.Identity(CATEGORY) if spec.seed == "segmentation"
-                 else op.ConstantOfShape(op.dims(spec.score, 0, 1), value=helper.make_tensor(
-                     "minus_one", onnx.TensorProto.INT64, [1], [-1])))
+        value, score, label = seed_nodes(op, spec.seed, spec.score, shape)
         return Seed(seed_inputs(spec.seed, op.dtype, shape), value, label, one_hot=False,
                     score=score)
     ranks = spec.seed == "ranks" or spec.rows
@@ -307,7 +304,7 @@ def explainer_model(info: GraphInfo, spec: GraphSpec) -> ExplainerModel:
     op = Emitter(opset=info.opset, dtype=dtype, shapes=info.shapes, prefix="ogc_seed/")
     score_shape = info.shapes.get(spec.score)
     two_d = score_shape is not None and len(score_shape) == 2
-    kind = spec.seed in KINDS.values()  # its seed reads the score as it is
+    kind = spec.seed in SEED_KINDS  # its seed reads the score as it is
     score2d = spec.score if two_d or kind else op.Flatten(spec.score, axis=1)
     rows = spec.rows and spec.gradient
     parts = _Parts()

@@ -15,9 +15,11 @@ value is broadcast to the batch) and outputs:
 
 Exported for a target kind of :mod:`onnx_gradcam.targets` (``target_kind``), the model takes
 that kind's inputs instead of ``target``: ``category`` (N,) and ``mask`` (N, H, W)
-(segmentation), ``vector`` (N, D) (similarity), ``index`` (N, K, rank − 1) and ``index_weight``
-(N, K) (output: the elements each sample's score sums, weight 0 for padding); ``cam_target``
-is then the category, or −1.
+(segmentation), ``category`` alone (predicted_segmentation: the mask is the pixels the model
+assigns to it), ``vector`` (N, D) (similarity), ``index`` (N, K, rank − 1) and
+``index_weight`` (N, K) (output: the elements each sample's score sums, weight 0 for padding);
+``cam_target`` is then the category, or −1 (also where a predicted mask has no pixel: that
+sample's map means nothing).
 
 ``target`` is optional the standard way: a graph input that is also an initializer (its
 default, ``[-1]``). ONNX Runtime in Python, C, C++, C#, Java and Triton (``optional: true``)
@@ -46,7 +48,7 @@ from onnx_gradcam.explainer_graph import TARGET, TARGETS, ExplainerModel, input_
 from onnx_gradcam.metadata import PREFIX, Preprocessing, write_metadata
 from onnx_gradcam.model import Layer, LoadedModel
 from onnx_gradcam.passes import simplify
-from onnx_gradcam.targets import KINDS
+from onnx_gradcam.targets import SEED_KINDS
 
 TARGET_INPUT = "target"
 CAM = "cam"
@@ -88,9 +90,9 @@ def check_exportable(spec: ExportSpec) -> None:
     if not spec.upsample and len(spec.layers) > 1:
         raise OnnxGradCamError("--no-upsample takes one target layer: maps of several layers "
                                "are combined only after upsampling")
-    if spec.target_kind is not None and spec.target_kind not in KINDS.values():
+    if spec.target_kind is not None and spec.target_kind not in SEED_KINDS:
         raise OnnxGradCamError(f"unknown target kind {spec.target_kind!r}; choose from "
-                               f"{', '.join(KINDS.values())}")
+                               f"{', '.join(SEED_KINDS)}")
 
 
 def export_model(source: LoadedModel, graph: ExplainerModel, spec: ExportSpec

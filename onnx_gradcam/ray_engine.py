@@ -30,9 +30,7 @@ from onnx_gradcam.runner import (
     RunOptions,
     decode_one,
     error_row,
-    explain_finite,
-    explain_images,
-    with_targets,
+    explain_chunk,
 )
 from onnx_gradcam.runtime import PROVIDER_NAMES
 
@@ -83,14 +81,9 @@ class _Explain:
         errors = [r for r in records if isinstance(r, dict)]
         decoded = [r for r in records if not isinstance(r, dict)]
         results = []
-        if decoded and self.request is not None:
-            decoded = with_targets(self.request, self.explainers[0], decoded, errors)
         if decoded:
-            for done in explain_finite(
-                    lambda part: explain_images(self.explainers, part, self.k,
-                                                self.fixed_target, self.labels,
-                                                self.knife_edges, self.request),
-                    decoded, errors):
+            for done in explain_chunk(self.explainers, decoded, self.k, self.fixed_target,
+                                      self.labels, self.knife_edges, self.request, errors):
                 results += [dataclasses.replace(d, item=dataclasses.replace(d.item, x=None))
                             for d in done]
         out = [pickle.dumps(r) for r in [*results, *errors]]

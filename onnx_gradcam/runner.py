@@ -339,14 +339,8 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
         else:
             for decoded in decoded_chunks(lead, todo, pre, options.batch_size, sink.errors,
                                           progress, options.max_pixels):
-                if options.request is not None:
-                    decoded = with_targets(options.request, lead, decoded, sink.errors)
-                    if not decoded:
-                        continue
-                for done in explain_finite(
-                        lambda part: explain_images(explainers, part, k, fixed_target, labels,
-                                                    options.knife_edges, options.request),
-                        decoded, sink.errors):
+                for done in explain_chunk(explainers, decoded, k, fixed_target, labels,
+                                          options.knife_edges, options.request, sink.errors):
                     sink.write(done)
         sink.write([])  # the error rows of a last chunk with no good image
     except BaseException as exc:  # Ctrl-C, or a failure the run cannot go on from
@@ -366,21 +360,29 @@ def run_job(explainers: Explainer | Sequence[Explainer], inputs: Sequence[Path],
     return report
 
 
-def with_targets(request: TargetRequest, explainer: Explainer, decoded: list[Decoded],
-                 errors: list[dict]) -> list[Decoded]:
-    """``decoded`` with each image's target object; an image that has none (a predicted mask
-    with no pixel of the class) goes to ``errors``."""
-    found = request.targets(explainer, np.stack([d.x for d in decoded]))
-    out = []
-    for item, target in zip(decoded, found):
-        if target is None:
-            errors.append(error_row(item.path, OnnxGradCamError(
-                f"the model assigns no pixel to class {request.category}, so --segment has "
-                "nothing to explain; pass --mask FILE")))
-        else:
+def explain_chunk(explainers: list[Explainer], decoded: list[Decoded], k: int,
+                  fixed_target: int | None, labels: Labels, knife_edges: bool,
+                  request: TargetRequest | None, errors: list[dict]) -> list[list[Explained]]:
+    """One chunk explained by :func:`explain_images` (through :func:`explain_finite`), each
+    image given its target object of ``request`` first; an image whose target had nothing to
+    explain (a predicted mask with no pixel of the class, label −1) goes to ``errors``."""
+    if request is not None:
+        for item, target in zip(decoded, request.targets(len(decoded))):
             item.target = target
-            out.append(item)
-    return out
+    done = explain_finite(lambda part: explain_images(explainers, part, k, fixed_target, labels,
+                                                      knife_edges, request), decoded, errors)
+    if request is None or not request.predicted:
+        return done
+    kept: list[list[Explained]] = [[] for _ in done]
+    for part, out in zip(done, kept):
+        for e in part:
+            if all(m[2] >= 0 for m in e.maps):
+                out.append(e)
+            else:
+                errors.append(error_row(e.item.path, OnnxGradCamError(
+                    f"the model assigns no pixel to class {request.category}, so --segment "
+                    "has nothing to explain; pass --mask FILE")))
+    return kept
 
 
 def explain_finite(work: Callable[[list[Decoded]], T], decoded: list[Decoded],

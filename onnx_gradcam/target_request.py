@@ -4,7 +4,8 @@ target objects of :mod:`onnx_gradcam.targets` built from the model's own outputs
 - ``--segment CLASS``: :class:`~onnx_gradcam.targets.Segmentation` over an (N, C, H, W) output.
   Without ``--mask``, each image's mask is the pixels the model assigns to CLASS (the argmax
   over the class axis of its output equals CLASS), as pytorch-grad-cam's segmentation tutorial
-  builds it; an image with no such pixel has nothing to explain and is an error row. A
+  builds it, read inside the explainer graph from its own forward pass (a Segmentation with no
+  mask); an image with no such pixel has nothing to explain and is an error row. A
   ``--mask`` file (the same for every image) is a PNG (gray levels, 255 = 1) or an ``.npy``
   (H, W) array of weights or bools, either at the output's (H, W), used as it is, or at the
   model input's (H, W), averaged onto the output's pixels (OpenCV's area resize).
@@ -54,16 +55,16 @@ class TargetRequest:
         """The rows' ``label``: the class's name, or the concept image."""
         return labels.name(self.category) if self.kind == "segmentation" else str(self.source)
 
-    def targets(self, explainer: Explainer, x: np.ndarray) -> list[Any]:
-        """Per image of the preprocessed batch ``x``: its target, or None where a predicted
-        mask is empty (the model assigns no pixel to the class)."""
+    @property
+    def predicted(self) -> bool:
+        """Whether each image's mask is the model's prediction (``--segment`` alone)."""
+        return self.kind == "segmentation" and self.mask is None
+
+    def targets(self, n: int) -> list[Any]:
+        """The target of each of ``n`` images (the same object for all)."""
         if self.kind == "similarity":
-            return [targets_.Similarity(self.vector)] * len(x)
-        if self.mask is not None:
-            return [targets_.Segmentation(self.category, self.mask)] * len(x)
-        predicted = explainer.outputs(x).argmax(axis=1) == self.category
-        return [targets_.Segmentation(self.category, m.astype(np.float32)) if m.any() else None
-                for m in predicted]
+            return [targets_.Similarity(self.vector)] * n
+        return [targets_.Segmentation(self.category, self.mask)] * n
 
 
 def segment_request(explainer: Explainer, category: str, labels: Labels, mask: Path | None,

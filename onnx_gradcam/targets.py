@@ -8,7 +8,8 @@ explainer can take targets as inputs too.
 
 - :class:`Class` ``(c)``: out[c] of an (N, C) score (``ClassifierOutputTarget``).
 - :class:`Segmentation` ``(category, mask)``: Σ mask · out[category] over an (N, C, H, W) output
-  (``SemanticSegmentationTarget``).
+  (``SemanticSegmentationTarget``); without a mask, the pixels the model assigns to the category
+  (the seed kind :data:`PREDICTED`: the mask is read in the graph from its own forward pass).
 - :class:`Similarity` ``(vector)``: cosine similarity of an (N, D) output with ``vector``
   (``SimilarityToConceptTarget``).
 - :class:`Output` ``(index, output=None)``: one element, or the sum of a slice, of any output
@@ -47,12 +48,17 @@ class Class:
 
 @dataclass(frozen=True, eq=False)
 class Segmentation:
-    """Σ mask · out[category] over an (N, C, H, W) output; ``mask`` (H, W), float or bool."""
+    """Σ mask · out[category] over an (N, C, H, W) output; ``mask`` (H, W), float or bool, or
+    None: the pixels whose argmax over C is ``category`` (pytorch-grad-cam's tutorial mask), read
+    from the explainer graph's own forward pass; where there is no such pixel the result's
+    label is −1 and its map means nothing."""
 
     category: int
-    mask: Any
+    mask: Any = None
 
     def __post_init__(self) -> None:
+        if self.mask is None:
+            return
         mask = np.asarray(self.mask)
         if mask.ndim != 2 or mask.dtype.kind not in "biuf":
             raise OnnxGradCamError(f"Segmentation mask must be a 2-D (H, W) array of floats or "
@@ -86,13 +92,18 @@ class Output:
 
 Target = int | Class | Segmentation | Similarity | Output
 KINDS = {Segmentation: "segmentation", Similarity: "similarity", Output: "output"}
+#: the seed kind of a :class:`Segmentation` without a mask: its only input is the category
+PREDICTED = "predicted_segmentation"
+#: every seed kind (what ``Explainer.export(target_kind=...)`` takes)
+SEED_KINDS = (*KINDS.values(), PREDICTED)
 
 
 def kind_of(targets: Sequence[Any]) -> str | None:
     """The seed kind of a list of targets: None for classes (ints, :class:`Class`, anything
-    else the class check refuses), else one of :data:`KINDS`' values; refused when kinds are
+    else the class check refuses), else one of :data:`SEED_KINDS`; refused when kinds are
     mixed in one batch."""
-    kinds = {KINDS.get(type(t)) for t in targets}
+    kinds = {PREDICTED if isinstance(t, Segmentation) and t.mask is None else KINDS.get(type(t))
+             for t in targets}
     if len(kinds) > 1:
         raise OnnxGradCamError("targets of different kinds in one batch: explain each kind "
                                "in its own call")
@@ -106,26 +117,29 @@ def classes(targets: Sequence[Any]) -> list[Any]:
 
 
 def feeds(kind: str, targets: Sequence[Any], output: str, shape: Shape | None,
-          dtype: np.dtype) -> tuple[dict[str, np.ndarray], np.ndarray]:
+          dtype: np.dtype) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The graph inputs of the targets' seeds, and the int64 (N,) label each result reports
-    (the category, the flat index of a one-element :class:`Output`, else −1)."""
+    (the category, the flat index of a one-element :class:`Output`, else −1; None for
+    :data:`PREDICTED`: the graph's own, −1 where a predicted mask is empty)."""
     n = len(targets)
     tail = None if shape is None else tuple(shape[1:])
-    if kind == "segmentation":
+    if kind in ("segmentation", PREDICTED):
         if tail is not None and len(tail) != 3:
             raise OnnxGradCamError(f"Segmentation scores an (N, C, H, W) output; {output!r} is "
                                    f"{shape}: pick another with output=NAME")
+        category = np.array([t.category for t in targets], dtype=np.int64)
+        if tail is not None and tail[0] is not None and ((category < 0) | (
+                category >= tail[0])).any():
+            raise OnnxGradCamError(f"Segmentation category out of range: output {output!r} "
+                                   f"has {tail[0]} categories")
+        if kind == PREDICTED:
+            return {CATEGORY: category}, None
         masks = [t.mask for t in targets]
         if len({m.shape for m in masks}) > 1:
             raise OnnxGradCamError("Segmentation masks of one batch differ in size")
         if tail is not None and None not in tail[1:] and masks[0].shape != tail[1:]:
             raise OnnxGradCamError(f"Segmentation mask is {masks[0].shape}; output {output!r} "
                                    f"is {shape}: the mask must be (H, W) = {tail[1:]}")
-        category = np.array([t.category for t in targets], dtype=np.int64)
-        if tail is not None and tail[0] is not None and ((category < 0) | (
-                category >= tail[0])).any():
-            raise OnnxGradCamError(f"Segmentation category out of range: output {output!r} "
-                                   f"has {tail[0]} categories")
         return ({CATEGORY: category, MASK: np.stack(masks).astype(dtype)}, category)
     if kind == "similarity":
         vectors = [t.vector for t in targets]
@@ -193,21 +207,31 @@ def seed_inputs(kind: str, dtype: np.dtype, shape: Shape | None) -> list[onnx.Va
     rank = len(shape) - 1 if shape else "R"
     names = {"segmentation": [(CATEGORY, onnx.TensorProto.INT64, ["N"]),
                               (MASK, elem, ["N", "H", "W"])],
+             PREDICTED: [(CATEGORY, onnx.TensorProto.INT64, ["N"])],
              "similarity": [(VECTOR, elem, ["N", "D"])],
              "output": [(INDEX, onnx.TensorProto.INT64, ["N", "K", rank]),
                         (INDEX_WEIGHT, elem, ["N", "K"])]}[kind]
     return [helper.make_tensor_value_info(n, e, s) for n, e, s in names]
 
 
-def seed_nodes(op: Emitter, kind: str, score: str, shape: Shape | None) -> tuple[Value, Value]:
-    """(seed shaped like ``score``, the target's score (N, 1)) as graph nodes reading the
-    inputs of :func:`seed_inputs`."""
-    if kind == "segmentation":
+def seed_nodes(op: Emitter, kind: str, score: str, shape: Shape | None
+               ) -> tuple[Value, Value, Value]:
+    """(seed shaped like ``score``, the target's score (N, 1), the int64 (N,) label: the
+    category, or −1 where it has none or its predicted mask is empty) as graph nodes reading
+    the inputs of :func:`seed_inputs`."""
+    label = None
+    if kind in ("segmentation", PREDICTED):
         channels = shape[1] if shape is not None and shape[1] is not None else None
         count = op.const([channels]) if channels else op.dims(score, 1, 2)
         indices = op.Range(op.const(0), op.squeeze(count, [0]), op.const(1))
         hot = op.Cast(op.Equal(op.unsqueeze(CATEGORY, [1]), indices), to=op.float_type)
-        seed = op.Mul(op.unsqueeze(hot, [2, 3]), op.unsqueeze(MASK, [1]))
+        mask, label = MASK, CATEGORY
+        if kind == PREDICTED:  # the first maximum, as numpy's argmax; no gradient flows here
+            mask = op.Cast(op.Equal(op.ArgMax(score, axis=1, keepdims=0, select_last_index=0),
+                                    op.unsqueeze(CATEGORY, [1, 2])), to=op.float_type)
+            pixels = op.reduce("ReduceSum", mask, [1, 2], keepdims=0)
+            label = op.Where(op.Greater(pixels, op.const(0.0)), CATEGORY, op.const([-1]))
+        seed = op.Mul(op.unsqueeze(hot, [2, 3]), op.unsqueeze(mask, [1]))
     elif kind == "similarity":
         # d cos(x, v)/dx = v̂/|x| − cos·x/|x|², cos = x·v̂/|x| (v̂ = v/|v|)
         x = op.Flatten(score, axis=1)
@@ -217,7 +241,7 @@ def seed_nodes(op: Emitter, kind: str, score: str, shape: Shape | None) -> tuple
         flat = op.Sub(op.Div(v, norm), op.Mul(cos, op.Div(x, op.Mul(norm, norm))))
         seed = flat if shape is not None and len(shape) == 2 else op.Reshape(flat,
                                                                               op.Shape(score))
-        return seed, cos
+        return seed, cos, _no_label(op, score)
     else:  # Σ over the listed elements: the weights scattered into zeros shaped like the score
         zeros = op.ConstantOfShape(op.Shape(score), value=helper.make_tensor(
             "zero", helper.np_dtype_to_tensor_dtype(np.dtype(op.dtype)), [1], [0]))
@@ -227,7 +251,14 @@ def seed_nodes(op: Emitter, kind: str, score: str, shape: Shape | None) -> tuple
                           op.Concat(count, op.const([1]), axis=0))
         seed = op.ScatterND(zeros, op.Concat(batch, INDEX, axis=2), INDEX_WEIGHT,
                             reduction="add")
-    return seed, op.reduce("ReduceSum", op.Flatten(op.Mul(seed, score), axis=1), [1])
+    return (seed, op.reduce("ReduceSum", op.Flatten(op.Mul(seed, score), axis=1), [1]),
+            label or _no_label(op, score))
+
+
+def _no_label(op: Emitter, score: str) -> Value:
+    """−1 per sample (N,): a target with no class of its own."""
+    return op.ConstantOfShape(op.dims(score, 0, 1), value=helper.make_tensor(
+        "minus_one", onnx.TensorProto.INT64, [1], [-1]))
 
 
 def _norm(op: Emitter, x: Value) -> Value:

@@ -186,3 +186,82 @@ def test_evaluate_scores_the_named_output_and_refuses_a_map(images, tmp_path):
                result)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(result.read_text())["metrics"]["gradcam"]["images"] == 2
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory) -> Path:
+    """Three images; DeepLabV3's fixture assigns some class pixels in some and none in
+    another (the test finds which)."""
+    folder = tmp_path_factory.mktemp("three")
+    for name in ("chelsea", "coffee", "astronaut"):
+        rgb = getattr(data, name)()
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def _present_and_absent(ex: og.Explainer, paths: list[Path]) -> int:
+    """A class that some image has pixels of and another has none of."""
+    counts = np.array([np.bincount(ex.outputs(_batch(ex, p)).argmax(1).ravel(), minlength=5)
+                       for p in paths])
+    both = np.flatnonzero((counts > 0).any(axis=0) & (counts == 0).any(axis=0))
+    assert both.size, f"the fixture images no longer split a class: {counts}"
+    return int(both[0])
+
+
+def test_an_empty_predicted_mask_is_an_error_row_and_the_others_are_explained(three, tmp_path):
+    """Per method, an image whose predicted mask has no pixel of the class is the same error
+    row as ever; the batch's other images get the maps of their own predicted masks."""
+    ex = og.Explainer(SEGMENTER, providers="cpu")
+    paths = sorted(three.iterdir())
+    category = _present_and_absent(ex, paths)
+    out = tmp_path / "out"
+    proc = cli("run", SEGMENTER, three, "-o", out, "--segment", category, "--save-npy",
+               "--quiet", "--method", "gradcam,scorecam", "--provider", "cpu")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    masks = {str(p): ex.outputs(_batch(ex, p)).argmax(1)[0] == category for p in paths}
+    empty = sorted(p for p, m in masks.items() if not m.any())
+    assert [e["path"] for e in report["errors"]] == empty
+    for e in report["errors"]:
+        assert e["error"] == (f"{e['path']}: the model assigns no pixel to class {category}, "
+                              "so --segment has nothing to explain; pass --mask FILE")
+    explained = {item["path"]: item for item in report["images"]}
+    assert sorted(explained) == sorted(set(masks) - set(empty))
+    for path, item in explained.items():
+        x, mask = _batch(ex, Path(path)), masks[path].astype(np.float32)
+        assert len(item["explanations"]) == 2
+        for entry in item["explanations"]:
+            assert entry["target"] == category
+            api = og.Explainer(SEGMENTER, providers="cpu", method=entry["method"]).explain(
+                x, [og.targets.Segmentation(category, mask)]).cams[0]
+            assert np.abs(np.load(entry["npy"]) - api).max() <= MAPS
+
+
+def test_segment_runs_the_model_once_per_batch(three, tmp_path, monkeypatch):
+    """``--segment`` without ``--mask`` reads the masks inside the explainer graph: the model's
+    plain forward (Explainer.outputs) never runs, and each batch is one session run."""
+    import onnxruntime as ort
+    from typer.testing import CliRunner
+
+    from onnx_gradcam.cli import app
+
+    ex = og.Explainer(SEGMENTER, providers="cpu")
+    category = _present_and_absent(ex, sorted(three.iterdir()))
+    rows = []
+    real = ort.InferenceSession.run
+
+    def counted(session, names, feeds, *args, **kwargs):
+        rows.append(len(feeds[ex.model.input_name]))
+        return real(session, names, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counted)
+    monkeypatch.setattr(og.Explainer, "outputs",
+                        lambda *a: pytest.fail("the model ran a forward outside the graph"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(SEGMENTER), str(three), "-o", str(out),
+                                      "--segment", str(category), "--batch-size", "2",
+                                      "--quiet", "--provider", "cpu"])
+    assert result.exit_code == 1, result.output  # the image without the class: an error row
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["errors"]) + len(report["images"]) == 3
+    assert rows == [2, 1]  # two batches, one run each

@@ -18,6 +18,7 @@ MANIFEST = json.loads((HERE / "manifest.json").read_text())["models"]
 DATA = np.load(HERE / "expected.npz")
 TOLERANCE = 1e-4  # the issue's bar; each head takes no ReLU decision near its kink
 SEGMENTATION = ("segmentation", "deeplabv3", "lraspp")  # torchvision's FCN, DeepLabV3, LRASPP
+MAPS = 1e-6  # two graphs that differ only in how the seed is made, on the same input
 
 
 def _files():
@@ -281,3 +282,103 @@ def test_inspect_shows_the_segmentation_default_layer(file: str) -> None:
     result = CliRunner().invoke(app, ["inspect", str(HERE / file), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["layer"]["name"] == MANIFEST[model]["files"][file]["layer"]
+
+
+def _two_pass(ex: og.Explainer, x: np.ndarray, categories: np.ndarray) -> tuple:
+    """The two-pass path, written here: each image's mask from a forward run of its own
+    (argmax over C == category), explained as an explicit mask; the label −1 where it is
+    empty."""
+    masks = ex.outputs(x).argmax(axis=1) == categories[:, None, None]
+    res = ex.explain(x, [og.targets.Segmentation(int(c), m.astype(np.float32))
+                         for c, m in zip(categories, masks)])
+    return res, np.where(masks.any(axis=(1, 2)), categories, -1)
+
+
+def _predicted_cases():
+    for model in SEGMENTATION:
+        for file in MANIFEST[model]["files"]:
+            yield pytest.param(model, file, "gradcam", id=f"{file.removesuffix('.onnx')}")
+    yield pytest.param("deeplabv3", "deeplabv3_legacy_opset17.onnx", "scorecam", id="scorecam")
+    yield pytest.param("lraspp", "lraspp_dynamo.onnx", "gradcam+aug", id="aug_smooth")
+
+
+@pytest.mark.parametrize("model, file, method", list(_predicted_cases()))
+def test_a_predicted_mask_equals_the_mask_read_in_a_pass_of_its_own(model: str, file: str,
+                                                                    method: str) -> None:
+    """Segmentation(c) with no mask (the mask read inside the explainer graph) gives the maps
+    and scores of the explicit mask read from a forward pass of its own, for every class (some
+    with an empty mask in some image: label −1 there), per-sample classes, and one target for
+    the batch. Score-CAM and aug_smooth read the mask of ``x`` up front (their passes run the
+    model on other inputs)."""
+    spec = MANIFEST[model]["files"][file]
+    name, _, aug = method.partition("+")
+    ex = og.Explainer(HERE / file, layer=spec["layer"], providers="cpu", output=spec["output"],
+                      method=name, aug_smooth=bool(aug))
+    x = DATA[f"{model}__input"]
+    classes = ex.outputs(x).shape[1]
+    per_sample = np.arange(len(x)) * 2 % classes
+    cases = [np.full(len(x), c) for c in range(classes)] + [per_sample]
+    empty = 0
+    for categories in cases:
+        expected, labels = _two_pass(ex, x, categories)
+        if len(set(categories)) == 1:
+            res = ex.explain(x, og.targets.Segmentation(int(categories[0])))
+        else:
+            res = ex.explain(x, [og.targets.Segmentation(int(c)) for c in categories])
+        assert np.array_equal(res.targets, labels), (categories, res.targets, labels)
+        assert np.abs(res.cams - expected.cams).max() <= MAPS, categories
+        assert np.abs(res.scores - expected.scores).max() <= MAPS * np.abs(
+            expected.scores).max(), categories
+        empty += int((labels == -1).sum())
+    assert empty and empty < len(cases) * len(x)  # both kinds of image were seen
+
+
+@pytest.mark.parametrize("file", MANIFEST["deeplabv3"]["files"])
+def test_a_predicted_mask_runs_the_model_once(file: str) -> None:
+    """The mask is read from the explainer graph's own forward: each image goes through one
+    session once (in chunks where the model takes a fixed batch of 1), and the model's plain
+    forward (Explainer.outputs) never runs."""
+    import onnxruntime as ort
+
+    spec = MANIFEST["deeplabv3"]["files"][file]
+    ex = og.Explainer(HERE / file, layer=spec["layer"], providers="cpu")
+    x = DATA["deeplabv3__input"]
+    ex.explain(x, og.targets.Segmentation(0))  # sessions built and warm
+    runs = []
+    real = ort.InferenceSession.run
+
+    def counted(session, names, feeds, *args, **kwargs):
+        runs.append((session, len(feeds[ex.model.input_name])))
+        return real(session, names, feeds, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ort.InferenceSession, "run", counted)
+        mp.setattr(og.Explainer, "outputs", lambda *a: pytest.fail("a forward of its own"))
+        ex.explain(x, og.targets.Segmentation(0))
+    assert len({session for session, _ in runs}) == 1 and sum(n for _, n in runs) == len(x)
+
+
+@pytest.mark.parametrize("model, file", [("deeplabv3", "deeplabv3_legacy_opset17.onnx"),
+                                         ("lraspp", "lraspp_dynamo.onnx")])
+def test_export_of_a_predicted_mask_takes_the_class_alone(model: str, file: str) -> None:
+    """``target_kind="predicted_segmentation"``: the exported model's only target input is
+    ``category``; in plain ONNX Runtime its maps and ``cam_target`` (−1 where the mask is
+    empty) are the Python API's."""
+    import onnxruntime as ort
+
+    spec = MANIFEST[model]["files"][file]
+    ex = og.Explainer(HERE / file, layer=spec["layer"], providers="cpu", output=spec["output"])
+    exported = ex.export(target_kind="predicted_segmentation")
+    assert [i.name for i in exported.graph.input] == ["input", "category"]
+    session = ort.InferenceSession(exported.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    x = DATA[f"{model}__input"]
+    step = 1 if spec["batch"] == "fixed 1" else len(x)
+    for c in range(ex.outputs(x).shape[1]):
+        category = np.full(len(x), c, np.int64)
+        cams, labels = (np.concatenate(parts) for parts in zip(*[session.run(
+            ["cam", "cam_target"], {"input": x[i:i + step], "category": category[i:i + step]})
+            for i in range(0, len(x), step)]))
+        api = ex.explain(x, og.targets.Segmentation(c))
+        assert np.array_equal(labels, api.targets)
+        assert np.abs(cams - api.cams).max() <= TOLERANCE

@@ -25,8 +25,9 @@ def export_command(
     target_output: str = typer.Option(None, "--target-output",
                                       help="the graph output to score (where there are several)"),
     target_kind: str = typer.Option(
-        None, "--target-kind", help="segmentation, similarity or output: take that kind's "
-        "target inputs (category+mask, vector, index+index_weight) instead of `target`"),
+        None, "--target-kind", help="segmentation, predicted_segmentation, similarity or "
+        "output: take that kind's target inputs (category+mask, category, vector, "
+        "index+index_weight) instead of `target`"),
     upsample: bool = typer.Option(True, "--upsample/--no-upsample",
                                   help="output `cam` at the input size (else only `cam_coarse`)"),
     target_required: bool = typer.Option(
