@@ -231,6 +231,13 @@ class GraphInfo:
                 return False
             name = node.input[0]
 
+    def constant(self, name: str | None) -> np.ndarray | None:
+        """The value of the initializer or Constant ``name``; None for any other tensor, and
+        for an initializer a caller may override (its value is only a default)."""
+        if not name or name in self.overridable:
+            return None
+        return self.constants.get(name)
+
     def axes(self, node: onnx.NodeProto) -> list[int] | None:
         """A reduction's (or Squeeze's, Unsqueeze's) ``axes``: its attribute (older opsets) or
         its constant second input; None where neither gives them."""

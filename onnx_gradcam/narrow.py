@@ -91,7 +91,7 @@ def narrow_head(info: GraphInfo, activation: str, score: str, tag: str
         node.name = f"{node.name}{tag}" if node.name else ""
         if i == pick:
             source = rename[node.input[0]]
-            scalar = kind == "gather" and _constant(info, node.input[1]).ndim == 0
+            scalar = kind == "gather" and info.constant(node.input[1]).ndim == 0
             out = f"{node.output[0]}{tag}"
             if scalar:
                 axes = f"ogc_narrow_axes{tag}"
@@ -125,13 +125,13 @@ def _pick(info: GraphInfo, node: onnx.NodeProto) -> tuple[str, onnx.TensorProto 
     if not node.input or _rank(info, node.input[0]) != 3:
         return None
     if node.op_type == "Gather" and attr(node, "axis", 0) == 1:
-        index = _constant(info, node.input[1])
+        index = info.constant(node.input[1])
         if index is not None and index.ndim <= 1:
             return "gather", numpy_helper.from_array(np.atleast_1d(index).astype(np.int64))
     if node.op_type == "Slice" and len(node.input) >= 4:
-        axes = _constant(info, node.input[3])
-        steps = _constant(info, node.input[4]) if len(node.input) > 4 and node.input[4] else None
-        starts, ends = _constant(info, node.input[1]), _constant(info, node.input[2])
+        axes = info.constant(node.input[3])
+        steps = info.constant(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+        starts, ends = info.constant(node.input[1]), info.constant(node.input[2])
         if (axes is not None and [int(a) % 3 for a in axes] == [1] and starts is not None
                 and ends is not None and (steps is None or list(steps) == [1])):
             return "slice", None
@@ -166,12 +166,3 @@ def _tokenwise(info: GraphInfo, node: onnx.NodeProto) -> bool:
 def _rank(info: GraphInfo, name: str) -> int | None:
     shape = info.shapes.get(name)
     return None if shape is None else len(shape)
-
-
-def _constant(info: GraphInfo, name: str) -> np.ndarray | None:
-    if not name or name in info.overridable:
-        return None
-    value = info.constants.get(name)
-    return None if value is None else np.asarray(value)
-
-

@@ -235,7 +235,7 @@ def _float32(op: Emitter, info: GraphInfo, name: str, widened: dict[str, str]) -
     if not name or info.elem_types.get(name) != onnx.TensorProto.FLOAT16:
         return name
     if name not in widened:
-        value = info.constants.get(name) if name not in info.overridable else None
+        value = info.constant(name)
         widened[name] = (op.const(value.astype(np.float32)) if value is not None
                          else op.Cast(name, to=op.float_type))
         op.know_shape(widened[name], info.shapes.get(name))

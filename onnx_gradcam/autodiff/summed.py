@@ -223,7 +223,7 @@ def _moved(info: GraphInfo, node: Node, place: Place) -> Place | None:
     if node.op_type == "Transpose":
         perm = node.attr("perm")
         return tuple(place[p - 1] for p in perm[1:]) if perm and perm[0] == 0 else None
-    pads = _constant(info, node.input(1))
+    pads = info.constant(node.input(1))
     if (node.attr("mode", "constant") != "constant" or info.opset < 11 or node.input(3)
             or pads is None or pads.size != 8 or (pads < 0).any()):
         return None  # the fill value does not matter: the border is no function of A
@@ -236,12 +236,6 @@ def _moved(info: GraphInfo, node: Node, place: Place) -> Place | None:
         else:
             moved.append((where[0], where[1] + int(pads[axis])))
     return None if pads[0] or pads[4] else tuple(moved)
-
-
-def _constant(info: GraphInfo, name: str | None) -> np.ndarray | None:
-    if name is None or name not in info.constants or name in info.overridable:
-        return None
-    return info.constants[name]
 
 
 def _passed_mean(op: Emitter, info: GraphInfo, node: Node, uses: list[int], place: Place,
@@ -274,7 +268,7 @@ def _conv_mean(op: Emitter, info: GraphInfo, node: Node, place: Place, sizes: li
     lies at ``place`` in its input (see :func:`consumer_gradient_mean`); None where it
     cannot."""
     x, y = node.inputs[0], node.outputs[0]
-    weight = _constant(info, node.input(1))
+    weight = info.constant(node.input(1))
     dy, perm, scaled = cotangents.get(y), None, None
     if dy is None and weight is not None:
         scaled = _scaled_output(info, y, cotangents)
@@ -348,7 +342,7 @@ def _scaled_output(info: GraphInfo, y: str, cotangents: dict[str, str]
     d = cotangents.get(mul.output[0])
     axis = perm.index(1) if perm else 1  # y's channels in the Mul's tensor
     for c in mul.input:
-        scale = per_channel(_constant(info, c), 4, axis)
+        scale = per_channel(info.constant(c), 4, axis)
         if d is not None and scale is not None:
             return d, perm, scale
     return None
