@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.architectures import _batch, bench_model  # noqa: E402
+from onnx_gradcam.runtime import make_session  # noqa: E402
 from tests.zoo import zoo  # noqa: E402
 
 VARIANTS = ("explain", "blocked", "free", "none")
@@ -141,13 +142,6 @@ def _live(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> list[onnx.Node
     return kept[::-1]
 
 
-def session(model_bytes: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="MobileNetV2,MobileNetV3Large")
@@ -168,9 +162,10 @@ def main() -> None:
         explainer = og.Explainer(str(path), layer=layers["early"], providers="cpu", threads=1)
         built = explainer.sessions.graph().maps_model()
         count = len(masks(built.graph))
-        sessions = {"plain": session(path.read_bytes())}
-        sessions.update({kind: session(variant(onnx.ModelProto.FromString(
-            built.SerializeToString()), kind).SerializeToString()) for kind in VARIANTS})
+        sessions = {"plain": make_session(path.read_bytes(), "cpu", threads=1)}
+        sessions.update({kind: make_session(variant(onnx.ModelProto.FromString(
+            built.SerializeToString()), kind).SerializeToString(), "cpu", threads=1)
+            for kind in VARIANTS})
         for batch in (int(b) for b in args.batches.split(",")):
             x = _batch(arch, args.size, batch)
             feed = {sessions["plain"].get_inputs()[0].name: x}
