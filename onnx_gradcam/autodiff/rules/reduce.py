@@ -158,17 +158,19 @@ def _offset_windows(op: Emitter, node: Node, x: str, y: str, kernel: list[int],
     r = len(kernel)
     strides, dilations = strides_dilations(node, r)
     padded, s = _padded_for_windows(op, node, x, y, kernel), strides[-1]
+    # how far past its start each offset's slice reaches, per axis: the same for every offset
+    span = op.Add(op.Mul(op.Sub(op.dims(y, 2, 2 + r), 1), strides), 1)
+    last = op.dims(y, 1 + r, 2 + r)  # y's last spatial size
     windows = []
     for offset in offsets:
         start = [o * d for o, d in zip(offset, dilations)]
-        stop = op.Add(start, op.Add(op.Mul(op.Sub(op.dims(y, 2, 2 + r), 1), strides), 1))
         if s == 1:
-            windows.append(op.Slice(padded, op.const(start), stop,
+            windows.append(op.Slice(padded, op.const(start), op.Add(start, span),
                                     op.const(list(range(2, 2 + r))), op.const(strides)))
             continue
         phase, first = start[-1] % s, start[-1] // s
-        stop = op.Concat(op.Slice(stop, op.const([0]), op.const([r - 1])),
-                         op.const([phase + 1]), op.Add(op.dims(y, 1 + r, 2 + r), first), axis=0)
+        stop = op.Concat(op.Slice(op.Add(start, span), op.const([0]), op.const([r - 1])),
+                         op.const([phase + 1]), op.Add(last, first), axis=0)
         window = op.Slice(padded, op.const(start[:-1] + [phase, first]), stop,
                           op.const(list(range(2, 3 + r))), op.const(strides[:-1] + [1, 1]))
         windows.append(op.Reshape(window, op.const([0] * (1 + r) + [-1])))
